@@ -1,0 +1,67 @@
+# dicom-agent: every target does its own set-up; `make test` and `make demo` are the two
+# commands a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_STAMP := /var/lib/dicom-agent-lab/apt-packages.stamp
+APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-dnsutils \
+	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
+	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux
+
+.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down diagram clean
+
+setup: apt venv
+
+# Lab packages. policy-rc.d (exit 101) keeps apt from starting slapd, bind9, chrony... on
+# the host, and slapd is preseeded to build no default database. Skipped when the stamp
+# matches the package list.
+apt:
+	@if [ -f $(APT_STAMP) ] && [ "$$(cat $(APT_STAMP))" = "$(APT_PACKAGES)" ]; then exit 0; fi; \
+	set -e; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  printf '#!/bin/sh\n# dicom-agent lab: never start services from apt\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	  chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	echo "slapd slapd/no_configuration boolean true" | debconf-set-selections; \
+	apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	mkdir -p $(dir $(APT_STAMP)); echo "$(APT_PACKAGES)" > $(APT_STAMP)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q tests; rc=$$?; \
+	left=$$(ip netns list | awk '$$1 ~ /^dcmt/ {print $$1}'); \
+	if [ -n "$$left" ]; then echo "FAIL: the suite left namespaces behind: $$left"; rc=1; fi; \
+	exit $$rc
+
+unit: venv
+	$(PY) -m pytest -q tests/unit tests/parsers tests/agent
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+demo: setup
+	$(PY) netns-fixtures/demo.py
+
+bench: setup
+	$(PY) netns-fixtures/bench.py
+
+lint: venv
+	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
+
+lab-up: setup
+	python3 netns-fixtures/lab.py up
+
+lab-down:
+	python3 netns-fixtures/lab.py down --all
+
+clean: lab-down
+	rm -rf $(VENV) .pytest_cache .hypothesis

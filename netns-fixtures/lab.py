@@ -1,0 +1,711 @@
+"""A small hospital network made of Linux network namespaces, with real servers in it.
+
+Theory of operation
+-------------------
+Everything lives in namespaces named `<prefix>-*`; the machine's own namespace gets no
+interface, address or route, so no lab packet can leave the machine.
+
+    <prefix>-sw   bridge br0 (STP off, multicast snooping off, no address)
+    <prefix>-srv  eth0 192.0.2.1/24 (DHCP, DNS, LDAP), 192.0.2.2 (ldap-backup: nothing
+                  listens, for failover), 192.0.2.11-13 (three chronyd NTP servers);
+                  lo 198.51.100.1/24, the routed remote network (pacs1 = .10)
+    <prefix>-devN eth0 up with no address, MAC 02:dc:00:00:00:NN
+
+One DHCP flavour per lab (both want ports 53 and 67): `dnsmasq` (DHCP + DNS) or `kea`
+(Kea DHCPv4 + kea-dhcp-ddns + BIND 9 taking TSIG-signed RFC 2136 updates). Two labs with
+different prefixes are independent (their own namespaces), so the tests run a dnsmasq lab
+and a Kea lab side by side.
+
+Every server runs inside the server namespace under `ip netns exec`; its log goes to
+`<run>/logs/NAME.log`. Tear-down never trusts a PID file: it ends the processes that
+`ip netns pids` finds in the lab's own namespaces (all of them ours), then deletes the
+namespaces, so it also cleans up after a crashed run (`lab.py down --all`).
+
+Commands run "on a device" through `Device.run`/`Device.popen`: the device's network
+namespace plus private mount and UTS namespaces, with /etc/resolv.conf and the stock DHCP
+clients' lease directories bind-mounted from the device's run directory, so nothing a
+client writes reaches the machine's own files and a hostname set there stays there.
+
+Standard library only: the Makefile runs this with the system Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONF = HERE / "conf"
+REPO = HERE.parent
+SCHEMA_LDIF = REPO / "profiles" / "app_config" / "schema" / "dicom.ldif"
+RUN_ROOT = Path("/run/dicom-agent-lab")
+
+DOMAIN = "hospital.test"
+SERVER_ADDRESS = "192.0.2.1"
+LDAP_BACKUP_ADDRESS = "192.0.2.2"  # nothing listens here: failover target
+NTP_ADDRESSES = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+REMOTE_NET = "198.51.100.0/24"
+PACS_ADDRESS = "198.51.100.10"
+BASE_DN = "dc=hospital,dc=test"
+CONFIG_ROOT_DN = f"cn=DICOM Configuration,{BASE_DN}"
+REGISTRAR_DN = f"cn=dicom-registrar,{BASE_DN}"
+REGISTRAR_PASSWORD = "registrarpw"
+ADMIN_DN = f"cn=admin,{BASE_DN}"
+ADMIN_PASSWORD = "adminpw"
+
+# A records served in both flavours (name -> address); PTRs follow for 192.0.2.0/24.
+HOSTS = {
+    "dhcp": SERVER_ADDRESS,
+    "ldap": SERVER_ADDRESS,
+    "ldap-backup": LDAP_BACKUP_ADDRESS,
+    "ntp1": NTP_ADDRESSES[0],
+    "ntp2": NTP_ADDRESSES[1],
+    "ntp3": NTP_ADDRESSES[2],
+    "pacs1": PACS_ADDRESS,
+}
+# SRV layouts for _ldap._tcp (PS3.15 H.1.4.1): (priority, weight, port, target).
+SRV_LAYOUTS = {
+    "live-first": [(0, 100, 389, "ldap"), (10, 100, 389, "ldap-backup")],
+    "dead-first": [(0, 100, 389, "ldap-backup"), (10, 100, 389, "ldap")],
+}
+FLAVOURS = ("dnsmasq", "kea")
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or a server did not come up (the message has its log)."""
+
+
+def _run(argv: list[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _template(name: str, **values: object) -> str:
+    return string.Template((CONF / name).read_text()).substitute(
+        {k: str(v) for k, v in values.items()}
+    )
+
+
+def list_namespaces() -> list[str]:
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pids_in(ns: str) -> list[int]:
+    out = _run(["ip", "netns", "pids", ns], check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def destroy_namespaces(names: list[str], grace: float = 3.0) -> None:
+    """End every process in these namespaces (TERM, then KILL after `grace`), delete them."""
+    pids = [pid for ns in names for pid in _pids_in(ns)]
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        pids = [pid for ns in names for pid in _pids_in(ns)]
+        if not pids:
+            break
+        time.sleep(0.05)
+    else:
+        _signal_all(pids, signal.SIGKILL)
+        time.sleep(0.1)
+    for ns in names:
+        _run(["ip", "netns", "del", ns], check=False)
+
+
+def down_prefix(prefix: str) -> list[str]:
+    """Tear down every namespace of the lab `prefix` (what a crashed run left included)."""
+    names = [ns for ns in list_namespaces() if ns.startswith(prefix + "-")]
+    destroy_namespaces(names)
+    return names
+
+
+def all_lab_prefixes() -> list[str]:
+    """Prefixes of labs present now: namespaces named dcm*-(sw|srv|devN)."""
+    prefixes = set()
+    for ns in list_namespaces():
+        head, _, tail = ns.rpartition("-")
+        if head.startswith("dcm") and (tail in ("sw", "srv") or tail.startswith("dev")):
+            prefixes.add(head)
+    return sorted(prefixes)
+
+
+@dataclass
+class Device:
+    """A device namespace: eth0 on the lab bridge, no address until something asks DHCP."""
+
+    lab: Lab
+    index: int
+    ns: str
+    mac: str
+    run_dir: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def hostname(self) -> str:
+        return f"dev{self.index}"
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv run in this device's network, mount and UTS namespaces."""
+        mounts = [(self.run_dir / "resolv.conf", "/etc/resolv.conf")]
+        for sub, target in (("dhcpcd", "/var/lib/dhcpcd"), ("dhclient", "/var/lib/dhcp")):
+            if os.path.isdir(target):
+                mounts.append((self.run_dir / sub, target))
+        script = "set -e; "
+        for i in range(len(mounts)):
+            script += f'mount --bind "${2 * i + 1}" "${2 * i + 2}"; '
+        script += f'hostname "${2 * len(mounts) + 1}"; shift {2 * len(mounts) + 1}; exec "$@"'
+        args = [str(a) for pair in mounts for a in pair] + [self.hostname]
+        return ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts",
+                "--propagation", "private", "sh", "-c", script, "device-shell", *args, *argv]
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = False,
+            env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.wrap(argv), capture_output=True, text=True, timeout=timeout,
+                              check=check, env=env, input=input)
+
+    def popen(self, argv: list[str], env: dict[str, str] | None = None,
+              **kw) -> subprocess.Popen:
+        """Start a long-running command on the device; ended by stop() or the lab's tear-down."""
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(self.wrap(argv), env=env, text=True, start_new_session=True, **kw)
+        self.processes.append(proc)
+        return proc
+
+    def ip(self, *args: str) -> str:
+        return _run(["ip", "-n", self.ns, *args]).stdout
+
+    @property
+    def static_address(self) -> str:
+        """The address `configure_static` gives: outside the DHCP pool (100-199)."""
+        return f"192.0.2.{20 + self.index}"
+
+    def configure_static(self) -> str:
+        """Give eth0 its static address and a default route, for tests that need no DHCP."""
+        self.ip("addr", "replace", f"{self.static_address}/24", "dev", "eth0")
+        self.ip("route", "replace", "default", "via", SERVER_ADDRESS)
+        (self.run_dir / "resolv.conf").write_text(f"nameserver {SERVER_ADDRESS}\nsearch {DOMAIN}\n")
+        return self.static_address
+
+    def addresses(self) -> list[str]:
+        """IPv4 addresses on eth0 as 'a.b.c.d/len'."""
+        data = json.loads(self.ip("-j", "-4", "addr", "show", "dev", "eth0"))
+        return [f"{a['local']}/{a['prefixlen']}" for i in data for a in i.get("addr_info", [])]
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(3)
+        self.processes.clear()
+
+
+class Lab:
+    """The lab: build it with up(), remove it with down() (safe to call twice)."""
+
+    def __init__(self, prefix: str = "dcm", flavour: str = "dnsmasq",
+                 srv_layout: str = "live-first", devices: int = 3,
+                 lease_time: int | None = None, run_dir: Path | None = None):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+        if srv_layout not in SRV_LAYOUTS:
+            raise ValueError(f"srv_layout must be one of {sorted(SRV_LAYOUTS)}")
+        self.prefix = prefix
+        self.flavour = flavour
+        self.srv_layout = srv_layout
+        self.initial_devices = devices
+        # dnsmasq's minimum lease is 120 s; Kea takes 20 s (short leases for renewal tests).
+        self.lease_time = lease_time or (120 if flavour == "dnsmasq" else 20)
+        self.run = run_dir or RUN_ROOT / prefix
+        self.switch = f"{prefix}-sw"
+        self.server = f"{prefix}-srv"
+        self.devices: dict[int, Device] = {}
+        self.tsig_secret = ""
+        self.timings: dict[str, float] = {}
+        self._procs: list[subprocess.Popen] = []
+
+    # -- building ---------------------------------------------------------------------
+
+    def up(self) -> Lab:
+        t0 = time.monotonic()
+        down_prefix(self.prefix)  # whatever a crashed run with this prefix left
+        if self.run.exists():
+            shutil.rmtree(self.run)
+        for sub in ("logs", "pids"):
+            (self.run / sub).mkdir(parents=True)
+        try:
+            self._topology()
+            self._tls()
+            self._start_ntp()
+            self._start_ldap()
+            if self.flavour == "dnsmasq":
+                self._start_dnsmasq()
+            else:
+                self._start_kea()
+            for n in range(1, self.initial_devices + 1):
+                self.add_device(n)
+        except BaseException:
+            self.down()
+            raise
+        self.timings["up"] = time.monotonic() - t0
+        return self
+
+    def down(self) -> None:
+        for dev in list(self.devices.values()):
+            dev.stop()
+        self.devices.clear()
+        down_prefix(self.prefix)
+        for proc in self._procs:  # reap them: down_prefix already ended them by PID
+            try:
+                proc.wait(1)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs.clear()
+
+    def __enter__(self) -> Lab:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _topology(self) -> None:
+        sw, srv = self.switch, self.server
+        for ns in (sw, srv):
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge",
+              "stp_state", "0", "mcast_snooping", "0"])
+        _run(["ip", "-n", sw, "link", "set", "br0", "up"])
+        self._plug(srv, "p-srv", "02:dc:00:00:01:01")
+        for addr in (SERVER_ADDRESS, LDAP_BACKUP_ADDRESS, *NTP_ADDRESSES):
+            _run(["ip", "-n", srv, "addr", "add", f"{addr}/24", "dev", "eth0"])
+        # The routed remote network sits on the server's loopback (no dummy module here):
+        # devices reach it through the route DHCP gives them (option 121).
+        _run(["ip", "-n", srv, "addr", "add", "198.51.100.1/24", "dev", "lo"])
+        _run(["ip", "-n", srv, "addr", "add", f"{PACS_ADDRESS}/24", "dev", "lo"])
+
+    def _plug(self, ns: str, port: str, mac: str) -> None:
+        """A veth from the bridge to `ns`, named eth0 there."""
+        _run(["ip", "-n", self.switch, "link", "add", port, "type", "veth",
+              "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
+        _run(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+    def add_device(self, index: int | None = None) -> Device:
+        """A new device namespace on the bridge (index: next free one when None)."""
+        if index is None:
+            index = max([9, *self.devices]) + 1
+        if index in self.devices or not 1 <= index <= 79:
+            raise ValueError(f"device index {index} is taken or out of range")
+        ns = f"{self.prefix}-dev{index}"
+        mac = f"02:dc:00:00:00:{index:02x}"
+        run_dir = self.run / f"dev{index}"
+        for sub in ("dhcpcd", "dhclient", "state"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (run_dir / "resolv.conf").write_text("")
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        self._plug(ns, f"p-dev{index}", mac)
+        dev = Device(self, index, ns, mac, run_dir)
+        self.devices[index] = dev
+        return dev
+
+    def remove_device(self, dev: Device) -> None:
+        dev.stop()
+        self.devices.pop(dev.index, None)
+        destroy_namespaces([dev.ns])
+        _run(["ip", "-n", self.switch, "link", "del", f"p-dev{dev.index}"], check=False)
+
+    # -- servers ----------------------------------------------------------------------
+
+    def srv_exec(self, argv: list[str], timeout: float = 30, check: bool = False,
+                 env: dict[str, str] | None = None, input: str | None = None
+                 ) -> subprocess.CompletedProcess:
+        """Run a command in the server namespace."""
+        return subprocess.run(["ip", "netns", "exec", self.server, *argv], capture_output=True,
+                              text=True, timeout=timeout, check=check, env=env, input=input)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               ns: str | None = None) -> subprocess.Popen:
+        log = open(self.run / "logs" / f"{name}.log", "w")  # noqa: SIM115 (child keeps it)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns or self.server, *argv],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        log.close()
+        # ip netns exec exec()s the command, so this is the server's own PID.
+        (self.run / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+        self._procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.run / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _wait_listening(self, name: str, proc: subprocess.Popen | None, proto: str,
+                        port: int, address: str | None = None, timeout: float = 15) -> None:
+        """Poll `ss` in the server namespace until something listens on proto/port."""
+        flt = f"sport = :{port}" + (f" and src {address}" if address else "")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise LabError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            out = self.srv_exec(["ss", "-H", "-ln", f"-{proto[0]}", flt]).stdout
+            if out.strip():
+                return
+            time.sleep(0.02)
+        raise LabError(f"{name} not listening on {proto}/{port} after {timeout}s:\n"
+                       f"{self.log(name)[-3000:]}")
+
+    def _tls(self) -> None:
+        """A lab CA, a server certificate for ldap.hospital.test / 192.0.2.1, a client one."""
+        tls = self.run / "tls"
+        tls.mkdir()
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        _run(["openssl", "req", "-x509", *ec, "-keyout", tls / "ca.key", "-out", tls / "ca.pem",
+              "-days", "30", "-subj", "/O=dicom-agent lab/CN=dicom-agent lab CA",
+              "-addext", "basicConstraints=critical,CA:TRUE",
+              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        leaves = {
+            "ldap": ("/CN=ldap.hospital.test",
+                     "subjectAltName=DNS:ldap.hospital.test,IP:192.0.2.1\n"
+                     "extendedKeyUsage=serverAuth\n"),
+            # Subject = the registrar's entry, for SASL EXTERNAL (PS3.15 Table H.1-15).
+            "registrar": ("/DC=test/DC=hospital/CN=dicom-registrar",
+                          "extendedKeyUsage=clientAuth\n"),
+        }
+        for name, (subject, ext) in leaves.items():
+            (tls / f"{name}.ext").write_text(ext)
+            _run(["openssl", "req", *ec, "-keyout", tls / f"{name}.key",
+                  "-out", tls / f"{name}.csr", "-subj", subject])
+            _run(["openssl", "x509", "-req", "-in", tls / f"{name}.csr", "-CA", tls / "ca.pem",
+                  "-CAkey", tls / "ca.key", "-CAcreateserial", "-days", "30",
+                  "-out", tls / f"{name}.pem", "-extfile", tls / f"{name}.ext"])
+        for key in tls.glob("*.key"):
+            key.chmod(0o600)
+
+    def _start_ntp(self) -> None:
+        t0 = time.monotonic()
+        procs = []
+        for n, address in enumerate(NTP_ADDRESSES, 1):
+            d = self.run / f"chrony{n}"
+            d.mkdir(mode=0o700)  # chronyd wants its command-socket directory private
+            (d / "chrony.conf").write_text(
+                _template("chrony-server.conf", address=address, dir=d))
+            procs.append(self._spawn(f"chronyd{n}", ["chronyd", "-x", "-d", "-f",
+                                                     str(d / "chrony.conf")]))
+        for n, (address, proc) in enumerate(zip(NTP_ADDRESSES, procs, strict=True), 1):
+            self._wait_listening(f"chronyd{n}", proc, "udp", 123, address)
+        self.timings["ntp"] = time.monotonic() - t0
+
+    def _start_ldap(self) -> None:
+        t0 = time.monotonic()
+        d = self.run / "slapd"
+        (d / "slapd.d").mkdir(parents=True)
+        (d / "db-staff").mkdir()
+        (d / "db-hospital").mkdir()
+        (d / "config.ldif").write_text(
+            _template("slapd-config.ldif", run=self.run, schema_ldif=SCHEMA_LDIF))
+        _run(["slapadd", "-q", "-n0", "-F", d / "slapd.d", "-l", d / "config.ldif"])
+        _run(["slapadd", "-q", "-F", d / "slapd.d", "-b", "dc=staff,dc=test",
+              "-l", CONF / "base-staff.ldif"])
+        _run(["slapadd", "-q", "-F", d / "slapd.d", "-b", BASE_DN,
+              "-l", CONF / "base-hospital.ldif"])
+        ldapi = "ldapi://" + str(d / "ldapi").replace("/", "%2F")
+        urls = f"ldap://{SERVER_ADDRESS}:389/ ldaps://{SERVER_ADDRESS}:636/ {ldapi}"
+        self.ldapi_url = ldapi
+        # Daemon mode: the parent returns once slapd is ready; -d would keep it in front.
+        log = self.run / "logs" / "slapd.log"
+        with open(log, "w") as fh:
+            proc = subprocess.run(["ip", "netns", "exec", self.server, "slapd",
+                                   "-F", str(d / "slapd.d"), "-h", urls],
+                                  stdout=fh, stderr=subprocess.STDOUT, timeout=30)
+        if proc.returncode != 0:
+            raise LabError(f"slapd failed to start ({proc.returncode}): {log.read_text()}")
+        pid = (d / "slapd.pid").read_text().strip()
+        (self.run / "pids" / "slapd.pid").write_text(pid + "\n")
+        self.timings["ldap"] = time.monotonic() - t0
+
+    def _dns_names(self) -> list[tuple[str, int, int, int, str]]:
+        return [(f"_ldap._tcp.{DOMAIN}", prio, weight, port, f"{target}.{DOMAIN}")
+                for prio, weight, port, target in SRV_LAYOUTS[self.srv_layout]]
+
+    def _start_dnsmasq(self) -> None:
+        t0 = time.monotonic()
+        d = self.run / "dnsmasq"
+        d.mkdir(exist_ok=True)
+        srv = "\n".join(f"srv-host={name},{target},{port},{prio},{weight}"
+                        for name, prio, weight, port, target in self._dns_names())
+        hosts = "\n".join(f"host-record={name}.{DOMAIN},{addr}" for name, addr in HOSTS.items())
+        (d / "dnsmasq.conf").write_text(_template(
+            "dnsmasq.conf", run=self.run, lease_time=self.lease_time,
+            srv_records=srv, host_records=hosts))
+        proc = self._spawn("dnsmasq", ["dnsmasq", "--keep-in-foreground", "--log-facility=-",
+                                       f"--conf-file={d / 'dnsmasq.conf'}"])
+        self._wait_listening("dnsmasq", proc, "udp", 67)
+        self._wait_listening("dnsmasq", proc, "udp", 53, SERVER_ADDRESS)
+        self.dhcp_procs = [proc]
+        self.timings["dhcp"] = time.monotonic() - t0
+
+    def _zone_files(self, d: Path) -> None:
+        soa = (f"$TTL 60\n@ IN SOA dhcp.{DOMAIN}. hostmaster.{DOMAIN}. "
+               "( 1 3600 600 86400 60 )\n")
+        fwd = soa + f"@ IN NS dhcp.{DOMAIN}.\n"
+        fwd += "".join(f"{name} IN A {addr}\n" for name, addr in HOSTS.items())
+        fwd += "".join(f"{name}. IN SRV {prio} {weight} {port} {target}.\n"
+                       for name, prio, weight, port, target in self._dns_names())
+        rev = soa + f"@ IN NS dhcp.{DOMAIN}.\n"
+        rev += "".join(f"{addr.rsplit('.', 1)[1]} IN PTR {name}.{DOMAIN}.\n"
+                       for name, addr in HOSTS.items() if addr.startswith("192.0.2."))
+        (d / f"{DOMAIN}.zone").write_text(fwd)
+        (d / "2.0.192.in-addr.arpa.zone").write_text(rev)
+
+    def _start_kea(self) -> None:
+        t0 = time.monotonic()
+        self.tsig_secret = base64.b64encode(os.urandom(32)).decode()
+        bind, kea = self.run / "bind", self.run / "kea"
+        bind.mkdir()
+        kea.mkdir()
+        self._zone_files(bind)
+        (bind / "named.conf").write_text(
+            _template("named.conf", run=self.run, tsig_secret=self.tsig_secret))
+        hooks = glob.glob("/usr/lib/*/kea/hooks/libdhcp_lease_cmds.so")
+        if not hooks:
+            raise LabError("libdhcp_lease_cmds.so not found: is kea-dhcp4-server installed?")
+        (kea / "kea-dhcp4.json").write_text(_template(
+            "kea-dhcp4.json", run=self.run, lease_cmds=hooks[0], lease_time=self.lease_time))
+        (kea / "kea-dhcp-ddns.json").write_text(
+            _template("kea-dhcp-ddns.json", tsig_secret=self.tsig_secret))
+        named = self._spawn("named", ["named", "-g", "-c", str(bind / "named.conf")])
+        env = dict(os.environ, KEA_PIDFILE_DIR=str(kea), KEA_LOCKFILE_DIR=str(kea))
+        d2 = self._spawn("kea-dhcp-ddns", ["kea-dhcp-ddns", "-c", str(kea / "kea-dhcp-ddns.json")],
+                         env=env)
+        dhcp4 = self._spawn("kea-dhcp4", ["kea-dhcp4", "-c", str(kea / "kea-dhcp4.json")], env=env)
+        self._wait_listening("named", named, "udp", 53, SERVER_ADDRESS)
+        self._wait_listening("kea-dhcp-ddns", d2, "udp", 53001)
+        self._wait_listening("kea-dhcp4", dhcp4, "udp", 67)
+        self.dhcp_procs = [named, d2, dhcp4]
+        self.timings["dhcp"] = time.monotonic() - t0
+
+    def set_srv_layout(self, layout: str) -> None:
+        """Switch the _ldap._tcp SRV layout: restart the DNS server with the new records."""
+        if layout not in SRV_LAYOUTS:
+            raise ValueError(f"srv_layout must be one of {sorted(SRV_LAYOUTS)}")
+        if layout == self.srv_layout:
+            return
+        self.srv_layout = layout
+        if self.flavour == "dnsmasq":
+            self._stop(self.dhcp_procs)
+            self._start_dnsmasq()
+        else:
+            # A dynamic update keeps the DDNS records BIND already holds.
+            lines = [f"server {SERVER_ADDRESS}", f"zone {DOMAIN}",
+                     f"update delete _ldap._tcp.{DOMAIN}. SRV"]
+            lines += [f"update add {name}. 60 SRV {prio} {weight} {port} {target}."
+                      for name, prio, weight, port, target in self._dns_names()]
+            self.srv_exec(["nsupdate", "-y", f"hmac-sha256:ddns-key:{self.tsig_secret}"],
+                          input="\n".join([*lines, "send", ""]), check=True)
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen]) -> None:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def kea_command(self, command: str, arguments: dict | None = None) -> dict:
+        """Send one command to kea-dhcp4's control socket (e.g. lease4-del) and return the answer."""
+        if self.flavour != "kea":
+            raise LabError("kea_command needs the kea flavour")
+        request = {"command": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.run / "kea" / "kea4.sock"))
+            s.sendall(json.dumps(request).encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return json.loads(b"".join(chunks))
+
+    # -- mDNS browser (started on first use) ---------------------------------------------
+
+    def avahi_browse(self, service_type: str, timeout: float = 15,
+                     until=bool) -> list[dict[str, object]]:
+        """Resolved DNS-SD instances of `service_type` seen from the server namespace.
+
+        avahi-daemon runs there with its own D-Bus; `avahi-browse -rtp` lists and resolves
+        what it sees. A browse right after start-up can come back empty, so this repeats
+        until `until(found)` is true (default: something found) or `timeout` passes, and
+        returns the last list: dicts with name, type, host, address, port, txt.
+        """
+        self._start_avahi()
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self._dbus_address)
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.srv_exec(["avahi-browse", "-r", "-t", "-p", "-k", service_type],
+                                env=env, timeout=timeout).stdout
+            found = [_avahi_record(line.split(";")) for line in out.splitlines()
+                     if line.startswith("=;")]
+            if until(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.3)
+
+    def _start_avahi(self) -> None:
+        if getattr(self, "_dbus_address", None):
+            return
+        d = self.run / "avahi"
+        (d / "run").mkdir(parents=True)
+        (d / "dbus-lab.conf").write_text(f"""<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={d}/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
+  </policy>
+</busconfig>
+""")
+        (d / "avahi-daemon.conf").write_text(
+            "[server]\nhost-name=lab-srv\nuse-ipv4=yes\nuse-ipv6=no\nallow-interfaces=eth0\n"
+            "enable-dbus=yes\nratelimit-burst=1000\n[publish]\npublish-addresses=no\n"
+            "publish-hinfo=no\npublish-workstation=no\n[reflector]\n[rlimits]\n")
+        self._spawn("dbus", ["dbus-daemon", "--nofork", f"--config-file={d / 'dbus-lab.conf'}"])
+        deadline = time.monotonic() + 10
+        while not (d / "system_bus_socket").exists():
+            if time.monotonic() > deadline:
+                raise LabError(f"dbus-daemon did not start:\n{self.log('dbus')}")
+            time.sleep(0.02)
+        address = f"unix:path={d}/system_bus_socket"
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
+        # avahi-daemon hard-codes /run/avahi-daemon: give it a private one.
+        self._spawn("avahi", ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              'mkdir -p /run/avahi-daemon && mount --bind "$1" /run/avahi-daemon'
+                              ' && shift && exec "$@"', "avahi", str(d / "run"),
+                              "avahi-daemon", "-f", str(d / "avahi-daemon.conf"), "--no-chroot",
+                              "--no-drop-root", "--no-rlimits"], env=env)
+        deadline = time.monotonic() + 15
+        while "Server startup complete" not in self.log("avahi"):
+            if time.monotonic() > deadline:
+                raise LabError(f"avahi-daemon did not start:\n{self.log('avahi')}")
+            time.sleep(0.05)
+        self._dbus_address = address
+
+    # -- description --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        lines = [f"lab {self.prefix} ({self.flavour}, SRV {self.srv_layout}, lease "
+                 f"{self.lease_time}s) run dir {self.run}",
+                 f"  {self.switch}: bridge br0",
+                 f"  {self.server}: {SERVER_ADDRESS} dhcp/dns/ldap, {LDAP_BACKUP_ADDRESS} "
+                 f"ldap-backup (dead), {', '.join(NTP_ADDRESSES)} ntp, {REMOTE_NET} remote"]
+        lines += [f"  {d.ns}: eth0 {d.mac}" for d in self.devices.values()]
+        lines.append("  timings: " + ", ".join(f"{k} {v * 1000:.0f} ms"
+                                               for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _avahi_record(parts: list[str]) -> dict[str, object]:
+    """One resolved `avahi-browse -p` line: =;if;proto;name;type;domain;host;addr;port;txt."""
+    txt = {}
+    for item in ";".join(parts[9:]).split('" "'):
+        key, _, value = item.strip('"').partition("=")
+        if key:
+            txt[key] = value
+    return {"name": parts[3].replace("\\032", " "), "type": parts[4], "host": parts[6],
+            "address": parts[7], "port": parts[8], "txt": txt}
+
+
+def device_for(prefix: str, index: int) -> Device:
+    """A Device handle for an existing lab namespace (for the shell entry's `exec`)."""
+    lab = Lab(prefix=prefix, devices=0)
+    ns = f"{prefix}-dev{index}"
+    if ns not in list_namespaces():
+        raise LabError(f"no namespace {ns}: is the lab up (make lab-up)?")
+    return Device(lab, index, ns, f"02:dc:00:00:00:{index:02x}", lab.run / f"dev{index}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--prefix", default="dcm")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the lab and start its servers")
+    up.add_argument("--flavour", choices=FLAVOURS, default="dnsmasq")
+    up.add_argument("--srv-layout", choices=sorted(SRV_LAYOUTS), default="live-first")
+    up.add_argument("--devices", type=int, default=3)
+    up.add_argument("--lease-time", type=int)
+    down = sub.add_parser("down", help="tear the lab down")
+    down.add_argument("--all", action="store_true", help="every dcm* lab, crashed ones too")
+    ex = sub.add_parser("exec", help="run a command on device N")
+    ex.add_argument("device", type=int)
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("status", help="list the lab's namespaces and their processes")
+    args = parser.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("lab.py: must run as root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    if args.cmd == "up":
+        lab = Lab(prefix=args.prefix, flavour=args.flavour, srv_layout=args.srv_layout,
+                  devices=args.devices, lease_time=args.lease_time)
+        lab.up()
+        print(lab.describe())
+    elif args.cmd == "down":
+        prefixes = all_lab_prefixes() if args.all else [args.prefix]
+        for prefix in prefixes:
+            removed = down_prefix(prefix)
+            print(f"lab {prefix}: removed {len(removed)} namespaces")
+    elif args.cmd == "exec":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("exec needs a command")
+        dev = device_for(args.prefix, args.device)
+        return subprocess.call(dev.wrap(command))
+    elif args.cmd == "status":
+        names = [ns for ns in list_namespaces() if ns.startswith(args.prefix + "-")]
+        for ns in sorted(names):
+            pids = _pids_in(ns)
+            comms = [Path(f"/proc/{p}/comm").read_text().strip()
+                     for p in pids if Path(f"/proc/{p}/comm").exists()]
+            print(f"{ns}: {', '.join(comms) or '-'}")
+        if not names:
+            print(f"lab {args.prefix}: down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
