@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -87,7 +88,8 @@ class LabError(RuntimeError):
     """The lab could not be built or a server did not come up (the message has its log)."""
 
 
-def _run(argv: list[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+def _run(argv: list[str], check: bool = True, timeout: float = 30,
+         **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -112,10 +114,8 @@ def _pids_in(ns: str) -> list[int]:
 
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def destroy_namespaces(names: list[str], grace: float = 3.0) -> None:
@@ -182,7 +182,8 @@ class Device:
                 "--propagation", "private", "sh", "-c", script, "device-shell", *args, *argv]
 
     def run(self, argv: list[str], timeout: float = 60, check: bool = False,
-            env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+            env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(self.wrap(argv), capture_output=True, text=True, timeout=timeout,
                               check=check, env=env, input=input)
 
@@ -283,10 +284,8 @@ class Lab:
         self.devices.clear()
         down_prefix(self.prefix)
         for proc in self._procs:  # reap them: down_prefix already ended them by PID
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(1)
-            except subprocess.TimeoutExpired:
-                pass
         self._procs.clear()
 
     def __enter__(self) -> Lab:
@@ -545,7 +544,7 @@ class Lab:
                 proc.wait(5)
 
     def kea_command(self, command: str, arguments: dict | None = None) -> dict:
-        """Send one command to kea-dhcp4's control socket (e.g. lease4-del) and return the answer."""
+        """Send a command (e.g. lease4-del) to kea-dhcp4's control socket; return the answer."""
         if self.flavour != "kea":
             raise LabError("kea_command needs the kea flavour")
         request = {"command": command}
