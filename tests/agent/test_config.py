@@ -139,7 +139,8 @@ def test_vendor_data_and_client_id_are_decoded():
      "device.ae[0].transfer_capability[0].sop_class: required"),
     # types
     ("device.installed", "yes", 'device.installed: must be true or false, got "yes"'),
-    ("device.connection[0].port", "104", 'device.connection[0].port: must be an integer, got "104"'),
+    ("device.connection[0].port", "104",
+     'device.connection[0].port: must be an integer, got "104"'),
     ("device.connection[0].port", 70000,
      "device.connection[0].port: must be a TCP port 1-65535, got 70000"),
     ("device.software_versions", "1.0",
@@ -174,7 +175,8 @@ def test_vendor_data_and_client_id_are_decoded():
     ("device.colour", "blue", "device.colour: unknown key"),
     ("devices", {}, 'devices: unknown key (did you mean "device"?)'),
     ("network.interface", None, "network.interface: required"),
-    ("network.interface", "eth0/../x", 'network.interface: not a valid interface name, got "eth0/../x"'),
+    ("network.interface", "eth0/../x",
+     'network.interface: not a valid interface name, got "eth0/../x"'),
     ("network.hostname", "-ct", 'network.hostname: not a valid host name (RFC 1123: labels of '
                                 'letters, digits and \'-\'), got "-ct"'),
     ("network.client_id", "zz", 'network.client_id: must be hex octets separated by ":" '
@@ -387,4 +389,5 @@ def test_check_config_reports_toml_syntax_and_missing_file(tmp_path):
     assert "line 1" in proc.stderr
     missing = run_cli("check-config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2
-    assert missing.stderr.strip() == f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory"
+    assert missing.stderr.strip() == (
+        f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory")
