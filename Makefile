@@ -9,7 +9,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname
 
-.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down clean
 
 setup: apt venv
 
@@ -57,8 +57,9 @@ bench: setup
 lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
 
+FLAVOUR ?= dnsmasq
 lab-up: setup
-	python3 netns-fixtures/lab.py up
+	python3 netns-fixtures/lab.py up --flavour $(FLAVOUR)
 
 lab-down:
 	python3 netns-fixtures/lab.py down --all
