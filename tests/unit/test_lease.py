@@ -1,0 +1,114 @@
+"""Lease from an ACK: Table F.1-2 defaults, RFC 3442 precedence, hostile strings refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiles.errors import ParseError
+from profiles.network_address import options as o
+from profiles.network_address.codec import BOOTREPLY, DhcpMessage
+from profiles.network_address.lease import Lease
+
+
+def ack(**opts: bytes) -> DhcpMessage:
+    base = {o.MESSAGE_TYPE: b"\x05", o.SERVER_ID: bytes((192, 0, 2, 1)),
+            o.LEASE_TIME: (3600).to_bytes(4, "big")}
+    base.update({int(k[1:]): v for k, v in opts.items()})
+    return DhcpMessage(op=BOOTREPLY, xid=1, yiaddr="192.0.2.57", options=base)
+
+
+def lease(requested="ct01", offset=7200, **opts: bytes) -> Lease:
+    return Lease.from_ack(ack(**opts), now=100.0, wall=1_800_000_000.0,
+                          requested_hostname=requested, configured_offset=offset)
+
+
+def test_absent_options_get_table_f12_defaults():
+    got = lease()
+    assert (got.prefix, got.broadcast) == (24, "192.0.2.255")  # derived (class C)
+    assert got.router == () and got.dns == () and got.ntp == () and got.routes == ()
+    assert got.hostname == "ct01" and got.domain is None and got.fqdn == "ct01"
+    assert got.time_offset == 7200 and got.mtu is None and got.auto_configure is None
+    assert (got.t1, got.t2) == (1800.0, 3150.0) and got.rejected == ()
+
+
+def test_options_decoded():
+    got = lease(_1=bytes((255, 255, 255, 128)), _3=bytes((192, 0, 2, 1)),
+                _6=bytes((192, 0, 2, 1, 192, 0, 2, 2)), _12=b"ct01-assigned",
+                _15=b"hospital.test", _26=(1400).to_bytes(2, "big"), _2=(-3600).to_bytes(
+                    4, "big", signed=True), _42=bytes((192, 0, 2, 11)),
+                _100=b"CET-1CEST,M3.5.0,M10.5.0/3", _101=b"Europe/Berlin", _116=b"\x01",
+                _119=b"\x08hospital\x04test\x00\x03lab\xc0\x00")
+    assert (got.prefix, got.broadcast) == (25, "192.0.2.127")
+    assert got.router == ("192.0.2.1",) and got.dns == ("192.0.2.1", "192.0.2.2")
+    assert got.hostname == "ct01-assigned" and got.fqdn == "ct01-assigned.hospital.test"
+    assert got.mtu == 1400 and got.time_offset == -3600 and got.ntp == ("192.0.2.11",)
+    assert got.tz_posix == "CET-1CEST,M3.5.0,M10.5.0/3" and got.tz_name == "Europe/Berlin"
+    assert got.search == ("hospital.test", "lab.hospital.test") and got.auto_configure == 1
+
+
+def test_classless_routes_override_router_and_static_routes():
+    got = lease(_3=bytes((192, 0, 2, 254)), _33=bytes((10, 0, 0, 1, 192, 0, 2, 254)),
+                _121=bytes((24, 198, 51, 100, 192, 0, 2, 1, 0, 192, 0, 2, 1)))
+    assert got.router == ("192.0.2.1",)
+    assert got.routes == (("198.51.100.0/24", "192.0.2.1"),)
+
+
+def test_static_routes_used_without_121():
+    got = lease(_33=bytes((203, 0, 113, 5, 192, 0, 2, 254)))
+    assert got.routes == (("203.0.113.5/32", "192.0.2.254"),)
+
+
+@pytest.mark.parametrize("code,value", [
+    (12, b"ct01; reboot"),          # CVE-2011-2716 style shell metacharacters
+    (12, b"ct01\n"),
+    (15, b"../../etc"),
+    (101, b"../../../etc/passwd"),
+    (101, b"/etc/localtime"),
+    (100, b":/etc/localtime"),
+    (26, (40).to_bytes(2, "big")),   # below the minimum MTU
+    (3, bytes((192, 0, 2))),          # not a multiple of 4
+    (1, bytes((255, 0, 255, 0))),     # not a contiguous mask
+    (121, bytes((33, 1, 2, 3, 4, 5, 6, 7, 8))),
+    (119, b"\x08hospital\xc0\x05"),  # compression loop
+    (2, (100000).to_bytes(4, "big")),
+])
+def test_bad_values_cost_only_their_option(code, value):
+    got = lease(**{f"_{code}": value})
+    assert code in got.rejected
+    assert got.address == "192.0.2.57" and got.hostname in ("ct01",)
+
+
+def test_client_fqdn_from_the_server_is_the_assigned_name():
+    wire = b"\x05\x00\x00\x04ct01\x08hospital\x04test\x00"
+    got = lease(_81=wire)
+    assert got.fqdn == "ct01.hospital.test" and got.hostname == "ct01"
+    assert o.client_fqdn(b"\x01\x00\x00ws.hospital.test") == (1, "ws.hospital.test")
+    with pytest.raises(ParseError):
+        o.client_fqdn(b"\x00")
+
+
+def test_fqdn_encoding_partial_and_full_names():
+    assert o.encode_client_fqdn("ct01") == b"\x05\x00\x00\x04ct01"
+    assert o.encode_client_fqdn("ct01.hospital.test") == \
+        b"\x05\x00\x00\x04ct01\x08hospital\x04test\x00"
+
+
+def test_record_round_trip_and_damage():
+    got = lease(_121=bytes((24, 198, 51, 100, 192, 0, 2, 1)))
+    assert Lease.from_record(got.to_record()) == got
+    record = got.to_record()
+    record["address"] = "not an address"
+    with pytest.raises(ValueError):
+        Lease.from_record(record)
+
+
+def test_json_has_the_contract_fields():
+    got = lease(_121=bytes((24, 198, 51, 100, 192, 0, 2, 1, 0, 192, 0, 2, 1)))
+    data = got.to_json("bound", "eth0", now=1000.0)
+    assert set(data) >= {"state", "interface", "address", "prefix", "broadcast", "router",
+                         "routes", "dns", "domain", "search", "hostname", "fqdn", "ntp",
+                         "time_offset", "tz_posix", "tz_name", "mtu", "lease_time", "t1", "t2",
+                         "server_id", "expires_at", "auto_configure", "options"}
+    assert data["routes"] == [{"dst": "198.51.100.0/24", "via": "192.0.2.1"}]
+    assert data["expires_at"] == 1_800_003_600.0 and data["lease_expires_in"] == 2700.0
+    assert data["options"]["51"] == "00000e10"
