@@ -13,10 +13,8 @@ import re
 import socket
 import struct
 
-import dns.exception
-import dns.name
-
 from profiles.errors import ParseError
+from profiles.network_address import dnsname
 
 SUBNET_MASK = 1
 TIME_OFFSET = 2
@@ -127,19 +125,7 @@ def tz_posix(value: bytes, code: int = TZ_POSIX) -> str:
 
 def domain_search(value: bytes, code: int = DOMAIN_SEARCH) -> list[str]:
     """RFC 3397: RFC 1035 names, compression pointers relative to the option's start."""
-    names, pos = [], 0
-    while pos < len(value):
-        try:
-            name, used = dns.name.from_wire(value, pos)
-        except (dns.exception.DNSException, IndexError, ValueError) as exc:
-            raise ParseError(f"option {code}: bad name at {pos}: {exc}") from None
-        if used <= 0:
-            raise ParseError(f"option {code}: empty read at {pos}")
-        pos += used
-        text_name = name.to_text(omit_final_dot=True)
-        if text_name and text_name != ".":
-            names.append(hostname(text_name.encode("ascii", "replace"), code))
-    return names
+    return [hostname(name.encode("ascii"), code) for name in dnsname.read_names(value) if name]
 
 
 def classless_routes(value: bytes, code: int = CLASSLESS_ROUTES) -> list[tuple[str, str]]:
@@ -179,12 +165,12 @@ def client_fqdn(value: bytes, code: int = CLIENT_FQDN) -> tuple[int, str]:
     flags, raw = value[0], value[3:]
     if not raw:
         return flags, ""
-    if flags & 0x04:
-        try:
-            name, _ = dns.name.from_wire(raw, 0)
-        except (dns.exception.DNSException, IndexError, ValueError) as exc:
-            raise ParseError(f"option {code}: bad name: {exc}") from None
-        raw = name.to_text(omit_final_dot=True).encode("ascii", "replace")
+    if flags & 0x04:  # E: wire format; a partial name has no root label (RFC 4702 2.3.1)
+        wire = raw if raw.endswith(b"\x00") else raw + b"\x00"
+        name, used = dnsname.read_name(wire, 0)
+        if used != len(wire):
+            raise ParseError(f"option {code}: {len(wire) - used} bytes after the name")
+        raw = name.encode("ascii")
     return flags, hostname(raw, code)
 
 
@@ -192,11 +178,9 @@ def client_fqdn(value: bytes, code: int = CLIENT_FQDN) -> tuple[int, str]:
 
 def encode_client_fqdn(fqdn: str) -> bytes:
     """RFC 4702 option 81 with S=1 (ask the server to update A and PTR), E=1 (wire
-    format), rcodes 0 (RFC 4702 2.2: the client sets them to 0)."""
-    wire = dns.name.from_text(fqdn).to_wire()
-    if not fqdn.rstrip(".").count("."):
-        wire = wire[:-1]  # a bare label is a partial name: no root label (RFC 4702 2.3.1)
-    return bytes((0x05, 0, 0)) + wire
+    format), rcodes 0 (RFC 4702 2.2: the client sets them to 0). A bare label is a
+    partial name, sent without the root label (RFC 4702 2.3.1)."""
+    return bytes((0x05, 0, 0)) + dnsname.to_wire(fqdn, absolute="." in fqdn.rstrip("."))
 
 
 def encode_client_id(mac: bytes, htype: int = 1) -> bytes:

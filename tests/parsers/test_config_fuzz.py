@@ -57,3 +57,17 @@ def test_schema_parser_returns_or_raises_parse_error(text):
         assert str(exc)
     else:
         assert all(d.kind in ("attributetype", "objectclass") for d in definitions)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=120))
+def test_option_decoders_return_or_raise_parse_error(data):
+    from profiles.network_address import options as o
+
+    for decode in (o.domain_search, o.classless_routes, o.static_routes, o.client_fqdn,
+                   o.tz_name, o.tz_posix, lambda v: o.hostname(v, 12),
+                   lambda v: o.addresses(v, 6)):
+        try:
+            decode(data)
+        except ParseError as exc:
+            assert str(exc)

@@ -112,3 +112,25 @@ def test_json_has_the_contract_fields():
     assert data["routes"] == [{"dst": "198.51.100.0/24", "via": "192.0.2.1"}]
     assert data["expires_at"] == 1_800_003_600.0 and data["lease_expires_in"] == 2700.0
     assert data["options"]["51"] == "00000e10"
+
+
+@pytest.mark.parametrize("data,names", [
+    (b"\x08hospital\x04test\x00", ["hospital.test"]),
+    (b"\x08hospital\x04test\x00\x03lab\xc0\x00\x03mri\xc0\x0f", [
+        "hospital.test", "lab.hospital.test", "mri.lab.hospital.test"]),
+])
+def test_domain_search_compression(data, names):
+    assert o.domain_search(data) == names
+
+
+@pytest.mark.parametrize("data", [
+    b"\xc0\x00",                       # points at itself
+    b"\x03abc\xc0\x05",                # points forward
+    b"\x03ab",                         # label past the end
+    b"\x40abc\x00",                    # reserved label type
+    b"\x3f" + b"a" * 63 + b"\x3f" + b"a" * 63 + b"\x3f" + b"a" * 63 + b"\x3f" + b"a" * 63
+    + b"\x00",                         # 257 bytes
+])
+def test_bad_names_raise_parse_error(data):
+    with pytest.raises(ParseError):
+        o.domain_search(data)
