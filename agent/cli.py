@@ -28,6 +28,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dhcp(args: argparse.Namespace) -> int:
+    from agent.dhcp_command import run_dhcp_command
+
+    return run_dhcp_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
@@ -38,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
                                        "'key.path: reason'. Exit 0 valid, 2 invalid.")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
+
+    dhcp = sub.add_parser("dhcp", help="PS3.15 Annex F alone: get and keep a DHCP lease",
+                          description="Acquire (or confirm) a lease, apply it and print it. "
+                                      "With --once exit when bound; without, keep the lease "
+                                      "and print one JSON line per lease event. Settings come "
+                                      "from [network]/[agent] of --config; flags override.")
+    dhcp.add_argument("--config", metavar="FILE")
+    dhcp.add_argument("--interface", metavar="IF")
+    dhcp.add_argument("--hostname", metavar="NAME")
+    dhcp.add_argument("--no-probe", action="store_true", help="skip the RFC 5227 ARP probe")
+    dhcp.add_argument("--initial-delay", type=float, metavar="S",
+                      help="wait a random 0..S seconds before the first message")
+    dhcp.add_argument("--state-dir", metavar="DIR")
+    dhcp.add_argument("--once", action="store_true", help="exit once bound")
+    dhcp.add_argument("--json", action="store_true")
+    dhcp.add_argument("--timeout", type=float, metavar="S",
+                      help="with --once: give up after S seconds (default 60)")
+    dhcp.set_defaults(func=cmd_dhcp)
     return parser
 
 

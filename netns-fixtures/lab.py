@@ -82,6 +82,9 @@ SRV_LAYOUTS = {
     "dead-first": [(0, 100, 389, "ldap-backup"), (10, 100, 389, "ldap")],
 }
 FLAVOURS = ("dnsmasq", "kea")
+# Directories the agent uses by default, replaced on a device by its own (run dir subdir).
+DEVICE_PRIVATE_DIRS = (("agent-run", "/run/dicom-agent"), ("agent-state", "/var/lib/dicom-agent"),
+                       ("agent-etc", "/etc/dicom-agent"), ("chrony-dhcp", "/run/chrony-dhcp"))
 
 
 class LabError(RuntimeError):
@@ -173,10 +176,15 @@ class Device:
         for sub, target in (("dhcpcd", "/var/lib/dhcpcd"), ("dhclient", "/var/lib/dhcp")):
             if os.path.isdir(target):
                 mounts.append((self.run_dir / sub, target))
-        script = "set -e; "
-        for i in range(len(mounts)):
-            script += f'mount --bind "${2 * i + 1}" "${2 * i + 2}"; '
-        script += f'hostname "${2 * len(mounts) + 1}"; shift {2 * len(mounts) + 1}; exec "$@"'
+        # The agent's default directories: what it writes there stays on the device.
+        mounts += [(self.run_dir / sub, target) for sub, target in DEVICE_PRIVATE_DIRS]
+        script = "set -e; "  # ${N}: positional parameters past 9 need the braces
+        for i, (_, target) in enumerate(mounts):
+            if target != "/etc/resolv.conf":
+                script += f'mkdir -p "${{{2 * i + 2}}}"; '
+            script += f'mount --bind "${{{2 * i + 1}}}" "${{{2 * i + 2}}}"; '
+        n = 2 * len(mounts) + 1
+        script += f'hostname "${{{n}}}"; shift {n}; exec "$@"'
         args = [str(a) for pair in mounts for a in pair] + [self.hostname]
         return ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts",
                 "--propagation", "private", "sh", "-c", script, "device-shell", *args, *argv]
@@ -327,7 +335,7 @@ class Lab:
         ns = f"{self.prefix}-dev{index}"
         mac = f"02:dc:00:00:00:{index:02x}"
         run_dir = self.run / f"dev{index}"
-        for sub in ("dhcpcd", "dhclient", "state"):
+        for sub in ("dhcpcd", "dhclient", "state", *(d for d, _ in DEVICE_PRIVATE_DIRS)):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         (run_dir / "resolv.conf").write_text("")
         _run(["ip", "netns", "add", ns])

@@ -1,0 +1,112 @@
+"""RFC 5227 IPv4 address conflict detection as a sans-IO core.
+
+`ArpProber(address, mac, rng, now)` waits 0-1 s, sends three ARP probes 1-2 s apart,
+then waits 2 s more; a conflict is any ARP packet whose sender address is ours, or a
+probe for our address from another machine (RFC 5227 2.1.1). With no conflict it
+announces the address twice, 2 s apart (2.3). Frames are ARP payloads for an AF_PACKET
+SOCK_DGRAM socket: the driver adds the Ethernet header (broadcast).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+from dataclasses import dataclass
+
+from profiles.errors import ParseError
+
+PROBE_WAIT = 1.0  # s
+PROBE_NUM = 3
+PROBE_MIN, PROBE_MAX = 1.0, 2.0  # s
+ANNOUNCE_WAIT = 2.0  # s
+ANNOUNCE_NUM = 2
+ANNOUNCE_INTERVAL = 2.0  # s
+ETH_P_ARP = 0x0806
+_ARP = struct.Struct("!HHBBH6s4s6s4s")  # RFC 826, Ethernet/IPv4: 28 bytes
+REQUEST, REPLY = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ArpPacket:
+    op: int
+    sender_mac: bytes
+    sender_ip: str
+    target_mac: bytes
+    target_ip: str
+
+    def to_bytes(self) -> bytes:
+        return _ARP.pack(1, 0x0800, 6, 4, self.op, self.sender_mac,
+                         socket.inet_aton(self.sender_ip), self.target_mac,
+                         socket.inet_aton(self.target_ip))
+
+
+def parse_arp(data: bytes) -> ArpPacket:
+    if len(data) < _ARP.size:
+        raise ParseError(f"ARP packet of {len(data)} bytes", offset=len(data))
+    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(data)
+    if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4):
+        raise ParseError("not Ethernet/IPv4 ARP", offset=0)
+    return ArpPacket(op, sha, socket.inet_ntoa(spa), tha, socket.inet_ntoa(tpa))
+
+
+class ArpProber:
+    """Probe `address`; `result` becomes True (conflict) or False (free to use)."""
+
+    def __init__(self, address: str, mac: bytes, rng: random.Random, now: float):
+        self.address = address
+        self.mac = mac
+        self.rng = rng
+        self.result: bool | None = None
+        self.conflicting_mac: bytes | None = None
+        self._probes = 0
+        self._announces = 0
+        self._outbox: list[bytes] = []
+        self._timer: float | None = now + rng.uniform(0, PROBE_WAIT)
+
+    def get_timer(self) -> float | None:
+        return self._timer
+
+    def frames_to_send(self) -> list[bytes]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        if self._timer is None or now < self._timer:
+            return
+        if self.result is None and self._probes < PROBE_NUM:
+            self._probes += 1
+            self._outbox.append(ArpPacket(REQUEST, self.mac, "0.0.0.0", bytes(6),
+                                          self.address).to_bytes())
+            last = self._probes == PROBE_NUM
+            self._timer = now + (ANNOUNCE_WAIT if last else self.rng.uniform(PROBE_MIN,
+                                                                             PROBE_MAX))
+        elif self.result is None:
+            self.result = False
+            self._announce(now)
+        elif self.result is False and self._announces < ANNOUNCE_NUM:
+            self._announce(now)
+        else:
+            self._timer = None
+
+    def _announce(self, now: float) -> None:
+        self._announces += 1
+        self._outbox.append(ArpPacket(REQUEST, self.mac, self.address, bytes(6),
+                                      self.address).to_bytes())
+        self._timer = now + ANNOUNCE_INTERVAL if self._announces < ANNOUNCE_NUM else None
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self.result is not None:
+            return
+        try:
+            pkt = parse_arp(data)
+        except ParseError:
+            return
+        if pkt.sender_mac == self.mac:
+            return  # our own frame, looped back
+        other_prober = (pkt.op == REQUEST and pkt.sender_ip == "0.0.0.0"
+                        and pkt.target_ip == self.address)
+        if pkt.sender_ip == self.address or other_prober:
+            self.result = True
+            self.conflicting_mac = pkt.sender_mac
+            self._timer = None

@@ -1,0 +1,266 @@
+"""The DHCP driver: sockets, netlink and files around the sans-IO DhcpClient.
+
+Sockets. A UDP socket on port 68 bound to the interface (SO_BINDTODEVICE) with
+SO_BROADCAST. Before the device has an address the client sets the BROADCAST flag, so
+servers that would unicast OFFER/ACK to `yiaddr` (dnsmasq does) broadcast them and the
+kernel delivers them to this socket; renewals are unicast from the leased address. ARP
+probes use an AF_PACKET socket for ETH_P_ARP only, open while a probe runs.
+
+Time. Deadlines are CLOCK_BOOTTIME; the event loop runs on CLOCK_MONOTONIC, which stops
+during suspend, so each wait is at most MAX_SLEEP and BOOTTIME is read again on waking.
+
+Events. Bound/renewed/changed leases are applied (netlink), written to
+`<runtime_dir>/resolv.conf` and saved to `<state_dir>/lease-<if>.json` before the
+caller's handler sees them. A lost lease goes to the handler first — bounded by
+`grace`, so lease-lost hooks can AP-Abort associations — and only then is the address
+removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiles import statefile
+from profiles.network_address.arp import ETH_P_ARP, ArpProber
+from profiles.network_address.client import (
+    AddressChanged,
+    DhcpClient,
+    DhcpEvent,
+    DhcpState,
+    LeaseBound,
+    LeaseLost,
+    LeaseRenewed,
+    ProbeRequested,
+)
+from profiles.network_address.lease import Lease
+from profiles.network_address.netlink import Netlink
+
+log = logging.getLogger(__name__)
+CLIENT_PORT = 68
+MAX_SLEEP = 30.0  # s: re-read CLOCK_BOOTTIME at least this often (suspend)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+@dataclass
+class Paths:
+    state_dir: Path
+    runtime_dir: Path
+    interface: str
+
+    @property
+    def lease_file(self) -> Path:
+        return self.state_dir / f"lease-{self.interface}.json"
+
+    @property
+    def resolv_conf(self) -> Path:
+        return self.runtime_dir / "resolv.conf"
+
+    @property
+    def client_id_file(self) -> Path:
+        return self.state_dir / "client-id"
+
+
+def load_saved_lease(paths: Paths) -> tuple[Lease | None, bool]:
+    """The saved lease and whether it is from this boot; (None, False) when unusable."""
+    record = statefile.read_json(paths.lease_file)
+    if not isinstance(record, dict):
+        return None, False
+    try:
+        lease = Lease.from_record(record["lease"])
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("saved lease %s unusable: %s", paths.lease_file, exc)
+        return None, False
+    return lease, record.get("boot_id") == statefile.boot_id()
+
+
+def save_lease(paths: Paths, lease: Lease) -> None:
+    statefile.write_json(paths.lease_file, {
+        "boot_id": statefile.boot_id(), "saved_boottime": boottime(),
+        "saved_wall": time.time(), "lease": lease.to_record()})
+
+
+def write_resolv_conf(paths: Paths, lease: Lease | None) -> None:
+    lines = ["# written by dicom-agent from the DHCP lease; do not edit"]
+    if lease is not None:
+        lines += [f"nameserver {server}" for server in lease.dns[:3]]
+        search = list(lease.search) or ([lease.domain] if lease.domain else [])
+        if search:
+            lines.append("search " + " ".join(search[:6]))
+    statefile.atomic_write(paths.resolv_conf, ("\n".join(lines) + "\n").encode())
+
+
+def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
+    try:
+        raw = paths.client_id_file.read_text().strip()
+        value = bytes.fromhex(raw.replace(":", ""))
+        if len(value) >= 2:
+            return value
+    except (FileNotFoundError, ValueError):
+        pass
+    value = make()
+    statefile.atomic_write(paths.client_id_file, (value.hex(":") + "\n").encode())
+    return value
+
+
+class DhcpDriver:
+    """Runs one DhcpClient on one interface until `stop` is set."""
+
+    def __init__(self, client: DhcpClient, paths: Paths, netlink: Netlink,
+                 on_event: Callable[[DhcpEvent], Awaitable[None]], grace: float,
+                 rng: random.Random, release_on_stop: bool = False):
+        self.client = client
+        self.paths = paths
+        self.netlink = netlink
+        self.on_event = on_event
+        self.grace = grace
+        self.rng = rng
+        self.release_on_stop = release_on_stop
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=256)
+        self._udp: socket.socket | None = None
+        self._arp: socket.socket | None = None
+        self._prober: ArpProber | None = None
+        self.dropped = 0
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def _open_udp(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.paths.interface.encode())
+        s.bind(("0.0.0.0", CLIENT_PORT))
+        s.setblocking(False)
+        return s
+
+    def _open_arp(self) -> socket.socket:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ARP))
+        s.bind((self.paths.interface, ETH_P_ARP))
+        s.setblocking(False)
+        return s
+
+    def _reader(self, kind: str, sock: socket.socket) -> Callable[[], None]:
+        def read() -> None:
+            try:
+                data = sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("%s socket: %s", kind, exc)
+                return
+            try:
+                self._inbox.put_nowait((kind, data))
+            except asyncio.QueueFull:
+                self.dropped += 1  # a flood: drop, count, carry on
+        return read
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask run() to end (it sends DHCPRELEASE first when release_on_stop)."""
+        self._inbox.put_nowait(("stop", b""))
+
+    async def run(self, saved: Lease | None = None, same_boot: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp = self._open_udp()
+        loop.add_reader(self._udp.fileno(), self._reader("udp", self._udp))
+        try:
+            self.client.start(boottime(), saved=saved, same_boot=same_boot,
+                              wall_now=time.time())
+            await self._flush()
+            while True:
+                now = boottime()
+                deadlines = [t for t in (self.client.get_timer(),
+                                         self._prober.get_timer() if self._prober else None)
+                             if t is not None]
+                delay = max(min([MAX_SLEEP, *(d - now for d in deadlines)]), 0.0)
+                try:
+                    kind, data = await asyncio.wait_for(self._inbox.get(), delay)
+                except TimeoutError:
+                    kind, data = "timer", b""
+                if kind == "stop":
+                    break
+                now = boottime()
+                if kind == "udp":
+                    self.client.receive_datagram(data, now)
+                elif kind == "arp" and self._prober is not None:
+                    self._prober.receive(data, now)
+                self.client.handle_timer(now)
+                if self._prober is not None:
+                    self._prober.handle_timer(now)
+                    if self._prober.result is not None and self.client.state is DhcpState.PROBING:
+                        self.client.probe_result(self._prober.address, self._prober.result, now)
+                await self._flush()
+        finally:
+            if self.client.state is not DhcpState.STOPPED:
+                self.client.stop(boottime(), release=self.release_on_stop)
+                self._send_datagrams()
+            self._close_prober()
+            loop.remove_reader(self._udp.fileno())
+            self._udp.close()
+            self._udp = None
+
+    def _send_datagrams(self) -> None:
+        for d in self.client.datagrams_to_send():
+            try:
+                self._udp.sendto(d.payload, (d.destination, d.port))
+            except OSError as exc:
+                log.warning("sending to %s: %s", d.destination, exc)
+
+    async def _flush(self) -> None:
+        self._send_datagrams()
+        if self._prober is not None:
+            for frame in self._prober.frames_to_send():
+                try:
+                    self._arp.sendto(frame, (self.paths.interface, ETH_P_ARP, 0, 0,
+                                             b"\xff" * 6))
+                except OSError as exc:
+                    log.warning("ARP send: %s", exc)
+            if self._prober.get_timer() is None:  # decided, announcements sent
+                self._close_prober()
+        while (event := self.client.next_event()) is not None:
+            await self._handle(event)
+        self._send_datagrams()
+
+    def _close_prober(self) -> None:
+        if self._arp is not None:
+            asyncio.get_running_loop().remove_reader(self._arp.fileno())
+            self._arp.close()
+            self._arp = None
+        self._prober = None
+
+    async def _handle(self, event: DhcpEvent) -> None:
+        now = boottime()
+        match event:
+            case ProbeRequested(address):
+                self._close_prober()
+                self._arp = self._open_arp()
+                asyncio.get_running_loop().add_reader(self._arp.fileno(),
+                                                      self._reader("arp", self._arp))
+                self._prober = ArpProber(address, self.client.s.mac, self.rng, now)
+                return
+            case LeaseBound(lease) | LeaseRenewed(lease) | AddressChanged(_, lease):
+                await self.netlink.apply(lease, now, self.grace)
+                write_resolv_conf(self.paths, lease)
+                save_lease(self.paths, lease)
+                await self.on_event(event)
+            case LeaseLost(lease, _):
+                try:
+                    await asyncio.wait_for(self.on_event(event), self.grace)
+                except TimeoutError:
+                    log.warning("lease-lost handlers took over %.1f s", self.grace)
+                await self.netlink.remove(lease)
+                write_resolv_conf(self.paths, None)
+                self.paths.lease_file.unlink(missing_ok=True)
+            case _:
+                await self.on_event(event)

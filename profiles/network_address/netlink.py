@@ -1,0 +1,87 @@
+"""Apply a lease to the interface through netlink (pyroute2): address with lifetimes,
+broadcast, routes, MTU; remove them when the lease is lost.
+
+The address's valid lifetime is the lease's remaining time plus `grace` (the time lease-
+lost handlers get), its preferred lifetime the remaining time: should the agent die, the
+kernel still removes the address when the lease ends (dhcpcd does the same).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from profiles.network_address.lease import INFINITE, Lease
+
+log = logging.getLogger(__name__)
+RTPROT_DHCP = 16  # routes we install carry proto "dhcp", as dhcpcd's do
+
+
+class Netlink:
+    """Async netlink (pyroute2's AsyncIPRoute: its sync IPRoute runs a loop of its own and
+    cannot be used inside ours). Create with `await Netlink.open(interface)`."""
+
+    def __init__(self, interface: str, ipr, index: int):
+        self.interface = interface
+        self.ipr = ipr
+        self.index = index
+        self._applied: Lease | None = None
+
+    @classmethod
+    async def open(cls, interface: str) -> Netlink:
+        # AsyncIPRoute alone: the pyroute2 package root imports far more (see make bench).
+        from pyroute2.iproute.linux import AsyncIPRoute
+
+        ipr = AsyncIPRoute()
+        await ipr.setup_endpoint()
+        found = await ipr.link_lookup(ifname=interface)
+        if not found:
+            ipr.close()
+            raise OSError(f"no interface {interface!r}")
+        return cls(interface, ipr, found[0])
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    async def _link(self):
+        return (await self.ipr.link("get", index=self.index))[0]
+
+    async def mac(self) -> bytes:
+        link = await self._link()
+        return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+
+    async def carrier(self) -> bool:
+        return (await self._link()).get_attr("IFLA_CARRIER") == 1
+
+    async def apply(self, lease: Lease, now: float, grace: float) -> None:
+        old = self._applied
+        if old is not None and (old.address, old.prefix) != (lease.address, lease.prefix):
+            await self.remove(old)
+        remaining = lease.remaining(now)
+        lifetimes = {}
+        if lease.lease_time != INFINITE:
+            lifetimes = {"valid_lft": int(remaining + grace) + 1,
+                         "preferred_lft": max(int(remaining), 0)}
+        await self.ipr.addr("replace", index=self.index, address=lease.address,
+                            prefixlen=lease.prefix, broadcast=lease.broadcast, **lifetimes)
+        if lease.mtu is not None:
+            await self.ipr.link("set", index=self.index, mtu=lease.mtu)
+        for dst, via in lease.routes:
+            await self.ipr.route("replace", dst=dst, gateway=via, oif=self.index,
+                                 proto=RTPROT_DHCP)
+        if lease.router:
+            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=lease.router[0],
+                                 oif=self.index, proto=RTPROT_DHCP)
+        self._applied = lease
+        log.info("applied %s/%d on %s (valid %s s)", lease.address, lease.prefix,
+                 self.interface, lifetimes.get("valid_lft", "forever"))
+
+    async def remove(self, lease: Lease) -> None:
+        """Delete the lease's address; the kernel drops the routes through it with it."""
+        try:
+            await self.ipr.addr("del", index=self.index, address=lease.address,
+                                prefixlen=lease.prefix)
+        except Exception as exc:  # already gone: its lifetime ran out
+            log.debug("address %s already gone: %s", lease.address, exc)
+        if self._applied is not None and self._applied.address == lease.address:
+            self._applied = None
+        log.info("removed %s from %s", lease.address, self.interface)
