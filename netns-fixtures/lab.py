@@ -210,7 +210,7 @@ class Device:
     @property
     def static_address(self) -> str:
         """The address `configure_static` gives: outside the DHCP pool (100-199)."""
-        return f"192.0.2.{20 + self.index}"
+        return f"192.0.2.{20 + self.index % 80}"
 
     def configure_static(self) -> str:
         """Give eth0 its static address and a default route, for tests that need no DHCP."""
@@ -259,6 +259,7 @@ class Lab:
         self.tsig_secret = ""
         self.timings: dict[str, float] = {}
         self._procs: list[subprocess.Popen] = []
+        self._next_index = 9
 
     # -- building ---------------------------------------------------------------------
 
@@ -329,12 +330,15 @@ class Lab:
     def add_device(self, index: int | None = None) -> Device:
         """A new device namespace on the bridge (index: next free one when None)."""
         if index is None:
-            index = max([9, *self.devices]) + 1
-        if index in self.devices or not 1 <= index <= 79:
+            # Never reuse an index in one lab: a new device is a new MAC to the servers.
+            index = self._next_index = max(self._next_index, *self.devices, 9) + 1
+        if index in self.devices or not 1 <= index <= 250:
             raise ValueError(f"device index {index} is taken or out of range")
         ns = f"{self.prefix}-dev{index}"
         mac = f"02:dc:00:00:00:{index:02x}"
         run_dir = self.run / f"dev{index}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
         for sub in ("dhcpcd", "dhclient", "state", *(d for d, _ in DEVICE_PRIVATE_DIRS)):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         (run_dir / "resolv.conf").write_text("")
@@ -360,9 +364,17 @@ class Lab:
         return subprocess.run(["ip", "netns", "exec", self.server, *argv], capture_output=True,
                               text=True, timeout=timeout, check=check, env=env, input=input)
 
+    def srv_popen(self, argv: list[str]) -> subprocess.Popen:
+        """A long-running command in the server namespace (ended by down() at the latest)."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.server, *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                ns: str | None = None) -> subprocess.Popen:
-        log = open(self.run / "logs" / f"{name}.log", "w")  # noqa: SIM115 (child keeps it)
+        log = open(self.run / "logs" / f"{name}.log", "a")  # noqa: SIM115 (child keeps it)
         proc = subprocess.Popen(["ip", "netns", "exec", ns or self.server, *argv],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
@@ -514,12 +526,33 @@ class Lab:
         env = dict(os.environ, KEA_PIDFILE_DIR=str(kea), KEA_LOCKFILE_DIR=str(kea))
         d2 = self._spawn("kea-dhcp-ddns", ["kea-dhcp-ddns", "-c", str(kea / "kea-dhcp-ddns.json")],
                          env=env)
-        dhcp4 = self._spawn("kea-dhcp4", ["kea-dhcp4", "-c", str(kea / "kea-dhcp4.json")], env=env)
         self._wait_listening("named", named, "udp", 53, SERVER_ADDRESS)
         self._wait_listening("kea-dhcp-ddns", d2, "udp", 53001)
-        self._wait_listening("kea-dhcp4", dhcp4, "udp", 67)
-        self.dhcp_procs = [named, d2, dhcp4]
+        self.dhcp_procs = [named, d2, self._start_kea_dhcp4()]
         self.timings["dhcp"] = time.monotonic() - t0
+
+    def _start_kea_dhcp4(self) -> subprocess.Popen:
+        kea = self.run / "kea"
+        env = dict(os.environ, KEA_PIDFILE_DIR=str(kea), KEA_LOCKFILE_DIR=str(kea))
+        dhcp4 = self._spawn("kea-dhcp4", ["kea-dhcp4", "-c", str(kea / "kea-dhcp4.json")], env=env)
+        self._wait_listening("kea-dhcp4", dhcp4, "udp", 67)
+        return dhcp4
+
+    def stop_dhcp_server(self) -> None:
+        """Stop the DHCP server only (DNS stays), as a failed server would: for expiry tests."""
+        self._stop([self.dhcp_procs[-1]])
+
+    def start_dhcp_server(self) -> None:
+        """Start the DHCP server stopped by stop_dhcp_server(); its leases are kept."""
+        if self.dhcp_procs[-1].poll() is None:
+            return
+        if self.flavour == "dnsmasq":
+            self._start_dnsmasq()
+        else:
+            self.dhcp_procs[-1] = self._start_kea_dhcp4()
+
+    def dhcp_log(self) -> str:
+        return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")
 
     def set_srv_layout(self, layout: str) -> None:
         """Switch the _ldap._tcp SRV layout: restart the DNS server with the new records."""

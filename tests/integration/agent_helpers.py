@@ -1,0 +1,42 @@
+"""Running the agent on a lab device, and reading what it prints."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = str(REPO / ".venv" / "bin" / "dicom-agent")
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+
+
+def agent(device, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return device.run([AGENT, *args], timeout=timeout)
+
+
+def dhcp_once(device, *extra: str, timeout: float = 90) -> dict:
+    proc = agent(device, "dhcp", "--interface", "eth0", "--no-probe", "--initial-delay", "0",
+                 "--once", "--json", *extra, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> dict | None:
+    """The next JSON line the process prints, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        return json.loads(line)
+    return None
+
+
+def ip_json(device, *args: str) -> list:
+    return json.loads(device.ip("-j", *args))

@@ -1,0 +1,255 @@
+"""`dicom-agent dhcp` against real dnsmasq and Kea in the netns lab."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pytest
+from agent_helpers import AGENT, PYTHON, agent, dhcp_once, ip_json, read_line
+
+from profiles.network_address import options as o
+
+CONTRACT_KEYS = {"state", "interface", "address", "prefix", "broadcast", "router", "routes",
+                 "dns", "domain", "search", "hostname", "fqdn", "ntp", "time_offset",
+                 "tz_posix", "tz_name", "mtu", "lease_time", "t1", "t2", "server_id",
+                 "expires_at", "auto_configure", "options"}
+
+
+def discovers(lab, mac: str) -> int:
+    return len(re.findall(rf"DHCPDISCOVER\(eth0\)[^\n]*{mac}", lab.dhcp_log()))
+
+
+@pytest.mark.parametrize("flavour", ["dnsmasq", "kea"])
+def test_once_acquires_applies_and_prints_the_contract_json(flavour, request):
+    dev = request.getfixturevalue("device" if flavour == "dnsmasq" else "kea_device")
+    name = f"dev{dev.index}"
+    lease = dhcp_once(dev, "--hostname", name)
+    assert set(lease) >= CONTRACT_KEYS
+    assert lease["state"] == "bound" and lease["interface"] == "eth0"
+    assert re.fullmatch(r"192\.0\.2\.1\d\d", lease["address"]) and lease["prefix"] == 24
+    assert lease["broadcast"] == "192.0.2.255" and lease["server_id"] == "192.0.2.1"
+    assert lease["router"] == ["192.0.2.1"]
+    assert lease["routes"] == [{"dst": "198.51.100.0/24", "via": "192.0.2.1"}]
+    assert lease["dns"] == ["192.0.2.1"] and lease["domain"] == "hospital.test"
+    assert lease["search"] == ["hospital.test"] and lease["mtu"] == 1500
+    assert lease["ntp"] == ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+    assert lease["time_offset"] == 3600
+    assert lease["lease_time"] == (120 if flavour == "dnsmasq" else 20)
+    assert lease["fqdn"] == f"{name}.hospital.test"
+    assert lease["options"]["121"] == "18c63364c000020100c0000201"
+    # What the kernel holds: the address with a finite lifetime, routes (121 over 3), MTU.
+    (link,) = ip_json(dev, "addr", "show", "dev", "eth0")
+    (inet,) = [a for a in link["addr_info"] if a["family"] == "inet"]
+    assert inet["local"] == lease["address"] and inet["prefixlen"] == 24
+    assert 0 < inet["valid_life_time"] <= lease["lease_time"] + 10 + 1
+    assert 0 < inet["preferred_life_time"] <= lease["lease_time"]
+    assert link["mtu"] == 1500
+    routes = {(r["dst"], r.get("gateway")) for r in ip_json(dev, "route")
+              if r.get("protocol") == "dhcp"}
+    assert routes == {("default", "192.0.2.1"), ("198.51.100.0/24", "192.0.2.1")}
+    resolv = (dev.run_dir / "agent-run" / "resolv.conf").read_text()
+    assert "nameserver 192.0.2.1\n" in resolv and "search hospital.test\n" in resolv
+    saved = json.loads((dev.run_dir / "agent-state" / "lease-eth0.json").read_text())
+    assert saved["lease"]["address"] == lease["address"] and saved["boot_id"]
+    # The remote network is reachable through the route option 121 gave.
+    assert dev.run(["busybox", "ping", "-c", "1", "-W", "2", "198.51.100.10"]).returncode == 0
+
+
+def test_restart_in_the_same_boot_reuses_the_lease_without_discover(lab, device):
+    first = dhcp_once(device)
+    before = discovers(lab, device.mac)
+    again = dhcp_once(device)
+    assert again["address"] == first["address"]
+    assert discovers(lab, device.mac) == before
+
+
+def test_init_reboot_confirms_a_lease_saved_in_another_boot(lab, device):
+    first = dhcp_once(device)
+    path = device.run_dir / "agent-state" / "lease-eth0.json"
+    record = json.loads(path.read_text())
+    record["boot_id"] = "another-boot"
+    path.write_text(json.dumps(record))
+    device.ip("addr", "flush", "dev", "eth0")
+    before = discovers(lab, device.mac)
+    again = dhcp_once(device)
+    assert again["address"] == first["address"]
+    assert discovers(lab, device.mac) == before  # REQUEST only: INIT-REBOOT
+    assert re.search(rf"DHCPREQUEST\(eth0\) {first['address']} {device.mac}", lab.dhcp_log())
+
+
+def test_init_reboot_on_another_network_is_nakked_and_starts_over(lab, device):
+    dhcp_once(device)
+    path = device.run_dir / "agent-state" / "lease-eth0.json"
+    record = json.loads(path.read_text())
+    record["boot_id"] = "another-boot"
+    record["lease"]["address"] = "198.51.100.77"
+    record["lease"]["bound_wall"] = time.time()
+    path.write_text(json.dumps(record))
+    device.ip("addr", "flush", "dev", "eth0")
+    lease = dhcp_once(device)
+    assert lease["address"].startswith("192.0.2.")
+    assert re.search(rf"DHCPNAK\(eth0\) 198\.51\.100\.77 {device.mac}", lab.dhcp_log())
+
+
+def test_conflict_is_declined_and_another_address_taken(lab, device, host):
+    taken = dhcp_once(device)["address"]
+    # Someone else now holds that address; the device forgets its lease and asks again
+    # (dnsmasq offers it the same address: the probe must catch it).
+    device.ip("addr", "flush", "dev", "eth0")
+    (device.run_dir / "agent-state" / "lease-eth0.json").unlink()
+    host.ip("addr", "add", f"{taken}/24", "dev", "eth0")
+    proc = agent(device, "dhcp", "--interface", "eth0", "--initial-delay", "0", "--once",
+                 "--json", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    lease = json.loads(proc.stdout)
+    assert lease["address"] != taken
+    assert re.search(rf"DHCPDECLINE\(eth0\) {taken} {device.mac}", lab.dhcp_log())
+
+
+def test_kea_ddns_publishes_the_device_name(kea_lab, kea_device):
+    name = f"ct{kea_device.index}"
+    lease = dhcp_once(kea_device, "--hostname", name)
+    assert lease["fqdn"] == f"{name}.hospital.test"
+    asker = kea_lab.add_device()
+    try:
+        asker.configure_static()
+        deadline, answer = time.monotonic() + 10, ""
+        while time.monotonic() < deadline:
+            answer = asker.run(["dig", "+short", f"{name}.hospital.test"]).stdout.strip()
+            if answer:
+                break
+            time.sleep(0.2)
+        assert answer == lease["address"]
+    finally:
+        kea_lab.remove_device(asker)
+
+
+def test_kea_short_lease_renews_rebinds_expires_and_recovers(kea_lab, kea_device):
+    proc = kea_device.popen([AGENT, "dhcp", "--interface", "eth0",
+                             "--no-probe", "--initial-delay", "0", "--json"])
+    try:
+        bound = read_line(proc, 15)
+        assert bound and bound["event"] == "lease-bound", proc.stderr.read() if not bound else ""
+        t0 = time.monotonic()
+        renewed = read_line(proc, 15)
+        assert renewed["event"] == "lease-renewed"
+        renewed_at = time.monotonic()
+        assert 8 <= renewed_at - t0 <= 12  # T1 = 10 s
+        assert renewed["address"] == bound["address"]
+        kea_lab.stop_dhcp_server()
+        try:
+            expiring = read_line(proc, 25)
+            assert expiring["event"] == "lease-expiring"
+            assert 16 <= time.monotonic() - renewed_at <= 19.5  # T2 = 17.5 s after renewal
+            lost = read_line(proc, 6)
+            assert lost["event"] == "lease-lost" and lost["address"] == bound["address"]
+            assert 18.5 <= time.monotonic() - renewed_at <= 22  # expiry = 20 s after it
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and [
+                    a for i in ip_json(kea_device, "addr", "show", "dev", "eth0")
+                    for a in i["addr_info"] if a["family"] == "inet"]:
+                time.sleep(0.1)
+            assert not [a for i in ip_json(kea_device, "addr", "show", "dev", "eth0")
+                        for a in i["addr_info"] if a["family"] == "inet"]
+        finally:
+            kea_lab.start_dhcp_server()
+        back = read_line(proc, 30)
+        assert back and back["event"] == "lease-bound"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+ROGUE = r'''
+import sys
+from scapy.all import BOOTP, DHCP, IP, UDP, Ether, conf, sendp
+conf.verb = 0
+mac = bytes.fromhex(sys.argv[1].replace(":", ""))
+xid = int(sys.argv[2])
+def frame(payload):
+    return (Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="192.0.2.66", dst="255.255.255.255")
+            / UDP(sport=67, dport=68) / payload)
+good = BOOTP(op=2, xid=xid, chaddr=mac, yiaddr="192.0.2.250")
+offer = lambda **kw: good / DHCP(options=[("message-type", "ack"), ("server_id", "192.0.2.66"),
+                                          ("lease_time", 30), *kw.get("extra", []), "end"])
+packets = [
+    bytes(offer())[:250],                                            # truncated options
+    bytes(good)[:236] + b"\x63\x82\x53\x63" + bytes((12, 200)) + b"x" * 10,   # overlong
+    bytes(good)[:236] + b"\x63\x82\x53\x64" + bytes((53, 1, 5, 255)),         # bad cookie
+    bytes(BOOTP(op=2, xid=xid ^ 0xFFFF, chaddr=mac) / DHCP(options=[("message-type", "ack"),
+          ("server_id", "192.0.2.1"), ("lease_time", 30), "end"])),          # wrong xid
+    bytes(offer()),                                                  # server not allowed
+    bytes(offer(extra=[("hostname", b"x; reboot")])),
+]
+for p in packets * 3:
+    sendp(frame(p), iface="eth0")
+print(len(packets) * 3)
+'''
+
+
+def test_rogue_and_malformed_packets_never_crash_or_change_the_lease(lab, device, host):
+    proc = device.popen([AGENT, "dhcp", "--interface", "eth0", "--no-probe",
+                         "--initial-delay", "0", "--json"])
+    try:
+        bound = read_line(proc, 15)
+        assert bound and bound["event"] == "lease-bound"
+        saved = json.loads((device.run_dir / "agent-state" / "lease-eth0.json").read_text())
+        (host.run_dir / "rogue.py").write_text(ROGUE)
+        sent = host.run([PYTHON, str(host.run_dir / "rogue.py"), device.mac, "0"],
+                        timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.strip() == "18"
+        assert read_line(proc, 2) is None  # no lease event
+        assert proc.poll() is None  # still running
+        after = json.loads((device.run_dir / "agent-state" / "lease-eth0.json").read_text())
+        assert after["lease"]["address"] == bound["address"] == saved["lease"]["address"]
+        (link,) = ip_json(device, "addr", "show", "dev", "eth0")
+        assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == [
+            bound["address"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+CAPTURE = r'''
+import json, sys
+from scapy.all import BOOTP, DHCP, rdpcap
+out = []
+for pkt in rdpcap(sys.argv[1]):
+    if BOOTP in pkt and pkt[BOOTP].op == 1:
+        opts = {o[0]: [v.hex() if isinstance(v, bytes) else v for v in o[1:]]
+                for o in pkt[DHCP].options if isinstance(o, tuple)}
+        out.append({"secs": pkt[BOOTP].secs, "flags": int(pkt[BOOTP].flags), "options": opts})
+print(json.dumps(out))
+'''
+
+
+def test_capture_shows_what_the_agent_puts_on_the_wire(lab, device):
+    pcap = lab.run / f"capture-{device.index}.pcap"
+    dump = lab.srv_popen(["tcpdump", "-i", "eth0", "-U", "-w", str(pcap),
+                          f"udp port 67 and ether src {device.mac}"])
+    try:
+        time.sleep(0.5)
+        dhcp_once(device, "--hostname", "ct01")
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    (lab.run / "read_capture.py").write_text(CAPTURE)
+    proc = lab.srv_exec([PYTHON, str(lab.run / "read_capture.py"), str(pcap)])
+    assert proc.returncode == 0, proc.stderr
+    sent = json.loads(proc.stdout)
+    kinds = [m["options"]["message-type"][0] for m in sent]
+    assert kinds[:2] == [1, 3]  # DISCOVER, REQUEST
+    discover = sent[0]
+    assert discover["options"]["param_req_list"] == [list(o.REQUESTED)]
+    assert discover["options"]["client_id"][0].startswith("ff")  # RFC 4361
+    assert discover["options"]["hostname"] == ["63743031"]
+    assert discover["flags"] == 0x8000 and discover["secs"] == 0
+    fqdn = discover["options"]["client_FQDN"][0]
+    assert fqdn.startswith("05") and "0463743031" in fqdn  # S|E flags, partial name ct01
