@@ -253,3 +253,29 @@ def test_capture_shows_what_the_agent_puts_on_the_wire(lab, device):
     assert discover["flags"] == 0x8000 and discover["secs"] == 0
     fqdn = discover["options"]["client_FQDN"][0]
     assert fqdn.startswith("05") and "0463743031" in fqdn  # S|E flags, partial name ct01
+
+
+RESOLVE = r'''
+import asyncio, dataclasses, json
+from profiles.network_address.resolver import Resolver, ResolveError
+async def main():
+    r = Resolver(("192.0.2.9", "192.0.2.1"), ("hospital.test",))  # .9: nobody answers
+    out = {"ldap": await r.addresses("ldap"),
+           "srv": [dataclasses.astuple(s) for s in await r.srv("_ldap._tcp.hospital.test")]}
+    try:
+        await r.addresses("nothere")
+    except ResolveError as exc:
+        out["missing"] = str(exc)
+    print(json.dumps(out))
+asyncio.run(main())
+'''
+
+
+def test_resolver_answers_from_the_lab_dns(host):
+    proc = host.run([PYTHON, "-c", RESOLVE], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ldap"] == ["192.0.2.1"]
+    assert sorted(out["srv"]) == [[0, 100, 389, "ldap.hospital.test"],
+                                  [10, 100, 389, "ldap-backup.hospital.test"]]
+    assert out["missing"].startswith("nothere: ")
