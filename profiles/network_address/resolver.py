@@ -1,10 +1,10 @@
 """Resolve Hostname (PS3.15 F.1.1): a small DNS client on dnspython for the other profiles.
 
 It asks the servers of the current lease (option 6) — or the configured ones — in
-order, the last one that answered first, expands names with the lease's search list (option 119, else 15), and caches
-answers for their TTL (negative answers for the SOA minimum, RFC 2308). A new lease
-(`configure`) purges the cache: another network may give other answers. Time is
-CLOCK_BOOTTIME through the injected clock.
+order, the last one that answered first; expands names with the lease's search list
+(option 119, else 15); and caches answers for their TTL (negative answers for the SOA
+minimum, RFC 2308). A new lease (`configure`) purges the cache: another network may
+give other answers. Time is CLOCK_BOOTTIME through the injected clock.
 """
 
 from __future__ import annotations
