@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 CLIENT_PORT = 68
 MAX_SLEEP = 30.0  # s: re-read CLOCK_BOOTTIME at least this often (suspend)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 1
 
 
 def boottime() -> float:
@@ -149,6 +151,20 @@ class DhcpDriver:
         s.setblocking(False)
         return s
 
+    def _open_link_monitor(self) -> socket.socket:
+        """rtnetlink link notifications: any of them makes us read the carrier again."""
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        s.bind((0, RTMGRP_LINK))
+        s.setblocking(False)
+        return s
+
+    def carrier(self) -> bool:
+        try:
+            return Path(f"/sys/class/net/{self.paths.interface}/carrier").read_text().strip() \
+                == "1"
+        except OSError:  # EINVAL while the interface is administratively down
+            return False
+
     def _reader(self, kind: str, sock: socket.socket) -> Callable[[], None]:
         def read() -> None:
             try:
@@ -174,9 +190,15 @@ class DhcpDriver:
         loop = asyncio.get_running_loop()
         self._udp = self._open_udp()
         loop.add_reader(self._udp.fileno(), self._reader("udp", self._udp))
+        monitor = self._open_link_monitor()
+        loop.add_reader(monitor.fileno(), self._reader("link", monitor))
         try:
             self.client.start(boottime(), saved=saved, same_boot=same_boot,
                               wall_now=time.time())
+            has_carrier = self.carrier()
+            if not has_carrier:
+                log.info("%s has no carrier: waiting for it", self.paths.interface)
+                self.client.carrier_lost(boottime())
             await self._flush()
             while True:
                 now = boottime()
@@ -191,7 +213,17 @@ class DhcpDriver:
                 if kind == "stop":
                     break
                 now = boottime()
-                if kind == "udp":
+                if kind == "link":
+                    carrier = self.carrier()
+                    if carrier != has_carrier:
+                        has_carrier = carrier
+                        log.info("%s carrier %s", self.paths.interface,
+                                 "up" if carrier else "down")
+                        if carrier:
+                            self.client.carrier_regained(now)
+                        else:
+                            self.client.carrier_lost(now)
+                elif kind == "udp":
                     self.client.receive_datagram(data, now)
                 elif kind == "arp" and self._prober is not None:
                     self._prober.receive(data, now)
@@ -206,8 +238,9 @@ class DhcpDriver:
                 self.client.stop(boottime(), release=self.release_on_stop)
                 self._send_datagrams()
             self._close_prober()
-            loop.remove_reader(self._udp.fileno())
-            self._udp.close()
+            for sock in (self._udp, monitor):
+                loop.remove_reader(sock.fileno())
+                sock.close()
             self._udp = None
 
     def _send_datagrams(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -279,3 +280,28 @@ def test_resolver_answers_from_the_lab_dns(host):
     assert sorted(out["srv"]) == [[0, 100, 389, "ldap.hospital.test"],
                                   [10, 100, 389, "ldap-backup.hospital.test"]]
     assert out["missing"].startswith("nothere: ")
+
+
+def test_carrier_loss_stops_sending_and_its_return_confirms_the_lease(lab, device):
+    proc = device.popen([AGENT, "dhcp", "--interface", "eth0", "--no-probe",
+                         "--initial-delay", "0", "--json"])
+    port = f"p-dev{device.index}"
+    try:
+        bound = read_line(proc, 15)
+        assert bound and bound["event"] == "lease-bound"
+        before = discovers(lab, device.mac)
+        requests = len(re.findall(rf"DHCPREQUEST\(eth0\) {bound['address']} {device.mac}",
+                                  lab.dhcp_log()))
+        lab_sw = ["ip", "-n", lab.switch, "link", "set", port]
+        assert subprocess.run([*lab_sw, "down"]).returncode == 0
+        time.sleep(1.0)
+        assert subprocess.run([*lab_sw, "up"]).returncode == 0
+        again = read_line(proc, 15)  # INIT-REBOOT: the same lease confirmed
+        assert again and again["event"] == "lease-bound", proc.stderr.read() if not again else ""
+        assert again["address"] == bound["address"]
+        assert discovers(lab, device.mac) == before
+        assert len(re.findall(rf"DHCPREQUEST\(eth0\) {bound['address']} {device.mac}",
+                              lab.dhcp_log())) == requests + 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
