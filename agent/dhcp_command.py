@@ -36,6 +36,8 @@ from profiles.network_address.client import (
     generate_client_id,
 )
 from profiles.network_address.driver import (
+    AutoIpConfigured,
+    AutoIpRemoved,
     DhcpDriver,
     Paths,
     boottime,
@@ -108,10 +110,19 @@ async def _run(args: argparse.Namespace, network: NetworkSettings,
             mac=await netlink.mac(), client_id=client_id, hostname=network.hostname,
             initial_delay=network.initial_delay, arp_probe=network.arp_probe,
             server_allowlist=network.server_allowlist, offer_window=network.offer_window,
+            auto_ip=network.auto_ip, discover_timeout=network.discover_timeout,
             wall_clock=time.time), rng)
         bound = asyncio.Event()
 
-        async def on_event(event: DhcpEvent) -> None:
+        async def on_event(event: DhcpEvent | AutoIpConfigured | AutoIpRemoved) -> None:
+            if isinstance(event, AutoIpConfigured | AutoIpRemoved) and not args.once:
+                print(json.dumps({
+                    "event": "auto-ip" if isinstance(event, AutoIpConfigured)
+                    else "auto-ip-removed", "state": client.state.value,
+                    "interface": network.interface, "address": event.address, "prefix": 16,
+                    **({"reason": event.reason} if isinstance(event, AutoIpRemoved) else {})}),
+                    flush=True)
+                return
             name = EVENT_NAMES.get(type(event))
             if name is None:
                 return
@@ -138,11 +149,11 @@ async def _run(args: argparse.Namespace, network: NetworkSettings,
             try:
                 await asyncio.wait_for(bound.wait(), args.timeout or 60.0)
             except TimeoutError:
+                state = client.state.value
                 driver.stop()
                 await task
                 print(f"dhcp: no lease on {network.interface} within "
-                      f"{args.timeout or 60.0:g} s (state {client.state.value})",
-                      file=sys.stderr)
+                      f"{args.timeout or 60.0:g} s (state {state})", file=sys.stderr)
                 return 1
             lease = client.lease
             driver.stop()

@@ -110,3 +110,95 @@ class ArpProber:
             self.result = True
             self.conflicting_mac = pkt.sender_mac
             self._timer = None
+
+
+MAX_CONFLICTS = 10  # RFC 3927 9: then at most one attempt per RATE_LIMIT_INTERVAL
+RATE_LIMIT_INTERVAL = 60.0  # s
+DEFEND_INTERVAL = 10.0  # s
+
+
+def _pick(rng: random.Random) -> str:
+    """RFC 3927 2.1: 169.254.1.0 to 169.254.254.255."""
+    return f"169.254.{rng.randint(1, 254)}.{rng.randint(0, 255)}"
+
+
+class LinkLocal:
+    """RFC 3927 IPv4 link-local address: choose, probe, announce, defend.
+
+    The first candidate comes from the MAC (2.1: the same address after every boot when
+    it is free); later ones from the injected RNG. `address` is set once configured and
+    cleared when a defence fails (2.5: another host keeps claiming it within
+    DEFEND_INTERVAL); the caller watches it change."""
+
+    def __init__(self, mac: bytes, rng: random.Random, now: float):
+        self.mac = mac
+        self.rng = rng
+        self.address: str | None = None
+        self.conflicts = 0
+        self._last_defence: float | None = None
+        self._outbox: list[bytes] = []
+        self._prober: ArpProber | None = ArpProber(_pick(random.Random(mac)), mac, rng, now)
+        self._wait_until: float | None = None
+
+    def get_timer(self) -> float | None:
+        if self._wait_until is not None:
+            return self._wait_until
+        return self._prober.get_timer() if self._prober is not None else None
+
+    def frames_to_send(self) -> list[bytes]:
+        out = self._outbox
+        if self._prober is not None:
+            out += self._prober.frames_to_send()
+        self._outbox = []
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        if self._wait_until is not None:
+            if now < self._wait_until:
+                return
+            self._wait_until = None
+            self._prober = ArpProber(_pick(self.rng), self.mac, self.rng, now)
+        if self._prober is None:
+            return
+        self._prober.handle_timer(now)
+        self._check_prober(now)
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self._prober is not None:
+            self._prober.receive(data, now)
+            self._check_prober(now)
+            return
+        if self.address is None:
+            return
+        try:
+            pkt = parse_arp(data)
+        except ParseError:
+            return
+        if pkt.sender_ip != self.address or pkt.sender_mac == self.mac:
+            return
+        if self._last_defence is None or now - self._last_defence > DEFEND_INTERVAL:
+            self._last_defence = now
+            self._outbox.append(ArpPacket(REQUEST, self.mac, self.address, bytes(6),
+                                          self.address).to_bytes())
+        else:
+            self.address = None  # 2.5 (b): give it up, start over
+            self._last_defence = None
+            self._restart(now)
+
+    def _check_prober(self, now: float) -> None:
+        prober = self._prober
+        if prober.result is True:
+            self.conflicts += 1
+            self._restart(now)
+        elif prober.result is False and self.address is None:
+            self.address = prober.address
+        if prober.result is False and prober.get_timer() is None:
+            self._outbox += prober.frames_to_send()
+            self._prober = None  # announced: defend from now on
+
+    def _restart(self, now: float) -> None:
+        self._prober = None
+        if self.conflicts >= MAX_CONFLICTS:
+            self._wait_until = now + RATE_LIMIT_INTERVAL
+        else:
+            self._prober = ArpProber(_pick(self.rng), self.mac, self.rng, now)

@@ -13,6 +13,7 @@ tested by advancing `now` by hand.
     BOUND --T1--> RENEWING (unicast) --T2--> REBINDING (broadcast) --expiry--> INIT
     INIT-REBOOT --REQUEST--> REBOOTING --ACK--> BOUND, --NAK/no answer--> INIT
     PROBING --conflict--> DECLINING --10 s--> INIT (RFC 2131 3.1.5)
+    SELECTING --discover_timeout, auto_ip--> AUTO_IP (169.254/16; DISCOVERs go on)
 
 Replies are checked (op, xid, chaddr, message type, server id, client id, addresses);
 anything that does not fit the state is counted in `counters` and ignored, never
@@ -78,6 +79,9 @@ class DhcpState(enum.Enum):
     INIT_REBOOT = "init-reboot"
     #: REQUEST for the saved address sent; waiting for ACK or NAK.
     REBOOTING = "rebooting"
+    #: No acceptable offer within discover_timeout: a 169.254/16 address is in use
+    #: (RFC 3927) while DISCOVERs go on; a lease replaces it.
+    AUTO_IP = "auto-ip"
     #: Link down: nothing is sent (the driver says when carrier returns).
     NO_CARRIER = "no-carrier"
     STOPPED = "stopped"
@@ -134,8 +138,15 @@ class AddressDeclined:
     server_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class AutoIpWanted:
+    """discover_timeout passed with no acceptable offer and auto-IP is permitted (RFC
+    2563): the driver should configure a link-local address (RFC 3927) and report it
+    with auto_ip_configured()."""
+
+
 DhcpEvent = (LeaseBound | LeaseRenewed | LeaseExpiring | LeaseLost | AddressChanged
-             | ProbeRequested | AddressDeclined)
+             | ProbeRequested | AddressDeclined | AutoIpWanted)
 
 
 @dataclass
@@ -148,6 +159,8 @@ class ClientSettings:
     server_allowlist: tuple[str, ...] = ()
     offer_window: float = 0.0
     configured_offset: int | None = None
+    auto_ip: bool = False  # RFC 2563 permission from the configuration ("NVRAM")
+    discover_timeout: float = 5.0
     requested: tuple[int, ...] = o.REQUESTED
     wall_clock: Callable[[], float] = field(default=lambda: 0.0)
 
@@ -179,6 +192,9 @@ class DhcpClient:
         self._pending: Lease | None = None  # ACKed, being probed
         self._requested_address: str | None = None  # INIT-REBOOT / DISCOVER hint
         self._naks = 0
+        self._auto_ip_due: float | None = None  # when to ask for a link-local address
+        self.auto_ip_forbidden = False  # a server sent option 116 = 0 (RFC 2563)
+        self.auto_ip_address: str | None = None
 
     # -- driver interface ------------------------------------------------------------------
 
@@ -230,7 +246,21 @@ class DhcpClient:
             self._enter_init(now, delay=0.0)
 
     def get_timer(self) -> float | None:
+        if self._auto_ip_due is not None and self.state is DhcpState.SELECTING:
+            return self._auto_ip_due if self._timer is None else min(self._timer,
+                                                                     self._auto_ip_due)
         return self._timer
+
+    def auto_ip_configured(self, address: str, now: float) -> None:
+        """The driver has a link-local address in use; DHCP goes on in the background."""
+        self.auto_ip_address = address
+        if self.state is DhcpState.SELECTING:
+            self._set_state(DhcpState.AUTO_IP)
+
+    def auto_ip_lost(self, now: float) -> None:
+        self.auto_ip_address = None
+        if self.state is DhcpState.AUTO_IP:
+            self._set_state(DhcpState.SELECTING)
 
     def datagrams_to_send(self) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -240,13 +270,20 @@ class DhcpClient:
         return self._events.popleft() if self._events else None
 
     def handle_timer(self, now: float) -> None:
+        if self._auto_ip_due is not None and now >= self._auto_ip_due \
+                and self.state is DhcpState.SELECTING and not self._offers:
+            self._auto_ip_due = None
+            if not self.auto_ip_forbidden:
+                log.info("no acceptable offer in %.1f s: asking for a link-local address",
+                         self.s.discover_timeout)
+                self._events.append(AutoIpWanted())
         if self._timer is None or now < self._timer:
             return
         self._timer = None
         match self.state:
             case DhcpState.INIT:
                 self._send_discover(now, first=True)
-            case DhcpState.SELECTING:
+            case DhcpState.SELECTING | DhcpState.AUTO_IP:
                 if self._offers:
                     self._choose_offer(now)
                 else:
@@ -314,7 +351,7 @@ class DhcpClient:
         if self.s.server_allowlist and server not in self.s.server_allowlist:
             return self._ignore("server-not-allowed")
         match (self.state, mtype):
-            case (DhcpState.SELECTING, MessageType.OFFER):
+            case (DhcpState.SELECTING | DhcpState.AUTO_IP, MessageType.OFFER):
                 self._on_offer(msg, now)
             case (DhcpState.REQUESTING | DhcpState.REBOOTING | DhcpState.RENEWING
                   | DhcpState.REBINDING, MessageType.ACK):
@@ -339,6 +376,8 @@ class DhcpClient:
             return None
 
     def _on_offer(self, msg: DhcpMessage, now: float) -> None:
+        if msg.options.get(o.AUTO_CONFIGURE) == b"\x00":
+            self.auto_ip_forbidden = True  # RFC 2563 2.3: DoNotAutoConfigure
         if not _usable_address(msg.yiaddr):
             return self._ignore("bad-offer", msg.yiaddr)
         self._offers.append(msg)
@@ -415,6 +454,8 @@ class DhcpClient:
         old = self.lease
         self.lease = lease
         self._naks = 0
+        self._auto_ip_due = None
+        self.auto_ip_address = None  # the lease replaces it; the driver removes it
         self._enter_bound(now)
         self._events.append(LeaseBound(lease))
         if old is not None and old.address != lease.address:
@@ -489,6 +530,10 @@ class DhcpClient:
         if first:
             self._set_state(DhcpState.SELECTING)
             self._begin_exchange(now)
+            if self.auto_ip_address is not None:
+                self._set_state(DhcpState.AUTO_IP)  # still on the link-local address
+            elif self.s.auto_ip:
+                self._auto_ip_due = now + self.s.discover_timeout
         self._tries += 1
         extra = {}
         if self._requested_address:

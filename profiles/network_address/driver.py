@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiles import statefile
-from profiles.network_address.arp import ETH_P_ARP, ArpProber
+from profiles.network_address.arp import ETH_P_ARP, ArpProber, LinkLocal
 from profiles.network_address.client import (
     AddressChanged,
+    AutoIpWanted,
     DhcpClient,
     DhcpEvent,
     DhcpState,
@@ -48,6 +49,19 @@ MAX_SLEEP = 30.0  # s: re-read CLOCK_BOOTTIME at least this often (suspend)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AutoIpConfigured:
+    """A driver event: the link-local address is in use (degraded: auto-ip)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class AutoIpRemoved:
+    address: str
+    reason: str  # "lease" (a DHCP lease replaced it) or "conflict" (a defence failed)
 
 
 def boottime() -> float:
@@ -132,6 +146,8 @@ class DhcpDriver:
         self._udp: socket.socket | None = None
         self._arp: socket.socket | None = None
         self._prober: ArpProber | None = None
+        self._link_local: LinkLocal | None = None
+        self._link_local_address: str | None = None  # applied
         self.dropped = 0
 
     # -- sockets ---------------------------------------------------------------------------
@@ -203,7 +219,9 @@ class DhcpDriver:
             while True:
                 now = boottime()
                 deadlines = [t for t in (self.client.get_timer(),
-                                         self._prober.get_timer() if self._prober else None)
+                                         self._prober.get_timer() if self._prober else None,
+                                         self._link_local.get_timer() if self._link_local
+                                         else None)
                              if t is not None]
                 delay = max(min([MAX_SLEEP, *(d - now for d in deadlines)]), 0.0)
                 try:
@@ -225,15 +243,22 @@ class DhcpDriver:
                             self.client.carrier_lost(now)
                 elif kind == "udp":
                     self.client.receive_datagram(data, now)
-                elif kind == "arp" and self._prober is not None:
-                    self._prober.receive(data, now)
+                elif kind == "arp":
+                    for core in (self._prober, self._link_local):
+                        if core is not None:
+                            core.receive(data, now)
                 self.client.handle_timer(now)
                 if self._prober is not None:
                     self._prober.handle_timer(now)
                     if self._prober.result is not None and self.client.state is DhcpState.PROBING:
                         self.client.probe_result(self._prober.address, self._prober.result, now)
+                if self._link_local is not None:
+                    self._link_local.handle_timer(now)
+                    await self._link_local_changed(now)
                 await self._flush()
         finally:
+            if self._link_local_address is not None:
+                await self._stop_link_local("stopped")
             if self.client.state is not DhcpState.STOPPED:
                 self.client.stop(boottime(), release=self.release_on_stop)
                 self._send_datagrams()
@@ -252,37 +277,76 @@ class DhcpDriver:
 
     async def _flush(self) -> None:
         self._send_datagrams()
-        if self._prober is not None:
-            for frame in self._prober.frames_to_send():
+        for core in (self._prober, self._link_local):
+            if core is None:
+                continue
+            for frame in core.frames_to_send():
                 try:
                     self._arp.sendto(frame, (self.paths.interface, ETH_P_ARP, 0, 0,
                                              b"\xff" * 6))
                 except OSError as exc:
                     log.warning("ARP send: %s", exc)
-            if self._prober.get_timer() is None:  # decided, announcements sent
-                self._close_prober()
+        if self._prober is not None and self._prober.get_timer() is None:
+            self._close_prober()  # decided, announcements sent
         while (event := self.client.next_event()) is not None:
             await self._handle(event)
         self._send_datagrams()
 
-    def _close_prober(self) -> None:
-        if self._arp is not None:
+    def _ensure_arp(self) -> None:
+        if self._arp is None:
+            self._arp = self._open_arp()
+            asyncio.get_running_loop().add_reader(self._arp.fileno(),
+                                                  self._reader("arp", self._arp))
+
+    def _close_arp_if_idle(self) -> None:
+        if self._arp is not None and self._prober is None and self._link_local is None:
             asyncio.get_running_loop().remove_reader(self._arp.fileno())
             self._arp.close()
             self._arp = None
+
+    def _close_prober(self) -> None:
         self._prober = None
+        self._close_arp_if_idle()
+
+    async def _link_local_changed(self, now: float) -> None:
+        """Apply what the RFC 3927 core decided: a new address, or one given up."""
+        current = self._link_local.address
+        if current == self._link_local_address:
+            return
+        if self._link_local_address is not None:
+            old, self._link_local_address = self._link_local_address, None
+            await self.netlink.remove_link_local(old)
+            self.client.auto_ip_lost(now)
+            await self.on_event(AutoIpRemoved(old, "conflict"))
+        if current is not None:
+            await self.netlink.add_link_local(current)
+            self._link_local_address = current
+            self.client.auto_ip_configured(current, now)
+            await self.on_event(AutoIpConfigured(current))
+
+    async def _stop_link_local(self, reason: str) -> None:
+        address, self._link_local_address = self._link_local_address, None
+        self._link_local = None
+        self._close_arp_if_idle()
+        if address is not None:
+            await self.netlink.remove_link_local(address)
+            await self.on_event(AutoIpRemoved(address, reason))
 
     async def _handle(self, event: DhcpEvent) -> None:
         now = boottime()
         match event:
             case ProbeRequested(address):
-                self._close_prober()
-                self._arp = self._open_arp()
-                asyncio.get_running_loop().add_reader(self._arp.fileno(),
-                                                      self._reader("arp", self._arp))
+                self._ensure_arp()
                 self._prober = ArpProber(address, self.client.s.mac, self.rng, now)
                 return
+            case AutoIpWanted():
+                if self._link_local is None:
+                    self._ensure_arp()
+                    self._link_local = LinkLocal(self.client.s.mac, self.rng, now)
+                return
             case LeaseBound(lease) | LeaseRenewed(lease) | AddressChanged(_, lease):
+                if self._link_local is not None:
+                    await self._stop_link_local("lease")  # RFC 3927 1.9: DHCP wins
                 await self.netlink.apply(lease, now, self.grace)
                 write_resolv_conf(self.paths, lease)
                 save_lease(self.paths, lease)

@@ -85,3 +85,15 @@ class Netlink:
         if self._applied is not None and self._applied.address == lease.address:
             self._applied = None
         log.info("removed %s from %s", lease.address, self.interface)
+
+    async def add_link_local(self, address: str) -> None:
+        """RFC 3927 address: 169.254/16, scope link, no lifetime, no routes."""
+        await self.ipr.addr("replace", index=self.index, address=address, prefixlen=16,
+                            broadcast="169.254.255.255", scope=253)
+        log.info("link-local %s on %s", address, self.interface)
+
+    async def remove_link_local(self, address: str) -> None:
+        try:
+            await self.ipr.addr("del", index=self.index, address=address, prefixlen=16)
+        except Exception as exc:  # already gone
+            log.debug("link-local %s already gone: %s", address, exc)

@@ -40,3 +40,37 @@ def read_line(proc: subprocess.Popen, timeout: float) -> dict | None:
 
 def ip_json(device, *args: str) -> list:
     return json.loads(device.ip("-j", *args))
+
+
+def write_config(device, network: str = "", agent_section: str = "") -> str:
+    """A minimal valid configuration on the device's run dir; returns its path."""
+    path = device.run_dir / "agent.toml"
+    path.write_text(f"""
+[agent]
+state_dir = "{device.run_dir / 'agent-state'}"
+runtime_dir = "{device.run_dir / 'agent-run'}"
+{agent_section}
+
+[network]
+interface = "eth0"
+{network}
+
+[time]
+mode = "observe"
+
+[device]
+name = "DEV{device.index}"
+
+[[device.connection]]
+name = "dicom"
+
+[[device.ae]]
+title = "DEV{device.index}_SCU"
+connections = ["dicom"]
+
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.5.1.4.1.1.2"
+role = "SCU"
+transfer_syntaxes = ["1.2.840.10008.1.2"]
+""")
+    return str(path)

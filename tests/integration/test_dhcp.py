@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from agent_helpers import AGENT, PYTHON, agent, dhcp_once, ip_json, read_line
+from agent_helpers import AGENT, PYTHON, agent, dhcp_once, ip_json, read_line, write_config
 
 from profiles.network_address import options as o
 
@@ -305,3 +305,37 @@ def test_carrier_loss_stops_sending_and_its_return_confirms_the_lease(lab, devic
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_auto_ip_without_a_server_then_a_lease_replaces_it(lab, device):
+    config = write_config(device, network='auto_ip = true\ndiscover_timeout = 2.0\n'
+                                          'initial_delay = [0.0, 0.0]\narp_probe = false')
+    lab.stop_dhcp_server()
+    proc = device.popen([AGENT, "dhcp", "--config", config, "--json"])
+    try:
+        auto = read_line(proc, 20)  # 2 s without offer, then RFC 3927 probing (~3-9 s)
+        assert auto and auto["event"] == "auto-ip", proc.stderr.read() if not auto else ""
+        assert auto["state"] == "auto-ip" and auto["address"].startswith("169.254.")
+        (link,) = ip_json(device, "addr", "show", "dev", "eth0")
+        assert [(a["local"], a["prefixlen"], a["scope"]) for a in link["addr_info"]
+                if a["family"] == "inet"] == [(auto["address"], 16, "link")]
+        lab.start_dhcp_server()
+        lines = [read_line(proc, 90) for _ in range(2)]
+        assert [line and line["event"] for line in lines] == ["auto-ip-removed", "lease-bound"]
+        assert lines[0]["reason"] == "lease"
+        (link,) = ip_json(device, "addr", "show", "dev", "eth0")
+        assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == [
+            lines[1]["address"]]
+    finally:
+        lab.start_dhcp_server()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_once_gives_up_with_exit_1_when_no_allowed_server_answers(lab, device):
+    config = write_config(device, network='server_allowlist = ["192.0.2.250"]')
+    proc = agent(device, "dhcp", "--config", config, "--once", "--no-probe",
+                 "--initial-delay", "0", "--timeout", "3")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "dhcp: no lease on eth0 within 3 s (state selecting)"
+    assert re.search(rf"DHCPOFFER\(eth0\) 192\.0\.2\.\d+ {device.mac}", lab.dhcp_log())

@@ -16,6 +16,7 @@ from profiles.network_address.client import (
     BROADCAST,
     AddressChanged,
     AddressDeclined,
+    AutoIpWanted,
     ClientSettings,
     DhcpClient,
     DhcpState,
@@ -26,7 +27,13 @@ from profiles.network_address.client import (
     ProbeRequested,
     generate_client_id,
 )
-from profiles.network_address.codec import FLAG_BROADCAST, MessageType, build, parse
+from profiles.network_address.codec import (
+    FLAG_BROADCAST,
+    DhcpMessage,
+    MessageType,
+    build,
+    parse,
+)
 from profiles.network_address.lease import Lease
 
 MAC = bytes.fromhex("02dc00000001")
@@ -492,3 +499,59 @@ def test_arbitrary_datagrams_never_raise_or_touch_the_lease(junk):
             c.receive_datagram(data, 10.0 + state_step)
         assert c.lease == lease
         c.handle_timer(1800.0)  # into RENEWING for the second round
+
+
+def test_auto_ip_is_asked_for_after_discover_timeout_and_a_lease_replaces_it():
+    c, server = client(auto_ip=True, discover_timeout=5.0), FakeServer()
+    c.start(0.0)
+    c.handle_timer(0.0)
+    c.datagrams_to_send()
+    now = 0.0
+    while c.state is DhcpState.SELECTING and not c._events:
+        now = c.get_timer()
+        c.handle_timer(now)
+        c.datagrams_to_send()
+    assert now == 5.0 and [type(e) for e in events(c)] == [AutoIpWanted]
+    c.auto_ip_configured("169.254.10.20", 11.0)
+    assert c.state is DhcpState.AUTO_IP
+    now = c.get_timer()
+    c.handle_timer(now)  # DISCOVER goes on
+    (discover,) = c.datagrams_to_send()
+    for reply in server.handle(discover.payload):
+        c.receive_datagram(reply, now)
+    exchange(c, server, now)
+    assert c.state is DhcpState.BOUND and c.auto_ip_address is None
+    assert [type(e) for e in events(c)] == [LeaseBound]
+
+
+def test_auto_ip_needs_permission_and_no_server_saying_no():
+    c = client(auto_ip=False, discover_timeout=1.0)
+    c.start(0.0)
+    for now in (0.0, 1.0, 2.0, 5.0, 13.0):
+        c.handle_timer(now)
+    assert events(c) == []
+    # RFC 2563: a server with no address to give says "do not auto-configure".
+    c = client(auto_ip=True, discover_timeout=5.0)
+    c.start(0.0)
+    c.handle_timer(0.0)
+    request = parse(c.datagrams_to_send()[0].payload)
+    c.receive_datagram(build(DhcpMessage(op=2, xid=request.xid, chaddr=request.chaddr,
+                                         options={53: b"\x02", 54: bytes((192, 0, 2, 1)),
+                                                  116: b"\x00"})), 0.5)
+    assert c.auto_ip_forbidden and c.counters["bad-offer"] == 1
+    for now in (4.0, 5.0, 6.0):
+        c.handle_timer(now)
+    assert events(c) == []
+
+
+def test_a_server_outside_the_allowlist_cannot_forbid_auto_ip():
+    c = client(auto_ip=True, discover_timeout=5.0, server_allowlist=("192.0.2.250",))
+    c.start(0.0)
+    c.handle_timer(0.0)
+    request = parse(c.datagrams_to_send()[0].payload)
+    c.receive_datagram(build(DhcpMessage(op=2, xid=request.xid, chaddr=request.chaddr,
+                                         options={53: b"\x02", 54: bytes((192, 0, 2, 1)),
+                                                  116: b"\x00"})), 0.5)
+    assert not c.auto_ip_forbidden
+    c.handle_timer(5.0)
+    assert events(c) == [AutoIpWanted()]
