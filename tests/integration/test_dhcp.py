@@ -339,3 +339,18 @@ def test_once_gives_up_with_exit_1_when_no_allowed_server_answers(lab, device):
     assert proc.returncode == 1
     assert proc.stderr.strip() == "dhcp: no lease on eth0 within 3 s (state selecting)"
     assert re.search(rf"DHCPOFFER\(eth0\) 192\.0\.2\.\d+ {device.mac}", lab.dhcp_log())
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_release_on_stop_only_when_configured(lab, device, release):
+    config = write_config(device, network=f"release_on_stop = {str(release).lower()}\n"
+                                          "arp_probe = false\ninitial_delay = [0.0, 0.0]")
+    proc = device.popen([AGENT, "dhcp", "--config", config, "--json"])
+    bound = read_line(proc, 15)
+    assert bound and bound["event"] == "lease-bound"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    time.sleep(0.3)
+    released = re.search(rf"DHCPRELEASE\(eth0\) {bound['address']} {device.mac}",
+                         lab.dhcp_log())
+    assert bool(released) is release
