@@ -527,15 +527,8 @@ def _ae(t: _Table, connections: dict[str, NetworkConnection], attempts: int) -> 
     if not tcs:
         t.error("transfer_capability", "at least one [[device.ae.transfer_capability]] "
                                        "is needed (Table H.1-5)")
-    seen: dict[str, int] = {}
-    for i, tc in enumerate(tcs):
-        if tc.name is None:
-            continue
-        if tc.name in seen:
-            t.error(f"transfer_capability[{i}].name",
-                    f"{_q(tc.name)} is also the name of transfer_capability[{seen[tc.name]}]")
-        else:
-            seen[tc.name] = i
+    _no_duplicates(t, "transfer_capability", "name", [tc.name for tc in tcs],
+                   "transfer_capability")
     ae = NetworkAE(
         title=title.strip(" ") if title else None,
         title_template=template,
@@ -555,6 +548,20 @@ def _ae(t: _Table, connections: dict[str, NetworkConnection], attempts: int) -> 
     return ae
 
 
+def _no_duplicates(t: _Table, array: str, key: str, values: list[str | None],
+                   shown_as: str) -> None:
+    """Names and titles are unique within their array: the second one is the error."""
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value in first:
+            t.error(f"{array}[{i}].{key}",
+                    f"{_q(value)} is also the {key} of {shown_as}[{first[value]}]")
+        else:
+            first[value] = i
+
+
 def _decode(values: tuple[str, ...]) -> tuple[bytes, ...]:
     return tuple(base64.b64decode(v) for v in values if not base64_problem(v))
 
@@ -564,27 +571,14 @@ def _device(t: _Table, attempts: int) -> Device:
     connections = [_connection(ct) for ct in conn_tables]
     if not conn_tables:
         t.error("connection", "at least one [[device.connection]] is needed (Table H.1-3)")
-    by_name: dict[str, NetworkConnection] = {}
-    for i, conn in enumerate(connections):
-        if conn.name in by_name:
-            first = next(j for j, c in enumerate(connections) if c.name == conn.name)
-            t.error(f"connection[{i}].name",
-                    f"{_q(conn.name)} is also the name of device.connection[{first}]")
-        elif conn.name:
-            by_name[conn.name] = conn
+    _no_duplicates(t, "connection", "name", [c.name or None for c in connections],
+                   "device.connection")
+    by_name = {c.name: c for c in reversed(connections) if c.name}  # the first one wins
     ae_tables = t.tables("ae")
     aes = [_ae(at, by_name, attempts) for at in ae_tables]
     if not ae_tables:
         t.error("ae", "at least one [[device.ae]] is needed (Table H.1-3)")
-    titles: dict[str, int] = {}
-    for i, ae in enumerate(aes):
-        if ae.title is None:
-            continue
-        if ae.title in titles:
-            t.error(f"ae[{i}].title",
-                    f"{_q(ae.title)} is also the title of device.ae[{titles[ae.title]}]")
-        else:
-            titles[ae.title] = i
+    _no_duplicates(t, "ae", "title", [ae.title for ae in aes], "device.ae")
     device = Device(
         name=t.value("name", "str", _REQUIRED, text_problem) or "",
         description=t.value("description", "str", None, text_problem),

@@ -524,6 +524,13 @@ def test_auto_ip_is_asked_for_after_discover_timeout_and_a_lease_replaces_it():
     assert [type(e) for e in events(c)] == [LeaseBound]
 
 
+def no_address_offer(c: DhcpClient) -> bytes:
+    """RFC 2563: an OFFER with no address and option 116 = 0 (do not auto-configure)."""
+    request = parse(c.datagrams_to_send()[0].payload)
+    return build(DhcpMessage(op=2, xid=request.xid, chaddr=request.chaddr,
+                             options={53: b"\x02", 54: bytes((192, 0, 2, 1)), 116: b"\x00"}))
+
+
 def test_auto_ip_needs_permission_and_no_server_saying_no():
     c = client(auto_ip=False, discover_timeout=1.0)
     c.start(0.0)
@@ -534,10 +541,7 @@ def test_auto_ip_needs_permission_and_no_server_saying_no():
     c = client(auto_ip=True, discover_timeout=5.0)
     c.start(0.0)
     c.handle_timer(0.0)
-    request = parse(c.datagrams_to_send()[0].payload)
-    c.receive_datagram(build(DhcpMessage(op=2, xid=request.xid, chaddr=request.chaddr,
-                                         options={53: b"\x02", 54: bytes((192, 0, 2, 1)),
-                                                  116: b"\x00"})), 0.5)
+    c.receive_datagram(no_address_offer(c), 0.5)
     assert c.auto_ip_forbidden and c.counters["bad-offer"] == 1
     for now in (4.0, 5.0, 6.0):
         c.handle_timer(now)
@@ -548,10 +552,7 @@ def test_a_server_outside_the_allowlist_cannot_forbid_auto_ip():
     c = client(auto_ip=True, discover_timeout=5.0, server_allowlist=("192.0.2.250",))
     c.start(0.0)
     c.handle_timer(0.0)
-    request = parse(c.datagrams_to_send()[0].payload)
-    c.receive_datagram(build(DhcpMessage(op=2, xid=request.xid, chaddr=request.chaddr,
-                                         options={53: b"\x02", 54: bytes((192, 0, 2, 1)),
-                                                  116: b"\x00"})), 0.5)
+    c.receive_datagram(no_address_offer(c), 0.5)
     assert not c.auto_ip_forbidden
     c.handle_timer(5.0)
     assert events(c) == [AutoIpWanted()]
