@@ -103,9 +103,12 @@ class Lease:
         domain = get(o.DOMAIN_NAME, o.hostname)
         fqdn_option = get(o.CLIENT_FQDN, o.client_fqdn)
         fqdn = fqdn_option[1] if fqdn_option and fqdn_option[1] else None
-        name = host or (fqdn.split(".")[0] if fqdn else None) or requested_hostname
+        if host and "." in host:  # Kea sends option 12 qualified, dnsmasq bare
+            fqdn = fqdn or host
+        name = host or fqdn or requested_hostname
         if name and not fqdn:
             fqdn = name if "." in name or not domain else f"{name}.{domain}"
+        name = name.split(".")[0] if name else None
         mtu = get(o.INTERFACE_MTU, o.u16)
         if mtu is not None and mtu < 68:  # RFC 2132 5.1: the minimum legal MTU
             rejected.append(o.INTERFACE_MTU)

@@ -39,7 +39,7 @@ def test_once_acquires_applies_and_prints_the_contract_json(flavour, request):
     assert lease["ntp"] == ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
     assert lease["time_offset"] == 3600
     assert lease["lease_time"] == (120 if flavour == "dnsmasq" else 20)
-    assert lease["fqdn"] == f"{name}.hospital.test"
+    assert lease["fqdn"] == f"{name}.hospital.test" and lease["hostname"] == name
     assert lease["options"]["121"] == "18c63364c000020100c0000201"
     # What the kernel holds: the address with a finite lifetime, routes (121 over 3), MTU.
     (link,) = ip_json(dev, "addr", "show", "dev", "eth0")

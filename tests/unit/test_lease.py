@@ -46,6 +46,13 @@ def test_options_decoded():
     assert got.search == ("hospital.test", "lab.hospital.test") and got.auto_configure == 1
 
 
+def test_a_qualified_option_12_is_split_into_hostname_and_fqdn():
+    got = lease(_12=b"dev2-assigned.hospital.test", _15=b"hospital.test")
+    assert (got.hostname, got.fqdn) == ("dev2-assigned", "dev2-assigned.hospital.test")
+    got = lease(requested="ct01.hospital.test")
+    assert (got.hostname, got.fqdn) == ("ct01", "ct01.hospital.test")
+
+
 def test_classless_routes_override_router_and_static_routes():
     got = lease(_3=bytes((192, 0, 2, 254)), _33=bytes((10, 0, 0, 1, 192, 0, 2, 254)),
                 _121=bytes((24, 198, 51, 100, 192, 0, 2, 1, 0, 192, 0, 2, 1)))
