@@ -1,10 +1,10 @@
 """`make demo`: bring the lab up, show each server answering a device, tear it all down.
 
-The agent's own boot sequence joins this demo as its profiles land (issues 3-6); until
-then it shows what a device on this network finds: a DHCP lease with the PS3.15 Table
-F.1-2 options, the LDAP server by DNS SRV, the three NTP servers, the DICOM
-configuration root over plain LDAP, StartTLS and LDAPS, and the device configuration
-validated by `dicom-agent check-config`.
+The agent's boot sequence joins this demo profile by profile. Now: the agent takes a
+DHCP lease with the PS3.15 Table F.1-2 options (`dicom-agent dhcp --once`); then the
+device finds the LDAP server by DNS SRV, the three NTP servers answer, the DICOM
+configuration root is found over plain LDAP, StartTLS and LDAPS, and the device
+configurations are validated by `dicom-agent check-config`.
 """
 
 from __future__ import annotations
@@ -48,16 +48,16 @@ def main() -> int:
         print(lab.describe())
         dev = lab.devices[1]
 
-        step(f"{dev.ns}: DHCP (busybox udhcpc) - lease and Table F.1-2 options")
+        step(f"{dev.ns}: dicom-agent dhcp --once (PS3.15 Annex F: RFC 5227 probe on)")
         t0 = time.monotonic()
-        proc = dev.run(["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2",
-                        "-s", str(HERE / "clients" / "udhcpc.script"), "-x", "hostname:ct01",
-                        "-O", "ntpsrv", "-O", "timezone", "-O", "staticroutes", "-O", "mtu",
-                        "-O", "search", "-O", "broadcast"])
+        proc = dev.run([str(AGENT), "dhcp", "--interface", "eth0", "--hostname", "ct01",
+                        "--initial-delay", "0", "--once"])
         failures += not show(proc)
-        print(f"   bound in {(time.monotonic() - t0) * 1000:.0f} ms; eth0 now {dev.addresses()}")
-        dev.ip("route", "replace", "default", "via", "192.0.2.1")
-        (dev.run_dir / "resolv.conf").write_text("nameserver 192.0.2.1\nsearch hospital.test\n")
+        print(f"   bound in {(time.monotonic() - t0) * 1000:.0f} ms (ARP probe included); "
+              f"eth0 now {dev.addresses()}")
+        resolv = (dev.run_dir / "agent-run" / "resolv.conf").read_text().strip()
+        print("   resolv.conf written by the agent: " + "; ".join(resolv.splitlines()[1:]))
+        (dev.run_dir / "resolv.conf").write_text(resolv + "\n")  # the device links to it
 
         step("DNS: _ldap._tcp SRV records (PS3.15 H.1.4.1) and the name DHCP published")
         failures += not show(dev.run(["dig", "+short", "SRV", "_ldap._tcp.hospital.test"]))
