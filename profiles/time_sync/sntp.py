@@ -1,0 +1,297 @@
+"""SNTP client (RFC 4330) as a sans-IO core: bursts, checks, selection, poll, correction.
+
+Theory of operation
+-------------------
+Time runs in rounds. A round sends BURST requests to every usable server, BURST_SPACING
+apart, each with a random 64-bit nonce in its transmit field (so a reply must echo it
+as its origin timestamp: an off-path forger cannot). Replies are checked (RFC 4330 5:
+mode 4, origin matches, stratum 1-15, leap != 3, non-zero transmit time; stratum 0 is a
+kiss-o'-death: RATE backs that server off, DENY and RSTR drop it). Of each server's
+good samples the lowest-delay one counts. When every request is answered or timed out
+the round is judged: with three or more servers, Marzullo's interval intersection keeps
+the majority that agrees and names the others falsetickers; the truechimer with the
+smallest root distance is selected. Then, if the core may adjust the clock, it steps
+(|offset| > step threshold) or slews through the injected actuator. The poll interval
+doubles from 64 s to 1024 s while the clock stays within the threshold and falls back
+to 64 s when it does not; no server is asked more often than every 15 s.
+
+`now` is CLOCK_BOOTTIME (scheduling); `wall` is the clock being measured (CLOCK_REALTIME,
+timestamps T1 and T4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from profiles.errors import ParseError
+from profiles.time_sync import packet
+
+log = logging.getLogger(__name__)
+
+BURST = 4
+BURST_SPACING = 0.5  # s between requests to one server
+REPLY_TIMEOUT = 1.0  # s
+POLL_MIN, POLL_MAX = 64.0, 1024.0  # s
+SERVER_MIN_INTERVAL = 15.0  # s: never a round to one server more often
+NTP_PORT = 123
+
+
+class ClockActuator(Protocol):
+    """What corrects the clock (CAP_SYS_TIME). Injected: tests record the calls."""
+
+    def step(self, offset: float) -> None: ...
+
+    def slew(self, offset: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    offset: float  # s, server minus us
+    delay: float  # s, round trip
+    stratum: int
+    root_delay: float
+    root_dispersion: float
+
+    @property
+    def root_distance(self) -> float:
+        """Half-width of the interval the true time lies in (RFC 5905 root distance)."""
+        return self.delay / 2 + self.root_delay / 2 + self.root_dispersion
+
+
+@dataclass
+class ServerState:
+    address: str
+    best: Sample | None = None
+    reason: str | None = None  # why no sample counts (last rejection) or why it lost
+    accepted: bool = False
+    dropped: bool = False  # DENY/RSTR: never asked again
+    not_before: float = 0.0  # RATE backs off; SERVER_MIN_INTERVAL
+    rate_backoff: float = 0.0
+    pending: dict[int, float] = field(default_factory=dict)  # nonce -> T1 (wall)
+    deadlines: dict[int, float] = field(default_factory=dict)  # nonce -> timeout (now)
+    to_send: int = 0
+    next_send: float | None = None
+
+    def report(self) -> dict:
+        b = self.best
+        return {"address": self.address,
+                "offset_ms": round(b.offset * 1000, 3) if b else None,
+                "delay_ms": round(b.delay * 1000, 3) if b else None,
+                "stratum": b.stratum if b else None,
+                "accepted": self.accepted, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    servers: tuple[dict, ...]
+    selected: str | None
+    offset: float | None  # s
+    synced: bool
+    correction: str | None  # "step", "slew" or None
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    payload: bytes
+    destination: str
+    port: int = NTP_PORT
+
+
+class SntpClient:
+    def __init__(self, rng: random.Random, step_threshold: float = 0.128,
+                 actuator: ClockActuator | None = None, may_adjust: bool = False):
+        self.rng = rng
+        self.step_threshold = step_threshold
+        self.actuator = actuator
+        self.may_adjust = may_adjust and actuator is not None
+        self.servers: dict[str, ServerState] = {}
+        self.poll = POLL_MIN
+        self.counters: dict[str, int] = {}
+        self.last: RoundResult | None = None
+        self._round_due: float | None = None
+        self._in_round = False
+        self._outbox: list[Datagram] = []
+        self._events: deque[RoundResult] = deque()
+
+    # -- driver interface --------------------------------------------------------------
+
+    def set_servers(self, addresses: list[str], now: float) -> None:
+        """A new server set (a new lease, say): a round starts at once if it changed."""
+        if list(self.servers) == list(addresses):
+            return
+        self.servers = {a: self.servers.get(a) or ServerState(a) for a in addresses}
+        self.poll = POLL_MIN
+        self._in_round = False
+        self._round_due = now if addresses else None
+
+    def get_timer(self) -> float | None:
+        times = [self._round_due] if self._round_due is not None and not self._in_round else []
+        for s in self.servers.values():
+            if s.next_send is not None:
+                times.append(s.next_send)
+            times.extend(s.deadlines.values())
+        return min(times) if times else None
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> RoundResult | None:
+        return self._events.popleft() if self._events else None
+
+    def handle_timer(self, now: float, wall: float) -> None:
+        if not self._in_round and self._round_due is not None and now >= self._round_due:
+            self._start_round(now)
+        for s in self.servers.values():
+            for nonce, deadline in list(s.deadlines.items()):
+                if now >= deadline:
+                    del s.deadlines[nonce], s.pending[nonce]
+                    if s.best is None:
+                        s.reason = "no answer"
+            if s.next_send is not None and now >= s.next_send:
+                self._send(s, now, wall)
+        self._maybe_finish(now)
+
+    def receive_datagram(self, data: bytes, source: str, now: float, wall: float) -> None:
+        s = self.servers.get(source)
+        if s is None:
+            return self._count("unknown-source")
+        try:
+            pkt = packet.parse(data)
+        except ParseError:
+            return self._count("malformed")
+        if pkt.origin not in s.pending:
+            return self._count("bogus-origin")  # not an answer to anything we asked
+        t1 = s.pending.pop(pkt.origin)
+        s.deadlines.pop(pkt.origin, None)
+        reason = self._check(pkt, s, now)
+        if reason is None:
+            t2 = packet.to_unix(pkt.receive, t1)
+            t3 = packet.to_unix(pkt.transmit, t1)
+            sample = Sample(offset=((t2 - t1) + (t3 - wall)) / 2,
+                            delay=max((wall - t1) - (t3 - t2), 0.0),
+                            stratum=pkt.stratum, root_delay=pkt.root_delay,
+                            root_dispersion=pkt.root_dispersion)
+            if s.best is None or sample.delay < s.best.delay:
+                s.best = sample
+            s.reason = None
+        elif s.best is None:
+            s.reason = reason
+        self._maybe_finish(now)
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def _start_round(self, now: float) -> None:
+        self._in_round = True
+        for s in self.servers.values():
+            s.best, s.accepted = None, False
+            if s.dropped:
+                continue
+            if now < s.not_before:
+                s.reason = s.reason or "backing off"
+                continue
+            s.to_send, s.next_send, s.reason = BURST, now, None
+            s.not_before = now + max(SERVER_MIN_INTERVAL, s.rate_backoff)
+
+    def _send(self, s: ServerState, now: float, wall: float) -> None:
+        nonce = self.rng.getrandbits(64) | 1
+        s.pending[nonce] = wall
+        s.deadlines[nonce] = now + REPLY_TIMEOUT
+        self._outbox.append(Datagram(packet.request(nonce), s.address))
+        s.to_send -= 1
+        s.next_send = now + BURST_SPACING if s.to_send > 0 else None
+
+    def _check(self, pkt: packet.NtpPacket, s: ServerState, now: float) -> str | None:
+        """RFC 4330 5 and 8; None when the reply may be used."""
+        if pkt.mode != packet.MODE_SERVER:
+            return f"not a server reply (mode {pkt.mode})"
+        if pkt.version not in (3, 4):
+            return f"unsupported version {pkt.version}"
+        if pkt.stratum == 0:
+            code = pkt.kiss_code
+            if code in ("DENY", "RSTR"):
+                s.dropped = True
+                s.pending.clear()
+                s.deadlines.clear()
+                s.next_send = None
+                log.warning("NTP server %s says %s: dropped", s.address, code)
+            elif code == "RATE":
+                s.rate_backoff = max(2 * s.rate_backoff, self.poll, SERVER_MIN_INTERVAL)
+                s.not_before = now + s.rate_backoff
+                s.next_send = None
+                s.to_send = 0
+            return f"kiss-o'-death {code}"
+        if pkt.stratum > 15:
+            return f"unsynchronized (stratum {pkt.stratum})"
+        if pkt.leap == packet.LEAP_UNSYNCHRONIZED:
+            return "unsynchronized (leap indicator 3)"
+        if pkt.transmit == 0:
+            return "zero transmit timestamp"
+        return None
+
+    def _maybe_finish(self, now: float) -> None:
+        if not self._in_round:
+            return
+        if any(s.pending or s.next_send is not None for s in self.servers.values()):
+            return
+        self._in_round = False
+        result = self._judge()
+        if result.synced and self.may_adjust and result.offset is not None:
+            if abs(result.offset) > self.step_threshold:
+                self.actuator.step(result.offset)
+                result = _with_correction(result, "step")
+            else:
+                self.actuator.slew(result.offset)
+                result = _with_correction(result, "slew")
+        stable = result.synced and abs(result.offset) <= self.step_threshold
+        self.poll = min(self.poll * 2, POLL_MAX) if stable else POLL_MIN
+        self._round_due = now + self.poll
+        self.last = result
+        self._events.append(result)
+
+    def _judge(self) -> RoundResult:
+        good = [s for s in self.servers.values() if s.best is not None]
+        truechimers = marzullo(good) if len(good) >= 3 else good
+        for s in good:
+            s.accepted = s in truechimers
+            if not s.accepted:
+                s.reason = ("falseticker (outside the majority's interval)" if truechimers
+                            else "no majority of servers agrees")
+        selected = min(truechimers, key=lambda s: s.best.root_distance, default=None)
+        reports = tuple(s.report() for s in self.servers.values())
+        if selected is None:
+            return RoundResult(reports, None, None, False, None)
+        return RoundResult(reports, selected.address, selected.best.offset, True, None)
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def marzullo(servers: list[ServerState]) -> list[ServerState]:
+    """The servers whose correctness intervals meet where most of them overlap; empty
+    when no strict majority agrees (then nobody can be trusted)."""
+    edges = []
+    for s in servers:
+        lam = s.best.root_distance
+        edges.append((s.best.offset - lam, -1))
+        edges.append((s.best.offset + lam, +1))
+    edges.sort()
+    best, count, low, high = 0, 0, 0.0, 0.0
+    for i, (point, kind) in enumerate(edges):
+        count -= kind
+        if count > best:
+            best, low = count, point
+            high = edges[i + 1][0]
+    if best * 2 <= len(servers):
+        return []
+    return [s for s in servers
+            if s.best.offset - s.best.root_distance <= high
+            and s.best.offset + s.best.root_distance >= low]
+
+
+def _with_correction(result: RoundResult, kind: str) -> RoundResult:
+    return RoundResult(result.servers, result.selected, result.offset, result.synced, kind)
