@@ -1,0 +1,127 @@
+"""Which NTP servers, which UTC offset, and whether the clock may be touched (PS3.15 G.1.1).
+
+Pure decisions over what DHCP, the configuration and the machine say:
+
+- `choose_servers`: autodiscovery (NTP broadcasts heard), else DHCP option 42, else the
+  manual servers, else the internal clock (G.1.1.1-5); the source is always named.
+- `utc_offset`: option 101 (a tz database name the local database has), else option 100
+  (a POSIX TZ string), else option 2, else the preset (G.1.1.4-5). The system clock
+  stays UTC either way (G.1.1.6): this is only reported.
+- `clock_guards`: reasons not to adjust the clock — another NTP client is running (G.1.4:
+  NTP and SNTP together are "not recommended"), or this is not PID 1's network
+  namespace, whose clock is the host's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import zoneinfo
+from pathlib import Path
+
+ZONEINFO = Path("/usr/share/zoneinfo")
+OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
+_TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+
+
+def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
+                   manual: tuple[str, ...] | list[str]) -> tuple[str, list[str]]:
+    if heard:
+        return "autodiscovery", list(heard)
+    if dhcp:
+        return "dhcp", list(dhcp)
+    if manual:
+        return "manual", list(manual)
+    return "internal", []
+
+
+def utc_offset(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
+               preset: int, now: float, zoneinfo_dir: Path = ZONEINFO
+               ) -> tuple[int, str | None, str]:
+    """(seconds east of UTC now, the tz shown, which source) by G.1.1.4's order."""
+    if tz_name and _TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
+        path = zoneinfo_dir / tz_name
+        if path.is_file() and path.resolve().is_relative_to(zoneinfo_dir.resolve()):
+            try:
+                with path.open("rb") as fh:
+                    zone = zoneinfo.ZoneInfo.from_file(fh, key=tz_name)
+                offset = dt.datetime.fromtimestamp(now, dt.UTC).astimezone(zone).utcoffset()
+                return int(offset.total_seconds()), tz_name, "dhcp-tz-name"
+            except (ValueError, OSError):
+                pass
+    if tz_posix:
+        offset = posix_tz_offset(tz_posix, now)
+        if offset is not None:
+            return offset, tz_posix, "dhcp-posix-tz"
+    if time_offset is not None:
+        return time_offset, None, "dhcp-time-offset"
+    return preset, None, "preset"
+
+
+# -- POSIX TZ (IEEE 1003.1 8.3): std offset [dst [offset] [,start[/time],end[/time]]] ---
+
+_NAME = r"(?:<[A-Za-z0-9+-]{3,}>|[A-Za-z]{3,})"
+_OFFSET = r"[+-]?\d{1,2}(?::\d{2}){0,2}"
+_RULE = r"M\d{1,2}\.\d\.\d(?:/[+-]?\d{1,3}(?::\d{2}){0,2})?"
+_POSIX = re.compile(rf"({_NAME})({_OFFSET})(?:({_NAME})({_OFFSET})?(?:,({_RULE}),({_RULE}))?)?")
+
+
+def _seconds(text: str) -> int:
+    sign = -1 if text.startswith("-") else 1
+    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
+    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
+
+
+def _transition(rule: str, year: int, offset_before: int) -> float:
+    """Unix time of an Mm.w.d[/time] rule in `year`, local time read with offset_before."""
+    date, _, at = rule[1:].partition("/")
+    month, week, weekday = (int(x) for x in date.split("."))
+    first = dt.date(year, month, 1)
+    day = 1 + (weekday - (first.weekday() + 1) % 7) % 7 + 7 * (week - 1)
+    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+    while day > last:  # week 5 means the last such weekday
+        day -= 7
+    local = dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp() + (
+        _seconds(at) if at else 7200)
+    return local - offset_before
+
+
+def posix_tz_offset(tz: str, now: float) -> int | None:
+    """Seconds east of UTC at `now` under a POSIX TZ string; None when it does not parse."""
+    m = _POSIX.fullmatch(tz)
+    if m is None:
+        return None
+    _, std_off, dst, dst_off, start, end = m.groups()
+    std = -_seconds(std_off)  # POSIX offsets are west of UTC
+    if not dst:
+        return std
+    daylight = -_seconds(dst_off) if dst_off else std + 3600
+    if not start:
+        return std  # no rule given: the zone's rules are unknown here, take standard time
+    year = dt.datetime.fromtimestamp(now, dt.UTC).year
+    begins, ends = _transition(start, year, std), _transition(end, year, daylight)
+    inside = begins <= now < ends if begins < ends else not ends <= now < begins
+    return daylight if inside else std
+
+
+def clock_guards(proc: Path = Path("/proc")) -> list[str]:
+    """Reasons the clock must be left alone; empty when it may be adjusted."""
+    reasons = []
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in OTHER_NTP_CLIENTS:
+            reasons.append(f"other-ntp-client: {comm} (pid {entry.name})")
+            break
+    try:
+        if os.stat(proc / "1" / "ns" / "net").st_ino != os.stat(proc / "self" / "ns" /
+                                                                   "net").st_ino:
+            reasons.append("network-namespace: the clock is the host's")
+    except OSError:
+        pass  # cannot tell: running as a service in the initial namespace
+    return reasons
