@@ -34,6 +34,12 @@ def cmd_dhcp(args: argparse.Namespace) -> int:
     return run_dhcp_command(args)
 
 
+def cmd_time(args: argparse.Namespace) -> int:
+    from agent.time_command import run_time_command
+
+    return run_time_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
@@ -62,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     dhcp.add_argument("--timeout", type=float, metavar="S",
                       help="with --once: give up after S seconds (default 60)")
     dhcp.set_defaults(func=cmd_dhcp)
+
+    tm = sub.add_parser("time", help="PS3.15 Annex G alone: find NTP servers, measure",
+                        description="Find the NTP servers (--servers, else the saved lease's "
+                                    "option 42, else time.servers), measure them and print the "
+                                    "status's time object. Mode: --mode, else observe.")
+    tm.add_argument("--config", metavar="FILE")
+    tm.add_argument("--interface", metavar="IF")
+    tm.add_argument("--servers", metavar="A,B")
+    tm.add_argument("--state-dir", metavar="DIR")
+    tm.add_argument("--mode", choices=("observe", "sntp", "chrony"))
+    tm.add_argument("--once", action="store_true")
+    tm.add_argument("--json", action="store_true")
+    tm.set_defaults(func=cmd_time)
     return parser
 
 

@@ -219,6 +219,24 @@ class Device:
         (self.run_dir / "resolv.conf").write_text(f"nameserver {SERVER_ADDRESS}\nsearch {DOMAIN}\n")
         return self.static_address
 
+    def start_chronyd(self) -> tuple[Path, Path]:
+        """A chronyd client on this device (-x: never touches the clock) reading servers
+        from a sourcedir; returns (sourcedir, command socket)."""
+        sourcedir, sockdir = self.run_dir / "chrony-dhcp", self.run_dir / "chronyd"
+        sockdir.mkdir(mode=0o700, exist_ok=True)  # else chronyd has no command socket
+        conf = self.run_dir / "chrony-client.conf"
+        conf.write_text(f"sourcedir {sourcedir}\ncmdport 0\n"
+                        f"bindcmdaddress {sockdir}/chronyd.sock\n"
+                        f"pidfile {sockdir}/chronyd.pid\nuser root\n")
+        proc = self.popen(["chronyd", "-x", "-d", "-f", str(conf)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not (sockdir / "chronyd.sock").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError("chronyd client did not start")
+            time.sleep(0.02)
+        return sourcedir, sockdir / "chronyd.sock"
+
     def addresses(self) -> list[str]:
         """IPv4 addresses on eth0 as 'a.b.c.d/len'."""
         data = json.loads(self.ip("-j", "-4", "addr", "show", "dev", "eth0"))
@@ -436,8 +454,10 @@ class Lab:
         for n, address in enumerate(NTP_ADDRESSES, 1):
             d = self.run / f"chrony{n}"
             d.mkdir(mode=0o700)  # chronyd wants its command-socket directory private
+            # The third server also broadcasts (mode 5): PS3.15 G.1.1.1 autodiscovery.
+            broadcast = "broadcast 2 192.0.2.255" if n == len(NTP_ADDRESSES) else ""
             (d / "chrony.conf").write_text(
-                _template("chrony-server.conf", address=address, dir=d))
+                _template("chrony-server.conf", address=address, dir=d, broadcast=broadcast))
             procs.append(self._spawn(f"chronyd{n}", ["chronyd", "-x", "-d", "-f",
                                                      str(d / "chrony.conf")]))
         for n, (address, proc) in enumerate(zip(NTP_ADDRESSES, procs, strict=True), 1):
@@ -550,6 +570,15 @@ class Lab:
             self._start_dnsmasq()
         else:
             self.dhcp_procs[-1] = self._start_kea_dhcp4()
+
+    def start_ntp_liar(self, address: str, lie: float) -> subprocess.Popen:
+        """An NTP server `lie` seconds wrong on an extra server address (a falseticker)."""
+        self.srv_exec(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        proc = self.srv_popen([str(REPO / ".venv" / "bin" / "python"),
+                               str(HERE / "clients" / "ntp_liar.py"), address, str(lie)])
+        if proc.stdout.readline().strip() != "listening":
+            raise LabError(f"ntp_liar did not start: {proc.stderr.read()}")
+        return proc
 
     def dhcp_log(self) -> str:
         return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
+PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
 _TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 
 
@@ -119,9 +120,15 @@ def clock_guards(proc: Path = Path("/proc")) -> list[str]:
             reasons.append(f"other-ntp-client: {comm} (pid {entry.name})")
             break
     try:
-        if os.stat(proc / "1" / "ns" / "net").st_ino != os.stat(proc / "self" / "ns" /
-                                                                   "net").st_ino:
-            reasons.append("network-namespace: the clock is the host's")
+        ours = os.stat(proc / "self" / "ns" / "net").st_ino
     except OSError:
-        pass  # cannot tell: running as a service in the initial namespace
+        return reasons  # cannot tell: running as a service in the initial namespace
+    try:
+        initial = os.stat(proc / "1" / "ns" / "net").st_ino
+    except OSError:
+        # PID 1's namespace is not readable (a sandbox): the kernel gives the initial
+        # network namespace a fixed inode number, so compare with that instead.
+        initial = PROC_NET_INIT_INO
+    if ours != initial:
+        reasons.append("network-namespace: the clock is the host's")
     return reasons

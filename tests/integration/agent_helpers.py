@@ -42,7 +42,8 @@ def ip_json(device, *args: str) -> list:
     return json.loads(device.ip("-j", *args))
 
 
-def write_config(device, network: str = "", agent_section: str = "") -> str:
+def write_config(device, network: str = "", agent_section: str = "",
+                 time_section: str = 'mode = "observe"') -> str:
     """A minimal valid configuration on the device's run dir; returns its path."""
     path = device.run_dir / "agent.toml"
     path.write_text(f"""
@@ -56,7 +57,7 @@ interface = "eth0"
 {network}
 
 [time]
-mode = "observe"
+{time_section}
 
 [device]
 name = "DEV{device.index}"

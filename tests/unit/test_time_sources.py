@@ -91,8 +91,12 @@ def test_clock_guards(tmp_path):
         "other-ntp-client: chronyd (pid 77)"]
     assert clock_guards(fake_proc(tmp_path / "c", {1: "init"}, False)) == [
         "network-namespace: the clock is the host's"]
-    # Cannot read PID 1's namespace: a service in the initial namespace.
+    # PID 1's namespace unreadable: ours is compared with the initial one's fixed inode
+    # (a fake file is never that inode), and nothing readable at all means "initial".
     assert clock_guards(fake_proc(tmp_path / "d", {1: "init"}, None)) == []
+    proc = fake_proc(tmp_path / "e", {1: "init"}, False)
+    (proc / "1" / "ns" / "net").unlink()
+    assert clock_guards(proc) == ["network-namespace: the clock is the host's"]
 
 
 def test_guards_see_the_lab_from_here():

@@ -1,0 +1,150 @@
+"""`dicom-agent time --once` against the lab's chronyd servers (no clock is ever touched)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import zoneinfo
+
+from agent_helpers import agent, dhcp_once, write_config
+
+NTP = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+
+
+def time_once(device, *args: str) -> tuple[int, dict]:
+    proc = agent(device, "time", "--once", "--json", *args)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_a_lab_device_is_recognised_as_a_network_namespace(host):
+    proc = host.run([sys.executable, "-c",
+                     "from profiles.time_sync.sources import clock_guards; "
+                     "print(clock_guards())"])
+    assert "network-namespace: the clock is the host's" in proc.stdout, proc.stderr
+
+
+def test_the_three_servers_of_dhcp_option_42(device):
+    dhcp_once(device)
+    rc, report = time_once(device)
+    assert rc == 0
+    assert report["mode"] == "observe" and report["source"] == "dhcp"
+    assert [s["address"] for s in report["servers"]] == NTP
+    assert all(s["accepted"] and s["stratum"] == 8 for s in report["servers"])
+    assert report["synced"] and report["selected"] in NTP
+    assert abs(report["offset_ms"]) < 5  # one clock for the whole lab: the truth is 0
+    assert report["utc_offset_s"] == 3600 and report["utc_offset_source"] == "dhcp-time-offset"
+    assert report["clock_control"]["allowed"] is False
+    assert report["correction"] is None
+
+
+def test_sntp_mode_in_a_namespace_measures_but_never_adjusts(device):
+    dhcp_once(device)
+    rc, report = time_once(device, "--mode", "sntp")
+    assert rc == 0 and report["mode"] == "sntp" and report["synced"]
+    assert report["clock_control"]["allowed"] is False
+    assert "network-namespace: the clock is the host's" in report["clock_control"]["guards"]
+    assert report["correction"] is None
+
+
+def test_manual_servers_by_name_when_dhcp_gives_none(host):
+    config = write_config(host, time_section='mode = "observe"\n'
+                                             'servers = ["ntp1.hospital.test", "192.0.2.12"]')
+    rc, report = time_once(host, "--config", config)
+    assert rc == 0 and report["source"] == "manual"
+    assert [s["address"] for s in report["servers"]] == ["192.0.2.11", "192.0.2.12"]
+    assert report["utc_offset_source"] == "preset" and report["utc_offset_s"] == 0
+
+
+def test_internal_clock_when_nothing_answers_or_nothing_is_known(host):
+    rc, report = time_once(host, "--servers", "192.0.2.99")
+    assert rc == 1 and not report["synced"]
+    assert report["servers"][0]["reason"] == "no answer"
+    rc, report = time_once(host)  # no lease saved, no configuration
+    assert rc == 1 and report["source"] == "internal" and report["servers"] == []
+
+
+def test_a_lying_server_among_two_honest_ones_is_outvoted(lab, host):
+    liar = lab.start_ntp_liar("192.0.2.14", 5.0)
+    try:
+        rc, report = time_once(host, "--servers", "192.0.2.11,192.0.2.14,192.0.2.12")
+    finally:
+        liar.terminate()
+        liar.wait(5)
+        lab.srv_exec(["ip", "addr", "del", "192.0.2.14/24", "dev", "eth0"])
+    assert rc == 0 and report["synced"] and report["selected"] in ("192.0.2.11", "192.0.2.12")
+    lying = next(s for s in report["servers"] if s["address"] == "192.0.2.14")
+    assert not lying["accepted"] and lying["reason"].startswith("falseticker")
+    assert 4900 < lying["offset_ms"] < 5100
+    assert abs(report["offset_ms"]) < 5
+
+
+def test_option_101_and_100_from_dhcp_set_the_utc_offset(lab):
+    dev = lab.devices[3]  # dnsmasq gives dev3 options 100 and 101
+    lease = dhcp_once(dev)
+    assert lease["tz_name"] == "Europe/Berlin"
+    assert lease["tz_posix"] == "CET-1CEST,M3.5.0,M10.5.0/3"
+    _, report = time_once(dev)
+    berlin = dt.datetime.now(zoneinfo.ZoneInfo("Europe/Berlin")).utcoffset().total_seconds()
+    assert report["utc_offset_s"] == berlin and report["tz"] == "Europe/Berlin"
+    assert report["utc_offset_source"] == "dhcp-tz-name"
+    assert report["local_time"].endswith("+01:00" if berlin == 3600 else "+02:00")
+    dev.ip("addr", "flush", "dev", "eth0")
+
+
+def test_autodiscovery_hears_the_broadcasting_server_first(device):
+    dhcp_once(device)
+    config = write_config(device, time_section='mode = "observe"\nbroadcast_discovery = true\n'
+                                               "broadcast_window = 3.0")
+    rc, report = time_once(device, "--config", config)
+    assert rc == 0 and report["source"] == "autodiscovery"
+    assert [s["address"] for s in report["servers"]] == ["192.0.2.13"]
+
+
+def test_chrony_mode_hands_the_servers_to_a_real_chronyd(device):
+    dhcp_once(device)
+    sourcedir, sock = device.start_chronyd()
+    config = write_config(device, time_section=f'mode = "chrony"\n'
+                                               f'chrony_sourcedir = "{sourcedir}"\n'
+                                               f'chronyc_socket = "{sock}"')
+    rc, report = time_once(device, "--config", config, "--mode", "chrony")
+    assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == [
+        f"server {a} iburst" for a in NTP]
+    assert rc == 0, report
+    assert report["mode"] == "chrony" and report["synced"]
+    assert report["selected"] in NTP
+    assert {s["address"] for s in report["chrony"]["sources"]} == set(NTP)
+    assert report["chrony"]["tracking"]["stratum"] == 9
+    assert abs(report["offset_ms"]) < 5
+
+
+KEEP_TIME = r'''
+import asyncio, json, random
+from profiles.time_sync.driver import SntpDriver
+from profiles.time_sync.sntp import SntpClient
+
+async def main():
+    updates, results = asyncio.Queue(), asyncio.Queue()
+    driver = SntpDriver(SntpClient(random.Random(1)))
+    async def on_result(result):
+        await results.put(result)
+    task = asyncio.create_task(driver.run(updates, on_result))
+    await updates.put(["192.0.2.11"])
+    first = await asyncio.wait_for(results.get(), 10)
+    await updates.put(["192.0.2.12", "192.0.2.13"])  # a new lease, other servers
+    second = await asyncio.wait_for(results.get(), 10)
+    task.cancel()
+    print(json.dumps([first.selected, [s["address"] for s in second.servers],
+                      driver.core.poll]))
+asyncio.run(main())
+'''
+
+
+def test_a_new_server_set_is_taken_without_a_restart(host):
+    proc = host.run([sys.executable, "-c", KEEP_TIME], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    first, second, poll = json.loads(proc.stdout)
+    assert first == "192.0.2.11"
+    assert second == ["192.0.2.12", "192.0.2.13"]
+    assert poll == 128.0  # one good round at 64 s doubled it
