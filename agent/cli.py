@@ -40,6 +40,18 @@ def cmd_time(args: argparse.Namespace) -> int:
     return run_time_command(args)
 
 
+def cmd_directory(args: argparse.Namespace) -> int:
+    from agent import directory_command
+
+    return getattr(directory_command, f"cmd_{args.action}")(args)
+
+
+def cmd_ldif(args: argparse.Namespace) -> int:
+    from agent.directory_command import cmd_ldif as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
@@ -81,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--once", action="store_true")
     tm.add_argument("--json", action="store_true")
     tm.set_defaults(func=cmd_time)
+
+    directory = sub.add_parser("directory", help="PS3.15 Annex H.1 alone: LDAP configuration")
+    actions = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("find", "SRV result in the order tried, server chosen, base DN"),
+                         ("register", "register or adopt; prints device DN and titles owned"),
+                         ("lookup", "a remote AE straight from the directory (or cache)")):
+        p = actions.add_parser(action, help=text, description=text)
+        if action == "lookup":
+            p.add_argument("aet", metavar="AET")
+        p.add_argument("--config", metavar="FILE", required=True)
+        p.add_argument("--json", action="store_true")
+    directory.set_defaults(func=cmd_directory)
+
+    ldif = sub.add_parser("ldif", help="RFC 2849 LDIF registering this device")
+    ldif.add_argument("--config", metavar="FILE", required=True)
+    ldif.set_defaults(func=cmd_ldif)
     return parser
 
 

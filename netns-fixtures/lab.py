@@ -71,6 +71,7 @@ HOSTS = {
     "dhcp": SERVER_ADDRESS,
     "ldap": SERVER_ADDRESS,
     "ldap-backup": LDAP_BACKUP_ADDRESS,
+    "ldap-alias": SERVER_ADDRESS,  # a name the LDAP certificate does not carry
     "ntp1": NTP_ADDRESSES[0],
     "ntp2": NTP_ADDRESSES[1],
     "ntp3": NTP_ADDRESSES[2],
@@ -480,17 +481,33 @@ class Lab:
         ldapi = "ldapi://" + str(d / "ldapi").replace("/", "%2F")
         urls = f"ldap://{SERVER_ADDRESS}:389/ ldaps://{SERVER_ADDRESS}:636/ {ldapi}"
         self.ldapi_url = ldapi
+        self._slapd_urls = urls
+        self.start_ldap()
+        self.timings["ldap"] = time.monotonic() - t0
+
+    def start_ldap(self) -> None:
+        """Start slapd on the databases built by up() (again, after stop_ldap())."""
+        d = self.run / "slapd"
         # Daemon mode: the parent returns once slapd is ready; -d would keep it in front.
         log = self.run / "logs" / "slapd.log"
-        with open(log, "w") as fh:
+        with open(log, "a") as fh:
             proc = subprocess.run(["ip", "netns", "exec", self.server, "slapd",
-                                   "-F", str(d / "slapd.d"), "-h", urls],
+                                   "-F", str(d / "slapd.d"), "-h", self._slapd_urls],
                                   stdout=fh, stderr=subprocess.STDOUT, timeout=30)
         if proc.returncode != 0:
             raise LabError(f"slapd failed to start ({proc.returncode}): {log.read_text()}")
         pid = (d / "slapd.pid").read_text().strip()
         (self.run / "pids" / "slapd.pid").write_text(pid + "\n")
-        self.timings["ldap"] = time.monotonic() - t0
+
+    def stop_ldap(self) -> None:
+        """Stop slapd (its PID is in its own pid file; it runs in our server namespace)."""
+        pid = int((self.run / "slapd" / "slapd.pid").read_text())
+        if pid not in _pids_in(self.server):
+            raise LabError(f"slapd pid {pid} is not in {self.server}")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid in _pids_in(self.server) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _dns_names(self) -> list[tuple[str, int, int, int, str]]:
         return [(f"_ldap._tcp.{DOMAIN}", prio, weight, port, f"{target}.{DOMAIN}")

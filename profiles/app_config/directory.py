@@ -1,0 +1,422 @@
+"""The LDAP driver of PS3.15 H.1: find the directory, register the device, answer lookups.
+
+Synchronous ldap3 (the daemon runs it in a thread, never on the event loop). What is
+written comes from plan.py; this module decides the order of operations and reads the
+answers:
+
+- find (H.1.4.1): SRV targets in RFC 2782 order, then `directory.servers`; on each, the
+  root DSE's namingContexts are searched for `dicomConfigurationRoot`, accepted only
+  with `cn=Devices` (dicomDevicesRoot) and `cn=Unique AE Titles Registry`
+  (dicomUniqueAETitlesRegistryRoot) directly below it (H.1.2 note);
+- register (H.1.4.3): adopt a device an administrator configured (found by name, else
+  serial number; only hostnames, ports and dicomInstalled are changed), or reserve
+  titles (H.1.4.3.5) and create device, connections, AEs and transfer capabilities,
+  rolling back on failure everything this attempt added;
+- lookup and query (H.1.4.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ldap3 import (
+    ANONYMOUS,
+    BASE,
+    EXTERNAL,
+    LEVEL,
+    NONE,
+    SASL,
+    SIMPLE,
+    SUBTREE,
+    Connection,
+    Server,
+    Tls,
+)
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.dn import parse_dn
+
+from profiles.app_config import plan
+from profiles.app_config.model import Device
+
+log = logging.getLogger(__name__)
+
+ENTRY_ALREADY_EXISTS = 68
+NO_SUCH_OBJECT = 32
+REFUSALS = {8: "strongerAuthRequired", 50: "insufficientAccess", 53: "unwillingToPerform"}
+TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
+
+
+class DirectoryError(Exception):
+    """The directory could not be used; the message says why."""
+
+
+class Refused(DirectoryError):
+    """The server refused an update (Table H.1-15 "-Manual" patterns apply)."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        super().__init__(f"{REFUSALS.get(code, code)} ({code}): {message}")
+
+
+@dataclass
+class Security:
+    """How to connect (CONTRACTS.md `[directory]` security patterns)."""
+
+    pattern: str = "anonymous"  # anonymous | basic | tls
+    bind_dn: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    allow_cleartext_password: bool = False
+
+
+@dataclass
+class Registration:
+    device_dn: str
+    titles: list[str]
+    adopted: bool
+    changed: list[str] = field(default_factory=list)
+
+
+def connect(url: str, security: Security, address: str | None = None) -> Connection:
+    """An open, bound connection following the security pattern; DirectoryError if not.
+
+    `address`: where to connect when the URL's host was resolved by the caller (the
+    F.1.1 resolver); the certificate is still checked against the URL's host name."""
+    parts = urlsplit(url)
+    implicit = parts.scheme == "ldaps"
+    tls = None
+    if security.pattern == "tls":
+        tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=security.ca_file,
+                  local_certificate_file=security.client_cert,
+                  local_private_key_file=security.client_key,
+                  version=ssl.PROTOCOL_TLS_CLIENT, valid_names=[parts.hostname])
+    server = Server(address or parts.hostname, port=parts.port or (636 if implicit else 389),
+                    use_ssl=implicit and tls is not None, tls=tls, get_info=NONE,
+                    connect_timeout=TIMEOUT)
+    if implicit and tls is None:
+        raise DirectoryError('ldaps:// needs security = "tls"')
+    kwargs: dict[str, Any] = {"authentication": ANONYMOUS}
+    if security.pattern == "basic" or (security.pattern == "tls" and security.bind_dn
+                                       and not security.client_cert):
+        if security.pattern == "basic" and not security.allow_cleartext_password:
+            raise DirectoryError("a simple bind over a plain connection needs "
+                                 "allow_cleartext_password")
+        kwargs = {"authentication": SIMPLE, "user": security.bind_dn,
+                  "password": security.password}
+    elif security.pattern == "tls" and security.client_cert:
+        # An empty authorization identity: "be who the certificate says" (RFC 4422 A).
+        kwargs = {"authentication": SASL, "sasl_mechanism": EXTERNAL, "sasl_credentials": ""}
+    conn = Connection(server, receive_timeout=TIMEOUT, raise_exceptions=False, **kwargs)
+    try:
+        conn.open()
+        if conn.closed:
+            raise DirectoryError("cannot connect")
+        if tls is not None and not implicit and not conn.start_tls():
+            raise DirectoryError(f"StartTLS failed: {conn.result.get('description')}")
+        if not conn.bind():
+            raise DirectoryError(f"bind failed: {conn.result.get('description')} "
+                                 f"({conn.result.get('result')})")
+    except DirectoryError:
+        conn.unbind()
+        raise
+    except Exception as exc:  # socket and TLS errors: ldap3 raises them, several kinds
+        conn.unbind()
+        raise DirectoryError(f"{exc.__class__.__name__}: {exc}") from None
+    return conn
+
+
+def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
+            attributes: list[str] | None = None) -> list[dict]:
+    try:
+        ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [])
+    except LDAPException as exc:
+        raise DirectoryError(f"search {flt} under {base}: {exc}") from None
+    if not ok:
+        code = conn.result.get("result")
+        if code in (0, NO_SUCH_OBJECT):
+            return []
+        raise DirectoryError(f"search {flt} under {base}: {conn.result.get('description')}")
+    return [{"dn": e["dn"], **{k.lower(): v for k, v in e["attributes"].items()}}
+            for e in conn.response if e.get("type") == "searchResEntry"]
+
+
+def find_configuration_root(conn: Connection) -> str | None:
+    """The DN of a dicomConfigurationRoot with its two children, in any naming context."""
+    dse = _search(conn, "", "(objectClass=*)", BASE, ["namingContexts"])
+    contexts = dse[0].get("namingcontexts", []) if dse else []
+    for context in contexts:
+        for root in _search(conn, context, "(objectClass=dicomConfigurationRoot)"):
+            below = _search(conn, root["dn"], "(|(objectClass=dicomDevicesRoot)"
+                            "(objectClass=dicomUniqueAETitlesRegistryRoot))", LEVEL,
+                            ["objectClass", "cn"])
+            kinds = {(oc.lower(), str(e["cn"][0] if isinstance(e["cn"], list) else e["cn"]))
+                     for e in below for oc in e["objectclass"]}
+            if {("dicomdevicesroot", "Devices"),
+                    ("dicomuniqueaetitlesregistryroot", "Unique AE Titles Registry")} <= kinds:
+                return root["dn"]
+            log.info("%s lacks cn=Devices or the registry: not a DICOM tree", root["dn"])
+    return None
+
+
+def find_directory(urls: list[tuple[str, str | None]], security: Security
+                   ) -> tuple[Connection | None, str | None, str | None, list[dict]]:
+    """Try each (URL, address) in order until one holds a DICOM tree:
+    (connection, URL, base DN, what each try gave)."""
+    tried = []
+    for url, address in urls:
+        try:
+            conn = connect(url, security, address)
+        except DirectoryError as exc:
+            tried.append({"url": url, "result": str(exc)})
+            continue
+        try:
+            base = find_configuration_root(conn)
+        except DirectoryError as exc:
+            conn.unbind()
+            tried.append({"url": url, "result": str(exc)})
+            continue
+        if base is None:
+            conn.unbind()
+            tried.append({"url": url, "result": "no dicomConfigurationRoot with cn=Devices "
+                                                "and the Unique AE Titles Registry"})
+            continue
+        tried.append({"url": url, "result": "ok"})
+        return conn, url, base, tried
+    return None, None, None, tried
+
+
+def _first(entry: dict, name: str) -> Any:
+    value = entry.get(name.lower())
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+class Directory:
+    """Operations on one connection to one DICOM configuration root."""
+
+    def __init__(self, conn: Connection, base: str):
+        self.conn = conn
+        self.base = base
+
+    def close(self) -> None:
+        self.conn.unbind()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _add(self, entry: plan.Entry) -> int:
+        """Add an entry; 0, ENTRY_ALREADY_EXISTS, or Refused/DirectoryError raised."""
+        attributes = {k: v for k, v in entry.attributes.items() if k != "objectClass"}
+        try:
+            self.conn.add(entry.dn, entry.attributes["objectClass"], attributes)
+        except LDAPException as exc:
+            raise DirectoryError(f"add {entry.dn}: {exc}") from None
+        code = self.conn.result.get("result")
+        if code in (0, ENTRY_ALREADY_EXISTS):
+            return code
+        if code in REFUSALS:
+            raise Refused(code, f"add {entry.dn}")
+        raise DirectoryError(f"add {entry.dn}: {self.conn.result.get('description')} "
+                             f"({code}) {self.conn.result.get('message', '')}".strip())
+
+    def _delete(self, dn: str) -> None:
+        try:
+            self.conn.delete(dn)
+        except LDAPException as exc:
+            log.warning("rollback: cannot delete %s: %s", dn, exc)
+
+    def _modify(self, dn: str, changes: dict) -> None:
+        try:
+            self.conn.modify(dn, changes)
+        except LDAPException as exc:
+            raise DirectoryError(f"modify {dn}: {exc}") from None
+        code = self.conn.result.get("result")
+        if code in REFUSALS:
+            raise Refused(code, f"modify {dn}")
+        if code != 0:
+            raise DirectoryError(f"modify {dn}: {self.conn.result.get('description')}")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def find_device(self, device: Device) -> dict | None:
+        devices = plan.devices_dn(self.base)
+        found = _search(self.conn, devices, f"(&(objectClass=dicomDevice)"
+                        f"{plan.eq('dicomDeviceName', device.name)})", LEVEL, ["*"])
+        if not found and device.serial_number:
+            found = _search(self.conn, devices, f"(&(objectClass=dicomDevice)"
+                            f"{plan.eq('dicomDeviceSerialNumber', device.serial_number)})",
+                            LEVEL, ["*"])
+        return found[0] if found else None
+
+    def registered_titles(self) -> set[str]:
+        return {str(_first(e, "dicomAETitle")) for e in _search(
+            self.conn, plan.registry_dn(self.base), "(objectClass=dicomUniqueAETitle)", LEVEL,
+            ["dicomAETitle"])}
+
+    def title_owner(self, title: str) -> str | None:
+        """The device whose Network AE has this title, if any."""
+        found = _search(self.conn, plan.devices_dn(self.base), f"(&(objectClass=dicomNetworkAE)"
+                        f"{plan.eq('dicomAETitle', title)})", SUBTREE, ["dicomAETitle"])
+        if not found:
+            return None
+        parent = parse_dn(found[0]["dn"])[1]
+        return parent[1]
+
+    # -- registering --------------------------------------------------------------------
+
+    def register(self, device: Device, hostnames: dict[str, str], owned: list[str],
+                 attempts: int) -> Registration:
+        existing = self.find_device(device)
+        if existing is not None:
+            return self._adopt(existing, device, hostnames)
+        added: list[str] = []  # DNs this attempt created, to roll back
+        try:
+            titles = [self._reserve(ae, i, owned, attempts, added)
+                      for i, ae in enumerate(device.aes)]
+            for entry in plan.device_entries(self.base, device, titles, hostnames):
+                if self._add(entry) == ENTRY_ALREADY_EXISTS:
+                    raise DirectoryError(f"{entry.dn} already exists")
+                added.append(entry.dn)
+        except BaseException:
+            for dn in reversed(added):
+                self._delete(dn)
+            raise
+        return Registration(plan.device_dn(self.base, device.name), titles, adopted=False)
+
+    def _reserve(self, ae, index: int, owned: list[str], attempts: int,
+                 added: list[str]) -> str:
+        """H.1.4.3.5: create the title's dicomUniqueAETitle; 68 means taken (by us, if
+        we owned it before a reboot; else by someone else)."""
+        if ae.title is not None:
+            candidates = [ae.title]
+        else:
+            mine = [t for t in owned if _fits(ae.title_template, t, attempts)]
+            candidates = mine[index:index + 1] + list(plan.candidate_titles(
+                ae.title_template, attempts, self.registered_titles()))
+        for title in candidates:
+            code = self._add(plan.title_entry(self.base, title))
+            if code == 0:
+                added.append(plan.title_dn(self.base, title))
+                return title
+            if title in owned and self.title_owner(title) is None:
+                return title  # ours from before (a reboot): reuse it
+            if ae.title is not None:
+                owner = self.title_owner(title)
+                raise DirectoryError(f'AE title "{title}" is taken'
+                                     + (f" by device {owner}" if owner else
+                                        " (reserved in the Unique AE Titles Registry)"))
+        raise DirectoryError(f'no free AE title from template "{ae.title_template}" in '
+                             f"{attempts} attempts")
+
+    def _adopt(self, existing: dict, device: Device, hostnames: dict[str, str]
+               ) -> Registration:
+        """Pre-configured by an administrator: keep everything, change only what the
+        device owns — its connections' hostnames and ports, and dicomInstalled."""
+        dn = existing["dn"]
+        changed = []
+        for entry in _search(self.conn, dn, "(objectClass=dicomNetworkConnection)", LEVEL,
+                             ["cn", "dicomHostname", "dicomPort", "dicomInstalled"]):
+            name = str(_first(entry, "cn"))
+            conn = next((c for c in device.connections if c.name == name), None)
+            if conn is None:
+                continue
+            wanted = {"dicomHostname": hostnames[name], "dicomPort": conn.port,
+                      "dicomInstalled": None if conn.installed is None
+                      else plan.boolean(conn.installed)}
+            changes = {}
+            for attribute, value in wanted.items():
+                current = _first(entry, attribute)
+                current = None if current in (None, []) else str(current).upper() \
+                    if attribute == "dicomInstalled" else str(current)
+                if value is not None and current != str(value):
+                    changes[attribute] = [("MODIFY_REPLACE", [str(value)])]
+            if changes:
+                self._modify(entry["dn"], changes)
+                changed.append(entry["dn"])
+        installed = plan.boolean(device.installed)
+        if str(_first(existing, "dicomInstalled")).upper() != installed:
+            self._modify(dn, {"dicomInstalled": [("MODIFY_REPLACE", [installed])]})
+            changed.append(dn)
+        titles = [str(_first(e, "dicomAETitle")) for e in _search(
+            self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
+        return Registration(dn, titles, adopted=True, changed=changed)
+
+    def update_hostnames(self, device_dn: str, device: Device,
+                         hostnames: dict[str, str]) -> list[str]:
+        """The address or name changed: rewrite the connections' dicomHostname."""
+        changed = []
+        for conn in device.connections:
+            dn = plan.connection_dn(device_dn, conn.name)
+            found = _search(self.conn, dn, "(objectClass=*)", BASE, ["dicomHostname"])
+            if found and str(_first(found[0], "dicomHostname")) != hostnames[conn.name]:
+                self._modify(dn, {"dicomHostname": [("MODIFY_REPLACE",
+                                                     [hostnames[conn.name]])]})
+                changed.append(dn)
+        return changed
+
+    # -- lookups (H.1.4.2) ------------------------------------------------------------------
+
+    def lookup(self, title: str) -> dict:
+        found = _search(self.conn, plan.devices_dn(self.base),
+                        f"(&(objectClass=dicomNetworkAE){plan.eq('dicomAETitle', title)})",
+                        SUBTREE, ["*"])
+        if not found:
+            return {"v": 1, "aet": title, "found": False, "stale": False,
+                    "source": "directory"}
+        return self._answer(found[0])
+
+    def query(self, cluster: str | None, device_type: str | None) -> list[dict]:
+        flt = "(objectClass=dicomNetworkAE)"
+        if cluster:
+            flt = f"(&{flt}{plan.eq('dicomApplicationCluster', cluster)})"
+        aes = _search(self.conn, plan.devices_dn(self.base), flt, SUBTREE, ["*"])
+        answers = [self._answer(ae) for ae in aes]
+        if device_type:
+            answers = [a for a in answers if device_type in a.get("primary_device_type", [])]
+        return answers
+
+    def _answer(self, ae: dict) -> dict:
+        device_dn = ",".join(f"{a}={v}" for a, v, _ in parse_dn(ae["dn"])[1:])
+        device = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE, ["*"])
+        dev = device[0] if device else {}
+        device_installed = str(_first(dev, "dicomInstalled")).upper() == "TRUE"
+        ae_installed = _first(ae, "dicomInstalled")
+        installed = device_installed if ae_installed in (None, []) else \
+            str(ae_installed).upper() == "TRUE"
+        connections = []
+        for ref in ae.get("dicomnetworkconnectionreference", []):
+            found = _search(self.conn, ref, "(objectClass=dicomNetworkConnection)", BASE, ["*"])
+            if not found:
+                continue
+            c = found[0]
+            c_installed = _first(c, "dicomInstalled")
+            port = _first(c, "dicomPort")
+            connections.append({
+                "hostname": str(_first(c, "dicomHostname")),
+                "port": int(port) if port not in (None, []) else None,
+                "tls_cipher_suites": [str(s) for s in c.get("dicomtlsciphersuite", [])],
+                "installed": device_installed if c_installed in (None, [])
+                else str(c_installed).upper() == "TRUE"})
+        return {"v": 1, "aet": str(_first(ae, "dicomAETitle")), "found": True, "stale": False,
+                "source": "directory", "device": str(_first(dev, "dicomDeviceName")),
+                "installed": installed, "connections": connections,
+                "application_cluster": [str(c) for c in ae.get("dicomapplicationcluster", [])],
+                "primary_device_type": [str(t) for t in dev.get("dicomprimarydevicetype", [])],
+                "preferred_called_ae_title": [str(t) for t in
+                                              ae.get("dicompreferredcalledaetitle", [])]}
+
+
+def _fits(template: str, title: str, attempts: int) -> bool:
+    return any(template.format(n=n) == title for n in range(1, attempts + 1))
+
+
+def manual_ldif_path(state_dir: Path, device: Device) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device.name)
+    return state_dir / "manual" / f"{safe}.ldif"

@@ -1,0 +1,212 @@
+"""The LDAP entries of PS3.15 H.1 for this device, as pure data (no connection here).
+
+DNs are built from escaped RDN values (RFC 4514) and filters from escaped assertion
+values (RFC 4515) — AE titles may hold `,` `+` `*` `(` `)` `=` `#` `;` — with ldap3's
+pure helpers. The driver (directory.py) performs what this module plans; `to_ldif`
+writes the same entries as RFC 2849 LDIF for an administrator (the "-Manual" patterns
+of Table H.1-15, and `dicom-agent ldif`).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import escape_rdn
+
+from profiles.app_config.model import Device, NetworkAE, NetworkConnection, TransferCapability
+
+DEVICES = "cn=Devices"
+REGISTRY = "cn=Unique AE Titles Registry"
+
+
+@dataclass(frozen=True)
+class Entry:
+    dn: str
+    attributes: dict[str, list[str | bytes]] = field(default_factory=dict)
+
+
+def devices_dn(base: str) -> str:
+    return f"{DEVICES},{base}"
+
+
+def registry_dn(base: str) -> str:
+    return f"{REGISTRY},{base}"
+
+
+def device_dn(base: str, name: str) -> str:
+    return f"dicomDeviceName={escape_rdn(name)},{devices_dn(base)}"
+
+
+def title_dn(base: str, title: str) -> str:
+    return f"dicomAETitle={escape_rdn(title)},{registry_dn(base)}"
+
+
+def connection_dn(device: str, name: str) -> str:
+    return f"cn={escape_rdn(name)},{device}"
+
+
+def ae_dn(device: str, title: str) -> str:
+    return f"dicomAETitle={escape_rdn(title)},{device}"
+
+
+def tc_name(tc: TransferCapability) -> str:
+    """The cn of a transfer capability: its configured name, else role and SOP class."""
+    return tc.name or f"{tc.role} {tc.sop_class}"
+
+
+def eq(attribute: str, value: str) -> str:
+    return f"({attribute}={escape_filter_chars(value)})"
+
+
+def boolean(value: bool) -> str:
+    return "TRUE" if value else "FALSE"
+
+
+def candidate_titles(template: str, attempts: int, taken: set[str]) -> Iterator[str]:
+    """H.1.4.3.5: tentative titles from the template, skipping those known to be taken."""
+    for n in range(1, attempts + 1):
+        title = template.format(n=n)
+        if title not in taken:
+            yield title
+
+
+def connection_hostname(conn: NetworkConnection, fqdn: str | None, domain: str | None,
+                        address: str | None) -> str | None:
+    """H.1.1.3: qualified enough to be unambiguous — the configured name, else the
+    DHCP/DDNS name (a bare label gets the domain), else the address."""
+    if conn.hostname:
+        return conn.hostname
+    if fqdn:
+        return fqdn if "." in fqdn or not domain else f"{fqdn}.{domain}"
+    return address
+
+
+def _put(attrs: dict, name: str, value: object) -> None:
+    if value is None or value == () or value == []:
+        return
+    if isinstance(value, bool):
+        attrs[name] = [boolean(value)]
+    elif isinstance(value, list | tuple):
+        attrs[name] = list(value)
+    else:
+        attrs[name] = [str(value)]
+
+
+def device_entry(base: str, device: Device) -> Entry:
+    a: dict[str, list] = {"objectClass": ["dicomDevice"]}
+    _put(a, "dicomDeviceName", device.name)
+    _put(a, "dicomInstalled", device.installed)
+    for attribute, value in (
+            ("dicomDescription", device.description),
+            ("dicomManufacturer", device.manufacturer),
+            ("dicomManufacturerModelName", device.model_name),
+            ("dicomSoftwareVersion", device.software_versions),
+            ("dicomStationName", device.station_name),
+            ("dicomDeviceSerialNumber", device.serial_number),
+            ("dicomPrimaryDeviceType", device.primary_device_type),
+            ("dicomInstitutionName", device.institution_name),
+            ("dicomInstitutionAddress", device.institution_address),
+            ("dicomInstitutionDepartmentName", device.institution_department_name),
+            ("dicomIssuerOfPatientID", device.issuer_of_patient_id),
+            ("dicomRelatedDeviceReference", device.related_device_reference),
+            ("dicomAuthorizedNodeCertificateReference",
+             device.authorized_node_certificate_reference),
+            ("dicomThisNodeCertificateReference", device.this_node_certificate_reference),
+            ("dicomVendorData", device.vendor_data)):
+        _put(a, attribute, value)
+    return Entry(device_dn(base, device.name), a)
+
+
+def connection_entry(device: str, conn: NetworkConnection, hostname: str) -> Entry:
+    a: dict[str, list] = {"objectClass": ["dicomNetworkConnection"]}
+    _put(a, "cn", conn.name)
+    _put(a, "dicomHostname", hostname)
+    _put(a, "dicomPort", conn.port)
+    _put(a, "dicomTLSCipherSuite", conn.tls_cipher_suites)
+    _put(a, "dicomInstalled", conn.installed)
+    return Entry(connection_dn(device, conn.name), a)
+
+
+def ae_entry(device: str, ae: NetworkAE, title: str) -> Entry:
+    a: dict[str, list] = {"objectClass": ["dicomNetworkAE"]}
+    _put(a, "dicomAETitle", title)
+    _put(a, "dicomNetworkConnectionReference",
+         [connection_dn(device, name) for name in ae.connections])
+    _put(a, "dicomAssociationInitiator", ae.association_initiator)
+    _put(a, "dicomAssociationAcceptor", ae.association_acceptor)
+    for attribute, value in (("dicomDescription", ae.description),
+                             ("dicomVendorData", ae.vendor_data),
+                             ("dicomApplicationCluster", ae.application_cluster),
+                             ("dicomPreferredCalledAETitle", ae.preferred_called_ae_title),
+                             ("dicomPreferredCallingAETitle", ae.preferred_calling_ae_title),
+                             ("dicomSupportedCharacterSet", ae.supported_character_set),
+                             ("dicomInstalled", ae.installed)):
+        _put(a, attribute, value)
+    return Entry(ae_dn(device, title), a)
+
+
+def tc_entry(ae: str, tc: TransferCapability) -> Entry:
+    a: dict[str, list] = {"objectClass": ["dicomTransferCapability"]}
+    _put(a, "cn", tc_name(tc))
+    _put(a, "dicomSOPClass", tc.sop_class)
+    _put(a, "dicomTransferRole", tc.role)
+    _put(a, "dicomTransferSyntax", tc.transfer_syntaxes)
+    return Entry(f"cn={escape_rdn(tc_name(tc))},{ae}", a)
+
+
+def title_entry(base: str, title: str) -> Entry:
+    return Entry(title_dn(base, title), {"objectClass": ["dicomUniqueAETitle"],
+                                         "dicomAETitle": [title]})
+
+
+def device_entries(base: str, device: Device, titles: list[str],
+                   hostnames: dict[str, str]) -> list[Entry]:
+    """The device, its connections, its AEs (titles[i] for device.aes[i]) and their
+    transfer capabilities, parents before children."""
+    dev = device_entry(base, device)
+    entries = [dev]
+    entries += [connection_entry(dev.dn, c, hostnames[c.name]) for c in device.connections]
+    for ae, title in zip(device.aes, titles, strict=True):
+        entry = ae_entry(dev.dn, ae, title)
+        entries.append(entry)
+        entries += [tc_entry(entry.dn, tc) for tc in ae.transfer_capabilities]
+    return entries
+
+
+# -- RFC 2849 --------------------------------------------------------------------------
+
+def _safe(value: str) -> bool:
+    """SAFE-STRING: no NUL, CR, LF, non-ASCII; not starting with space, ':' or '<';
+    and (RFC 2849 note 8) not ending with a space."""
+    if not value:
+        return True
+    if value[0] in " :<" or value.endswith(" "):
+        return False
+    return all(0 < ord(c) < 128 and c not in "\r\n" for c in value)
+
+
+def _line(name: str, value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        text = f"{name}:: {base64.b64encode(value).decode()}"
+    elif _safe(value):
+        text = f"{name}: {value}"
+    else:
+        text = f"{name}:: {base64.b64encode(value.encode()).decode()}"
+    # Fold at 76 columns; a continuation line starts with one space.
+    parts = [text[:76]] + [" " + text[i:i + 75] for i in range(76, len(text), 75)]
+    return "\n".join(parts)
+
+
+def to_ldif(entries: list[Entry], comment: str | None = None) -> str:
+    out = ["version: 1"]
+    if comment:
+        out = [f"# {line}" for line in comment.splitlines()] + out
+    for entry in entries:
+        out.append("")
+        out.append(_line("dn", entry.dn))
+        for name, values in entry.attributes.items():
+            out.extend(_line(name, v) for v in values)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,87 @@
+"""The LDAP plan: DNs, entries, escaping and LDIF, from the example configurations."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from agent.config import load_config
+from profiles.app_config import plan
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"
+BASE = "cn=DICOM Configuration,dc=hospital,dc=test"
+
+
+def test_archive_entries_in_parent_first_order_with_every_configured_attribute():
+    device = load_config(EXAMPLES / "archive.toml").device
+    entries = plan.device_entries(BASE, device, ["ARCHIVE2_STORE", "ARCHIVE2_QR"],
+                                  {"dicom": "archive2.hospital.test",
+                                   "dicom-tls": "archive2.hospital.test"})
+    dev = "dicomDeviceName=ARCHIVE2,cn=Devices," + BASE
+    assert [e.dn for e in entries] == [
+        dev, f"cn=dicom,{dev}", f"cn=dicom-tls,{dev}",
+        f"dicomAETitle=ARCHIVE2_STORE,{dev}",
+        f"cn=ct-image-storage-scp,dicomAETitle=ARCHIVE2_STORE,{dev}",
+        f"cn=mr-image-storage-scp,dicomAETitle=ARCHIVE2_STORE,{dev}",
+        f"dicomAETitle=ARCHIVE2_QR,{dev}",
+        f"cn=study-root-find-scp,dicomAETitle=ARCHIVE2_QR,{dev}"]
+    assert entries[0].attributes == {
+        "objectClass": ["dicomDevice"], "dicomDeviceName": ["ARCHIVE2"],
+        "dicomInstalled": ["TRUE"], "dicomDescription": ["Short-term image archive"],
+        "dicomManufacturer": ["Example Archive Systems"],
+        "dicomManufacturerModelName": ["EA-1"], "dicomSoftwareVersion": ["3.4.1"],
+        "dicomPrimaryDeviceType": ["ARCHIVE"],
+        "dicomInstitutionName": ["Sometown Hospital"]}
+    assert entries[2].attributes == {
+        "objectClass": ["dicomNetworkConnection"], "cn": ["dicom-tls"],
+        "dicomHostname": ["archive2.hospital.test"], "dicomPort": ["2762"],
+        "dicomTLSCipherSuite": ["TLS_RSA_WITH_AES_128_CBC_SHA",
+                                "TLS_RSA_WITH_3DES_EDE_CBC_SHA"]}
+    assert entries[3].attributes["dicomNetworkConnectionReference"] == [
+        f"cn=dicom,{dev}", f"cn=dicom-tls,{dev}"]
+    assert entries[3].attributes["dicomAssociationAcceptor"] == ["TRUE"]
+    assert entries[3].attributes["dicomAssociationInitiator"] == ["FALSE"]
+    assert "dicomInstalled" not in entries[3].attributes  # inherited from the device
+    assert entries[4].attributes["dicomTransferSyntax"] == [
+        "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"]
+
+
+def test_special_characters_are_escaped_in_dns_and_filters():
+    title = "CT,+*()=#;1"
+    assert plan.title_dn(BASE, title) == (
+        "dicomAETitle=CT\\,\\+*()\\=#\\;1,cn=Unique AE Titles Registry," + BASE)
+    assert plan.title_dn(BASE, "#1").startswith("dicomAETitle=\\#1,")
+    assert plan.eq("dicomAETitle", title) == "(dicomAETitle=CT,+\\2a\\28\\29=#;1)"
+
+
+def test_template_candidates_skip_taken_titles():
+    assert list(plan.candidate_titles("WS{n:02d}", 5, {"WS01", "WS03"})) == [
+        "WS02", "WS04", "WS05"]
+
+
+def test_hostname_is_qualified_enough():
+    from profiles.app_config.model import NetworkConnection
+    plain = NetworkConnection("dicom")
+    assert plan.connection_hostname(plain, "ct01", "hospital.test", "192.0.2.5") == \
+        "ct01.hospital.test"
+    assert plan.connection_hostname(plain, "ct01.lab.test", "hospital.test", None) == \
+        "ct01.lab.test"
+    assert plan.connection_hostname(plain, None, "hospital.test", "192.0.2.5") == "192.0.2.5"
+    fixed = NetworkConnection("dicom", hostname="pacs.example.org")
+    assert plan.connection_hostname(fixed, "ct01", "hospital.test", None) == "pacs.example.org"
+
+
+def test_ldif_folds_long_lines_and_base64_encodes_what_is_not_safe():
+    entry = plan.Entry("dicomDeviceName=Gerät,cn=x", {
+        "objectClass": ["dicomNetworkAE"], "dicomDescription": ["Ärzte", "x" * 100],
+        "dicomVendorData": [b"\x00\x01"]})
+    text = plan.to_ldif([entry], comment="hello")
+    lines = text.splitlines()
+    assert lines[:2] == ["# hello", "version: 1"]
+    assert f"dn:: {base64.b64encode('dicomDeviceName=Gerät,cn=x'.encode()).decode()}" in lines
+    assert f"dicomDescription:: {base64.b64encode('Ärzte'.encode()).decode()}" in lines
+    assert "dicomVendorData:: AAE=" in lines
+    long = [i for i, line in enumerate(lines) if line.startswith("dicomDescription: x")][0]
+    assert len(lines[long]) == 76 and lines[long + 1].startswith(" x")
+    unfolded = lines[long] + lines[long + 1][1:]
+    assert unfolded == "dicomDescription: " + "x" * 100
