@@ -17,9 +17,12 @@ answers:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,7 +41,6 @@ from ldap3 import (
     Tls,
 )
 from ldap3.core.exceptions import LDAPException
-from ldap3.utils.dn import parse_dn
 
 from profiles.app_config import plan
 from profiles.app_config.model import Device
@@ -96,12 +98,15 @@ def connect(url: str, security: Security, address: str | None = None) -> Connect
         tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=security.ca_file,
                   local_certificate_file=security.client_cert,
                   local_private_key_file=security.client_key,
-                  version=ssl.PROTOCOL_TLS_CLIENT, valid_names=[parts.hostname])
-    server = Server(address or parts.hostname, port=parts.port or (636 if implicit else 389),
+                  version=ssl.PROTOCOL_TLS_CLIENT)
+    port = parts.port or (636 if implicit else 389)
+    server = Server(parts.hostname, port=port,
                     use_ssl=implicit and tls is not None, tls=tls, get_info=NONE,
                     connect_timeout=TIMEOUT)
     if implicit and tls is None:
         raise DirectoryError('ldaps:// needs security = "tls"')
+    if address is not None:
+        _pin_address(server, address, port)
     kwargs: dict[str, Any] = {"authentication": ANONYMOUS}
     if security.pattern == "basic" or (security.pattern == "tls" and security.bind_dn
                                        and not security.client_cert):
@@ -124,12 +129,28 @@ def connect(url: str, security: Security, address: str | None = None) -> Connect
             raise DirectoryError(f"bind failed: {conn.result.get('description')} "
                                  f"({conn.result.get('result')})")
     except DirectoryError:
-        conn.unbind()
+        close(conn)
         raise
     except Exception as exc:  # socket and TLS errors: ldap3 raises them, several kinds
-        conn.unbind()
+        close(conn)
         raise DirectoryError(f"{exc.__class__.__name__}: {exc}") from None
     return conn
+
+
+def _pin_address(server: Server, address: str, port: int) -> None:
+    """Connect to the address our F.1.1 resolver found, while `server.host` stays the
+    name — the one the certificate is checked against. ldap3 resolves names itself with
+    the system resolver; seeding its address cache is the way to hand it ours."""
+    server._address_info = [[socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                             (address, port), None, None]]
+    server._address_info_resolved_time = datetime.now()
+
+
+def close(conn: Connection) -> None:
+    """Unbind, whatever state the connection is in (a failed TLS handshake leaves a
+    closed socket that unbind would trip over)."""
+    with contextlib.suppress(Exception):
+        conn.unbind()
 
 
 def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
@@ -179,11 +200,11 @@ def find_directory(urls: list[tuple[str, str | None]], security: Security
         try:
             base = find_configuration_root(conn)
         except DirectoryError as exc:
-            conn.unbind()
+            close(conn)
             tried.append({"url": url, "result": str(exc)})
             continue
         if base is None:
-            conn.unbind()
+            close(conn)
             tried.append({"url": url, "result": "no dicomConfigurationRoot with cn=Devices "
                                                 "and the Unique AE Titles Registry"})
             continue
@@ -207,7 +228,7 @@ class Directory:
         self.base = base
 
     def close(self) -> None:
-        self.conn.unbind()
+        close(self.conn)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -266,8 +287,7 @@ class Directory:
                         f"{plan.eq('dicomAETitle', title)})", SUBTREE, ["dicomAETitle"])
         if not found:
             return None
-        parent = parse_dn(found[0]["dn"])[1]
-        return parent[1]
+        return plan.rdn_value(plan.split_rdn(found[0]["dn"])[1])
 
     # -- registering --------------------------------------------------------------------
 
@@ -383,7 +403,7 @@ class Directory:
         return answers
 
     def _answer(self, ae: dict) -> dict:
-        device_dn = ",".join(f"{a}={v}" for a, v, _ in parse_dn(ae["dn"])[1:])
+        device_dn = plan.split_rdn(ae["dn"])[1]
         device = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE, ["*"])
         dev = device[0] if device else {}
         device_installed = str(_first(dev, "dicomInstalled")).upper() == "TRUE"

@@ -52,6 +52,40 @@ def ae_dn(device: str, title: str) -> str:
     return f"dicomAETitle={escape_rdn(title)},{device}"
 
 
+def split_rdn(dn: str) -> tuple[str, str]:
+    """(first RDN, parent DN), splitting at the first unescaped comma (RFC 4514 2.4).
+    ldap3's parse_dn refuses a '#' inside a value, which RFC 4514 allows."""
+    i = 0
+    while i < len(dn):
+        if dn[i] == "\\":
+            i += 2
+            continue
+        if dn[i] == ",":
+            return dn[:i], dn[i + 1:]
+        i += 1
+    return dn, ""
+
+
+def rdn_value(dn: str) -> str:
+    """The unescaped value of a DN's first RDN (single-valued RDNs, as ours are)."""
+    value = split_rdn(dn)[0].partition("=")[2]
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            pair = value[i + 1: i + 3]
+            if len(pair) == 2 and all(h in "0123456789abcdefABCDEF" for h in pair):
+                out.append(chr(int(pair, 16)))
+                i += 3
+                continue
+            out.append(value[i + 1])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def tc_name(tc: TransferCapability) -> str:
     """The cn of a transfer capability: its configured name, else role and SOP class."""
     return tc.name or f"{tc.role} {tc.sop_class}"

@@ -43,12 +43,15 @@ def ip_json(device, *args: str) -> list:
 
 
 def write_config(device, network: str = "", agent_section: str = "",
-                 time_section: str = 'mode = "observe"') -> str:
-    """A minimal valid configuration on the device's run dir; returns its path."""
-    path = device.run_dir / "agent.toml"
+                 time_section: str = 'mode = "observe"', directory: str = "",
+                 device_section: str | None = None, name: str = "agent.toml",
+                 state_dir: str | None = None) -> str:
+    """A minimal valid configuration on the device's run dir; returns its path.
+    `device_section` replaces the whole [device] part (tables included)."""
+    path = device.run_dir / name
     path.write_text(f"""
 [agent]
-state_dir = "{device.run_dir / 'agent-state'}"
+state_dir = "{state_dir or device.run_dir / 'agent-state'}"
 runtime_dir = "{device.run_dir / 'agent-run'}"
 {agent_section}
 
@@ -59,19 +62,32 @@ interface = "eth0"
 [time]
 {time_section}
 
-[device]
-name = "DEV{device.index}"
+[directory]
+{directory}
+
+{device_section or default_device(device.index)}
+""")
+    return str(path)
+
+
+def default_device(index: int, name: str | None = None, title: str | None = None,
+                   extra_connection: str = "") -> str:
+    name = name or f"DEV{index}"
+    title_line = f'title_template = "{title}"' if title and "{" in title else \
+        f'title = "{title or name + "_SCU"}"'
+    return f"""[device]
+name = "{name}"
 
 [[device.connection]]
 name = "dicom"
+{extra_connection}
 
 [[device.ae]]
-title = "DEV{device.index}_SCU"
+{title_line}
 connections = ["dicom"]
 
 [[device.ae.transfer_capability]]
 sop_class = "1.2.840.10008.5.1.4.1.1.2"
 role = "SCU"
 transfer_syntaxes = ["1.2.840.10008.1.2"]
-""")
-    return str(path)
+"""

@@ -81,7 +81,17 @@ def test_ldif_folds_long_lines_and_base64_encodes_what_is_not_safe():
     assert f"dn:: {base64.b64encode('dicomDeviceName=Gerät,cn=x'.encode()).decode()}" in lines
     assert f"dicomDescription:: {base64.b64encode('Ärzte'.encode()).decode()}" in lines
     assert "dicomVendorData:: AAE=" in lines
-    long = [i for i, line in enumerate(lines) if line.startswith("dicomDescription: x")][0]
+    long = next(i for i, line in enumerate(lines) if line.startswith("dicomDescription: x"))
     assert len(lines[long]) == 76 and lines[long + 1].startswith(" x")
     unfolded = lines[long] + lines[long + 1][1:]
     assert unfolded == "dicomDescription: " + "x" * 100
+
+
+def test_dn_splitting_and_unescaping_follow_rfc_4514():
+    dn = plan.ae_dn("dicomDeviceName=A\\,B,cn=Devices,dc=x", "CT,+*()=#;1")
+    _rdn, parent = plan.split_rdn(dn)
+    assert parent == "dicomDeviceName=A\\,B,cn=Devices,dc=x"
+    assert plan.rdn_value(dn) == "CT,+*()=#;1"
+    assert plan.rdn_value(parent) == "A,B"
+    assert plan.rdn_value("cn=\\41\\42C,dc=x") == "ABC"
+    assert plan.split_rdn("dc=test") == ("dc=test", "")
