@@ -113,7 +113,12 @@ async def _candidates(ctx: Context) -> tuple[list[dict], list[tuple[str, str | N
         except ResolveError:
             address = None
         urls.append((f"{scheme}://{record.target}:{record.port}", address))
-    for url in ctx.config.directory.servers:
+    # Where the DICOM tree was found last time goes first (H.1.2 note: remember it).
+    saved = _saved(ctx).get("server")
+    manual = list(ctx.config.directory.servers)
+    if saved and saved not in [u for u, _ in urls] + manual:
+        manual.insert(0, saved)
+    for url in manual:
         host = urlsplit(url).hostname
         try:
             address = (await ctx.resolver.addresses(host))[0]

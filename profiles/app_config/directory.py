@@ -402,6 +402,11 @@ class Directory:
             answers = [a for a in answers if device_type in a.get("primary_device_type", [])]
         return answers
 
+    def preferred_called(self, device: Device) -> list[dict]:
+        """This device's Preferred Called AE Titles (H.1.1.2), each looked up."""
+        titles = dict.fromkeys(t for ae in device.aes for t in ae.preferred_called_ae_title)
+        return [self.lookup(t) for t in titles]
+
     def _answer(self, ae: dict) -> dict:
         device_dn = plan.split_rdn(ae["dn"])[1]
         device = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE, ["*"])

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_helpers import AGENT, agent, default_device, write_config
+from agent_helpers import AGENT, PYTHON, agent, default_device, write_config
 from lab import ADMIN_DN, ADMIN_PASSWORD, BASE_DN, CONFIG_ROOT_DN, REGISTRAR_DN
 
 DEVICES = f"cn=Devices,{CONFIG_ROOT_DN}"
@@ -146,9 +146,19 @@ def test_register_creates_the_device_and_reuses_it_after_a_reboot(lab, host, how
         assert "dicomPort: 11112" in got
         again_rc, again = run_json(host, "directory", "register", "--config", config)
         assert again_rc == 0 and again["titles"] == reg["titles"] and not again["adopted"]
+        assert again["changed"] == []
+        # The device's name changes (a new lease, say): its connection follows.
+        moved = config.replace(".toml", "-moved.toml")
+        Path(moved).write_text(Path(config).read_text().replace(
+            f'hostname = "{name.lower()}"', f'hostname = "{name.lower()}-new"'))
+        rc, after = run_json(host, "directory", "register", "--config", moved)
+        assert rc == 0 and after["changed"] == [f"cn=dicom,{reg['device_dn']}"]
+        assert f"dicomHostname: {name.lower()}-new.hospital.test" in ldap(
+            host, "-b", reg["device_dn"], "(cn=dicom)", "dicomHostname").stdout
+        Path(moved).rename(config)
         rc, answer = run_json(host, "directory", "lookup", f"{name}_SCU", "--config", config)
         assert rc == 0 and answer["device"] == name and answer["installed"] is True
-        assert answer["connections"] == [{"hostname": f"{name.lower()}.hospital.test",
+        assert answer["connections"] == [{"hostname": f"{name.lower()}-new.hospital.test",
                                           "port": 11112, "tls_cipher_suites": [],
                                           "installed": True}]
     finally:
@@ -356,3 +366,32 @@ def test_ldif_loaded_into_a_fresh_slapd_equals_what_the_agent_creates(lab, host,
              if name.lower() in dn}
     assert fresh == live
     assert len(fresh) == 5  # title, device, connection, AE, transfer capability
+
+
+QUERY = r"""
+import json
+from agent.config import load_config
+from profiles.app_config.directory import Directory, Security, find_directory
+config = load_config(__import__("sys").argv[1])
+conn, url, base, tried = find_directory([("ldap://192.0.2.1", None)], Security())
+d = Directory(conn, base)
+print(json.dumps({"cluster": [a["aet"] for a in d.query("neuroradiology", None)],
+                  "type": [a["aet"] for a in d.query(None, "ARCHIVE")],
+                  "none": d.query("cardiology", None),
+                  "preferred": [(a["aet"], a["found"]) for a in d.preferred_called(
+                      config.device)]}))
+d.close()
+"""
+
+
+def test_query_by_cluster_and_device_type_and_preferred_called_aes(host):
+    config = write_config(host, directory='domain = "hospital.test"',
+                          device_section=default_device(host.index).replace(
+                              'connections = ["dicom"]',
+                              'connections = ["dicom"]\n'
+                              'preferred_called_ae_title = ["ARCHIVE", "NOSUCH"]'))
+    proc = host.run([PYTHON, "-c", QUERY, config])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["cluster"] == ["ARCHIVE"] and out["type"] == ["ARCHIVE"] and out["none"] == []
+    assert out["preferred"] == [["ARCHIVE", True], ["NOSUCH", False]]
