@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_directory import DEVICES, directory_bench
 from lab import BASE_DN, Device, Lab
 
 REPS = int(os.environ.get("BENCH_REPS", "7"))
@@ -158,6 +159,7 @@ def main() -> int:
             rows.append((group, name, median_ms(lab, argv_for, False, env=env,
                                                 overhead=overhead)))
         sntp = sntp_accuracy(lab.devices[1])
+        directory = directory_bench(lab, lab.add_device(), REPS)
 
     print(f"\ndicom-agent bench: medians of {REPS} runs (ms), this machine, one run\n")
     print(f"{'group':6} {'what':58} {'ms':>9}")
@@ -171,6 +173,14 @@ def main() -> int:
     ours = statistics.median(sntp["dicom-agent time --once (SNTP, 4-packet burst)"])
     print(f"target: dicom-agent SNTP median |offset| <= 0.5 ms -> {ours:.4f} ms "
           f"({'met' if ours <= 0.5 else 'NOT met'})")
+    print(f"\nDirectory with {DEVICES:,} devices (slapadd {directory['entries_loaded_s']:.1f} s):")
+    print(f"  register one device: {directory['register_ms']:.1f} ms, "
+          f"{directory['register_ops']:.0f} LDAP operations")
+    print(f"  title reservation adds per templated title (first 5,000 taken): "
+          f"{directory['template_adds']:.0f}")
+    print(f"  lookup by AE title: median {directory['lookup_ms']:.2f} ms, p95 "
+          f"{directory['lookup_p95_ms']:.2f} ms (target <= 10 ms: "
+          f"{'met' if directory['lookup_ms'] <= 10 else 'NOT met'})")
     reference = dhcp_ms["dhclient, INIT"]
     agent_name = "dicom-agent dhcp --once, INIT (no probe, no delay)"
     print(f"\n{'DHCP INIT, process start -> bound':58} {'ms':>9} {'x dhclient':>10} "

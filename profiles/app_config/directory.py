@@ -86,7 +86,8 @@ class Registration:
     changed: list[str] = field(default_factory=list)
 
 
-def connect(url: str, security: Security, address: str | None = None) -> Connection:
+def connect(url: str, security: Security, address: str | None = None,
+            collect_usage: bool = False) -> Connection:
     """An open, bound connection following the security pattern; DirectoryError if not.
 
     `address`: where to connect when the URL's host was resolved by the caller (the
@@ -118,7 +119,8 @@ def connect(url: str, security: Security, address: str | None = None) -> Connect
     elif security.pattern == "tls" and security.client_cert:
         # An empty authorization identity: "be who the certificate says" (RFC 4422 A).
         kwargs = {"authentication": SASL, "sasl_mechanism": EXTERNAL, "sasl_credentials": ""}
-    conn = Connection(server, receive_timeout=TIMEOUT, raise_exceptions=False, **kwargs)
+    conn = Connection(server, receive_timeout=TIMEOUT, raise_exceptions=False,
+                      collect_usage=collect_usage, **kwargs)
     try:
         conn.open()
         if conn.closed:
