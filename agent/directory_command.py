@@ -201,8 +201,9 @@ def cmd_register(args: argparse.Namespace) -> int:
                                     ctx.config.directory.title_attempts)
     except Refused as exc:
         path = manual_ldif_path(ctx.state_dir, device)
-        statefile.atomic_write(path, registration_ldif(ctx.config, report["base_dn"], names,
-                                                       saved).encode())
+        statefile.atomic_write(path, plan.registration_ldif(
+            device, ctx.config.directory.title_attempts, report["base_dn"], names,
+            saved.get("titles", [])).encode())
         out = {"state": "awaiting-manual-registration", "reason": str(exc),
                "ldif": str(path), "server": report["server"], "base_dn": report["base_dn"]}
         _emit(out, args.json, f"refused by {report['server']}: {exc}\n"
@@ -254,25 +255,6 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return EXIT_OK if answer["found"] else EXIT_FAILED
 
 
-def registration_ldif(config: Config, base: str, names: dict[str, str], saved: dict) -> str:
-    """Title reservations and device entries, as an administrator would load them."""
-    owned = saved.get("titles", [])
-    titles, entries = [], []
-    for i, ae in enumerate(config.device.aes):
-        if ae.title is not None:
-            title = ae.title
-        else:
-            mine = [t for t in owned if any(ae.title_template.format(n=n) == t for n in
-                                            range(1, config.directory.title_attempts + 1))]
-            title = mine[i] if i < len(mine) else ae.title_template.format(n=1)
-        titles.append(title)
-        entries.append(plan.title_entry(base, title))
-    entries += plan.device_entries(base, config.device, titles, names)
-    return plan.to_ldif(entries, comment=(
-        f"PS3.15 H.1 registration of device {config.device.name}, written by dicom-agent.\n"
-        "Load with: ldapadd -x -D <an account that may write the DICOM subtree> -W -f FILE"))
-
-
 def cmd_ldif(args: argparse.Namespace) -> int:
     ctx = _context(args)
     if isinstance(ctx, int):
@@ -289,5 +271,7 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     if isinstance(names, str):
         print(f"ldif: {names}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(registration_ldif(ctx.config, base, names, saved))
+    sys.stdout.write(plan.registration_ldif(ctx.config.device,
+                                            ctx.config.directory.title_attempts, base, names,
+                                            saved.get("titles", [])))
     return EXIT_OK

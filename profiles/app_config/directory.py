@@ -40,7 +40,7 @@ from ldap3 import (
     Server,
     Tls,
 )
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 
 from profiles.app_config import plan
 from profiles.app_config.model import Device
@@ -55,6 +55,16 @@ TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO
 
 class DirectoryError(Exception):
     """The directory could not be used; the message says why."""
+
+
+class ConnectionLost(DirectoryError):
+    """The connection dropped (server restart, network): reconnect and try again."""
+
+
+def _failed(what: str, exc: Exception) -> DirectoryError:
+    if isinstance(exc, LDAPCommunicationError):
+        return ConnectionLost(f"{what}: connection lost ({exc.__class__.__name__})")
+    return DirectoryError(f"{what}: {exc}")
 
 
 class Refused(DirectoryError):
@@ -160,8 +170,10 @@ def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
     try:
         ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [])
     except LDAPException as exc:
-        raise DirectoryError(f"search {flt} under {base}: {exc}") from None
+        raise _failed(f"search {flt} under {base}", exc) from None
     if not ok:
+        if conn.closed or not conn.result:
+            raise ConnectionLost(f"search {flt} under {base}: connection lost")
         code = conn.result.get("result")
         if code in (0, NO_SUCH_OBJECT):
             return []
@@ -240,7 +252,7 @@ class Directory:
         try:
             self.conn.add(entry.dn, entry.attributes["objectClass"], attributes)
         except LDAPException as exc:
-            raise DirectoryError(f"add {entry.dn}: {exc}") from None
+            raise _failed(f"add {entry.dn}", exc) from None
         code = self.conn.result.get("result")
         if code in (0, ENTRY_ALREADY_EXISTS):
             return code
@@ -259,7 +271,7 @@ class Directory:
         try:
             self.conn.modify(dn, changes)
         except LDAPException as exc:
-            raise DirectoryError(f"modify {dn}: {exc}") from None
+            raise _failed(f"modify {dn}", exc) from None
         code = self.conn.result.get("result")
         if code in REFUSALS:
             raise Refused(code, f"modify {dn}")

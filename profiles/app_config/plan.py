@@ -210,6 +210,27 @@ def device_entries(base: str, device: Device, titles: list[str],
     return entries
 
 
+def registration_ldif(device: Device, attempts: int, base: str, hostnames: dict[str, str],
+                      owned: list[str]) -> str:
+    """Title reservations and device entries, as an administrator would load them (the
+    "-Manual" patterns of Table H.1-15, `dicom-agent ldif`). Template titles are chosen
+    offline: those this device already owns, else the template's first."""
+    titles, entries = [], []
+    for i, ae in enumerate(device.aes):
+        if ae.title is not None:
+            title = ae.title
+        else:
+            mine = [t for t in owned if any(ae.title_template.format(n=n) == t
+                                            for n in range(1, attempts + 1))]
+            title = mine[i] if i < len(mine) else ae.title_template.format(n=1)
+        titles.append(title)
+        entries.append(title_entry(base, title))
+    entries += device_entries(base, device, titles, hostnames)
+    return to_ldif(entries, comment=(
+        f"PS3.15 H.1 registration of device {device.name}, written by dicom-agent.\n"
+        "Load with: ldapadd -x -D <an account that may write the DICOM subtree> -W -f FILE"))
+
+
 # -- RFC 2849 --------------------------------------------------------------------------
 
 def _safe(value: str) -> bool:

@@ -395,3 +395,85 @@ def test_query_by_cluster_and_device_type_and_preferred_called_aes(host):
     out = json.loads(proc.stdout)
     assert out["cluster"] == ["ARCHIVE"] and out["type"] == ["ARCHIVE"] and out["none"] == []
     assert out["preferred"] == [["ARCHIVE", True], ["NOSUCH", False]]
+
+
+SERVICE = r"""
+import asyncio, json, sys
+from agent.config import load_config
+from profiles.app_config.directory import Security
+from profiles.app_config.service import DirectoryService
+
+config = load_config(sys.argv[1])
+mode = sys.argv[2]
+
+async def candidates():
+    return [("ldap://ldap.hospital.test:389", "192.0.2.1")]
+
+async def main():
+    d = config.directory
+    password = d.password_file.read_text().strip() if d.password_file else None
+    security = Security(d.security, d.bind_dn, password,
+                        str(d.ca_file) if d.ca_file else None)
+    service = DirectoryService(config.device, security, candidates, config.agent.state_dir,
+                               d.title_attempts, d.refresh_interval)
+    loop = asyncio.get_running_loop()
+    if mode == "reconnect":
+        first = await service.lookup("ARCHIVE")
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # slapd restarts meanwhile
+        second = await service.lookup("ARCHIVE")
+        print(json.dumps([first["source"], second["source"], service.reconnects]))
+    else:
+        states = []
+        async def on_state(state):
+            states.append(state)
+            print(state, flush=True)
+        task = asyncio.create_task(service.maintain(
+            lambda: {"dicom": "svc.hospital.test"}, on_state=on_state))
+        while "registered" not in states:
+            await asyncio.sleep(0.1)
+        task.cancel()
+    service.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_service_reconnects_after_slapd_restarts(lab, host):
+    config = write_config(host, directory='domain = "hospital.test"')
+    proc = host.popen([PYTHON, "-c", SERVICE, config, "reconnect"], stdin=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        lab.stop_ldap()
+        lab.start_ldap()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out) == ["directory", "directory", 1]  # one reconnect, no stale answer
+
+
+def test_awaiting_manual_registration_is_checked_every_refresh_interval(lab, host):
+    name = f"SVC{host.index}"
+    config = write_config(host, directory='domain = "hospital.test"\nrefresh_interval = 1.0',
+                          device_section=default_device(host.index, name))
+    proc = host.popen([PYTHON, "-c", SERVICE, config, "maintain"])
+    try:
+        assert proc.stdout.readline().strip() == "awaiting-manual-registration", \
+            proc.stderr.read()
+        ldif = host.run_dir / "agent-state" / "manual" / f"{name}.ldif"
+        load = host.run(["ldapadd", "-x", "-H", "ldap://192.0.2.1", "-D", REGISTRAR_DN,
+                         "-w", "registrarpw", "-f", str(ldif)])
+        assert load.returncode == 0, load.stderr
+        t0 = time.monotonic()
+        assert proc.stdout.readline().strip() == "registered"
+        assert time.monotonic() - t0 < 3  # noticed within about one refresh interval
+        proc.wait(10)
+        assert not ldif.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        remove_device(host, name, [f"{name}_SCU"])
