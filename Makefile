@@ -9,7 +9,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata
 
-.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down clean
+.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -58,6 +58,13 @@ lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
 
 FLAVOUR ?= dnsmasq
+# The boot state diagram, generated from agent/boot.py's table (Graphviz dot; an SVG too
+# when dot is installed).
+diagram: venv
+	$(PY) -m agent.boot > boot-states.dot
+	@if command -v dot >/dev/null; then dot -Tsvg boot-states.dot -o boot-states.svg; fi
+	@echo "wrote boot-states.dot"
+
 lab-up: setup
 	python3 netns-fixtures/lab.py up --flavour $(FLAVOUR)
 
