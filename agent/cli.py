@@ -52,11 +52,140 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import os
+
+    from agent.daemon import Agent
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=os.environ.get("DICOM_AGENT_LOG", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        asyncio.run(Agent(config).run())
+    except OSError as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _socket_path(args: argparse.Namespace):
+    from pathlib import Path
+
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if getattr(args, "config", None):
+        return load_config(args.config).agent.status_socket
+    return Path("/run/dicom-agent/status.sock")
+
+
+def _ask(args: argparse.Namespace, request: dict) -> dict | None:
+    from agent.status import request as send
+
+    try:
+        return send(_socket_path(args), request)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"dicom-agent: the agent is not reachable: {exc}", file=sys.stderr)
+    return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.summary import summary
+
+    snap = _ask(args, {"v": 1, "op": "status"})
+    if snap is None:
+        return EXIT_FAILED
+    print(json.dumps(snap) if args.json else summary(snap))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.status import watch
+
+    try:
+        for snap in watch(_socket_path(args)):
+            print(json.dumps(snap), flush=True)
+    except (OSError, ValueError) as exc:
+        print(f"dicom-agent: the agent is not reachable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.summary import lookup_text
+
+    answer = _ask(args, {"v": 1, "op": "lookup", "aet": args.aet, "refresh": args.refresh})
+    if answer is None:
+        return EXIT_FAILED
+    print(json.dumps(answer) if args.json else lookup_text(answer))
+    return EXIT_OK if answer.get("found") else EXIT_FAILED
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.summary import lookup_text
+
+    reply = _ask(args, {"v": 1, "op": "query", "cluster": args.cluster,
+                        "device_type": args.device_type})
+    if reply is None or "results" not in reply:
+        return EXIT_FAILED
+    print(json.dumps(reply) if args.json else
+          "\n".join(lookup_text(a) for a in reply["results"]) or "no AEs")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
         description="Boot-time network agent for DICOM devices (PS3.15 Annexes F, G, H).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="the daemon, in the foreground, logging to stderr")
+    run.add_argument("--config", metavar="FILE", required=True)
+    run.set_defaults(func=cmd_run)
+
+    def where(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--config", metavar="FILE")
+        group.add_argument("--socket", metavar="PATH")
+
+    status = sub.add_parser("status", help="one snapshot of the running agent")
+    status.add_argument("--json", action="store_true")
+    where(status)
+    status.set_defaults(func=cmd_status)
+    watch = sub.add_parser("watch", help="a snapshot per line: now, then one per change")
+    where(watch)
+    watch.set_defaults(func=cmd_watch)
+    lookup = sub.add_parser("lookup", help="a remote AE through the running agent")
+    lookup.add_argument("aet", metavar="AET")
+    lookup.add_argument("--json", action="store_true")
+    lookup.add_argument("--refresh", action="store_true",
+                        help="drop the cached entry first (H.1.6)")
+    where(lookup)
+    lookup.set_defaults(func=cmd_lookup)
+    query = sub.add_parser("query", help="AEs of an application cluster or device type")
+    query.add_argument("--cluster", metavar="NAME")
+    query.add_argument("--device-type", metavar="CODE")
+    query.add_argument("--json", action="store_true")
+    where(query)
+    query.set_defaults(func=cmd_query)
     check = sub.add_parser("check-config", help="validate a configuration file",
                            description="Validate FILE; every error on stderr as "
                                        "'key.path: reason'. Exit 0 valid, 2 invalid.")

@@ -231,6 +231,17 @@ class DhcpClient:
         self._set_state(DhcpState.STOPPED)
         self._timer = None
 
+    def renew_now(self, now: float) -> bool:
+        """An operator's `renew`: ask the leasing server now instead of at T1."""
+        if self.state is not DhcpState.BOUND or self.lease is None:
+            return False
+        self._set_state(DhcpState.RENEWING)
+        self._begin_exchange(now)
+        self._send_request(now, ciaddr=self.lease.address, destination=self.lease.server_id)
+        t2 = self.lease.bound_at + self.lease.t2
+        self._timer = min(now + max(RENEW_MIN_WAIT, (t2 - now) / 2), t2)
+        return True
+
     def carrier_lost(self, now: float) -> None:
         self._set_state(DhcpState.NO_CARRIER)
         self._timer = self.lease.expires_at if self.lease else None

@@ -198,6 +198,10 @@ class DhcpDriver:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def renew(self) -> None:
+        """Ask the leasing server now (the status socket's `renew`)."""
+        self._inbox.put_nowait(("renew", b""))
+
     def stop(self) -> None:
         """Ask run() to end (it sends DHCPRELEASE first when release_on_stop)."""
         self._inbox.put_nowait(("stop", b""))
@@ -231,7 +235,9 @@ class DhcpDriver:
                 if kind == "stop":
                     break
                 now = boottime()
-                if kind == "link":
+                if kind == "renew":
+                    self.client.renew_now(now)
+                elif kind == "link":
                     carrier = self.carrier()
                     if carrier != has_carrier:
                         has_carrier = carrier

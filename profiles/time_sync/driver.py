@@ -93,10 +93,12 @@ class SntpDriver:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            if update in done:
-                servers = update.result()
-            else:
+            # Either may have finished before its cancellation took: lose neither a
+            # judged round nor a new server set.
+            if not rounds.cancelled():
                 await on_result(rounds.result())
+            if not update.cancelled():
+                servers = update.result()
 
 
 async def hear_broadcasts(window: float) -> list[str]:

@@ -33,7 +33,7 @@ from profiles.time_sync import packet
 log = logging.getLogger(__name__)
 
 BURST = 4
-BURST_SPACING = 0.5  # s between requests to one server
+BURST_SPACING = 0.25  # s between requests to one server
 REPLY_TIMEOUT = 1.0  # s
 POLL_MIN, POLL_MAX = 64.0, 1024.0  # s
 SERVER_MIN_INTERVAL = 15.0  # s: never a round to one server more often

@@ -556,3 +556,15 @@ def test_a_server_outside_the_allowlist_cannot_forbid_auto_ip():
     assert not c.auto_ip_forbidden
     c.handle_timer(5.0)
     assert events(c) == [AutoIpWanted()]
+
+
+def test_renew_now_asks_the_server_at_once():
+    c, server = client(), FakeServer()
+    acquire(c, server)
+    events(c)
+    assert c.renew_now(100.0)
+    (renew,) = c.datagrams_to_send()
+    assert renew.destination == "192.0.2.1" and parse(renew.payload).ciaddr == "192.0.2.100"
+    c.receive_datagram(server.handle(renew.payload)[0], 100.1)
+    assert [type(e) for e in events(c)] == [LeaseRenewed] and c.state is DhcpState.BOUND
+    assert not client().renew_now(0.0)  # nothing to renew
