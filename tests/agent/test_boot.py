@@ -82,3 +82,11 @@ def test_the_diagram_is_generated_from_the_table():
     assert '"ready" -> "acquiring-address" [label="lease-lost"];' in text
     assert '"ready" -> "stopping" [label="stop"];' in text
     assert '"waiting-for-link" -> "ready"' not in text
+
+
+def test_directory_conditions_replace_each_other():
+    m = run(Event.STARTED, Event.CARRIER_UP, Event.LEASE_BOUND, Event.DIRECTORY_UNAVAILABLE)
+    m.handle(Event.DIRECTORY_AWAITING)
+    assert m.degraded == {"awaiting-manual-registration"}
+    m.handle(Event.DIRECTORY_UNAVAILABLE)
+    assert m.degraded == {"directory-unavailable"}

@@ -1,0 +1,214 @@
+"""The whole agent (`dicom-agent run`) on a lab device, against every real server."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from agent_helpers import AGENT, agent, write_config
+from lab import ADMIN_DN, ADMIN_PASSWORD, CONFIG_ROOT_DN, REGISTRAR_DN
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"
+DEVICES = f"cn=Devices,{CONFIG_ROOT_DN}"
+REGISTRY = f"cn=Unique AE Titles Registry,{CONFIG_ROOT_DN}"
+
+
+def archive_config(lab, device, name: str, hooks: bool = False, tls: bool = True) -> str:
+    """The archive example (acceptor AEs on a plain and a TLS connection) on this device."""
+    secret = device.run_dir / "registrar.pw"
+    secret.write_text("registrarpw\n")
+    secret.chmod(0o600)
+    section = (EXAMPLES / "archive.toml").read_text().split("[device]", 1)[1]
+    section = "[device]" + section.replace('name = "ARCHIVE2"', f'name = "{name}"').replace(
+        "ARCHIVE2_", f"{name}_")
+    directory = ('domain = "hospital.test"\nsecurity = "tls"\n'
+                 f'ca_file = "{lab.run / "tls" / "ca.pem"}"\n'
+                 f'bind_dn = "{REGISTRAR_DN}"\npassword_file = "{secret}"') if tls else \
+        'domain = "hospital.test"\nrefresh_interval = 2.0'
+    agent_section = f'hooks_dir = "{device.run_dir / "hooks"}"\nhook_timeout = 5.0' \
+        if hooks else ""
+    return write_config(device, network=f'hostname = "{name.lower()}"\narp_probe = false\n'
+                                        "initial_delay = [0.0, 0.0]",
+                        agent_section=agent_section, directory=directory,
+                        device_section=section)
+
+
+def sock(device) -> Path:
+    return device.run_dir / "agent-run" / "status.sock"
+
+
+def ask(device, request: dict) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock(device)))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(s.makefile().readline())
+
+
+def wait_for(device, predicate, timeout: float = 40.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            last = ask(device, {"v": 1, "op": "status"})
+            if predicate(last):
+                return last
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last snapshot: {json.dumps(last)[:2000]}")
+
+
+def start(device, config: str) -> subprocess.Popen:
+    return device.popen([AGENT, "run", "--config", config], stdout=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+def cleanup(host, name: str) -> None:
+    admin = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+    host.run(["ldapdelete", *admin, "-r", f"dicomDeviceName={name},{DEVICES}"])
+    for suffix in ("STORE", "QR"):
+        host.run(["ldapdelete", *admin, f"dicomAETitle={name}_{suffix},{REGISTRY}"])
+
+
+def test_boot_to_ready_with_every_profile_then_goodbye(lab, device):
+    name = f"AGT{device.index}"
+    proc = start(device, archive_config(lab, device, name))
+    try:
+        snap = wait_for(device, lambda s: s["state"] == "ready")
+        assert snap["degraded"] == []
+        assert snap["network"]["state"] == "bound"
+        assert snap["network"]["fqdn"] == f"{name.lower()}.hospital.test"
+        assert snap["time"]["source"] == "dhcp" and snap["time"]["synced"]
+        assert snap["time"]["utc_offset_s"] == 3600
+        assert snap["directory"]["state"] == "registered"
+        assert snap["directory"]["ae_titles"] == [f"{name}_STORE", f"{name}_QR"]
+        assert {s["name"] for s in snap["dnssd"]["services"]} == {
+            f"{name}_STORE._dicom._tcp.local.", f"{name}_STORE._dicom-tls._tcp.local.",
+            f"{name}_QR._dicom-tls._tcp.local."}
+        # An independent browser in the server namespace sees the advertisement.
+        seen = lab.avahi_browse("_dicom._tcp", until=lambda f: any(
+            s["name"] == f"{name}_STORE" for s in f))
+        mine = [s for s in seen if s["name"] == f"{name}_STORE"]
+        assert mine and mine[0]["port"] == "11112" and mine[0]["txt"] == {
+            "AET": f"{name}_STORE", "PrimaryDeviceType": "ARCHIVE"}
+        assert mine[0]["address"] == snap["network"]["address"]
+        # The directory holds the device; lookups go through the agent.
+        listed = device.run(["ldapsearch", "-x", "-LLL", "-H", "ldap://192.0.2.1", "-b",
+                             DEVICES, f"(dicomDeviceName={name})", "dn"]).stdout
+        assert f"dicomDeviceName={name}" in listed
+        lookup = agent(device, "lookup", "ARCHIVE", "--socket", str(sock(device)), "--json")
+        assert lookup.returncode == 0
+        assert json.loads(lookup.stdout)["connections"][0]["port"] == 11112
+        status = agent(device, "status", "--socket", str(sock(device)))
+        assert status.stdout.startswith("state: ready\n")
+        assert stop(proc) is not None and proc.returncode == 0
+        # Goodbye packets: the browser no longer lists the service.
+        gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
+            s["name"] == f"{name}_STORE" for s in f))
+        assert not [s for s in gone if s["name"] == f"{name}_STORE"]
+        assert not sock(device).exists()
+    finally:
+        stop(proc)
+        cleanup(device, name)
+
+
+def test_kill_9_and_restart_keep_the_lease_and_the_titles(lab, device):
+    name = f"K9{device.index}"
+    config = archive_config(lab, device, name)
+    proc = start(device, config)
+    try:
+        first = wait_for(device, lambda s: s["state"] == "ready")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        discovers = len(re.findall(rf"DHCPDISCOVER\(eth0\)[^\n]*{device.mac}", lab.dhcp_log()))
+        proc = start(device, config)  # the stale socket is replaced
+        again = wait_for(device, lambda s: s["state"] == "ready")
+        assert again["network"]["address"] == first["network"]["address"]
+        assert again["directory"]["ae_titles"] == first["directory"]["ae_titles"]
+        assert len(re.findall(rf"DHCPDISCOVER\(eth0\)[^\n]*{device.mac}",
+                              lab.dhcp_log())) == discovers
+    finally:
+        stop(proc)
+        cleanup(device, name)
+
+
+def test_directory_down_at_boot_then_back(lab, device):
+    name = f"DN{device.index}"
+    config = archive_config(lab, device, name, tls=False)
+    lab.stop_ldap()
+    proc = None
+    try:
+        proc = start(device, config)
+        snap = wait_for(device, lambda s: s["state"] == "ready")
+        assert snap["degraded"] == ["directory-unavailable"]
+        assert snap["directory"]["state"] == "unavailable"
+        # Fixed titles are advertised even without the directory.
+        assert len(snap["dnssd"]["services"]) == 3
+    finally:
+        lab.start_ldap()
+    try:
+        # Anonymous registration is refused by slapd: the manual pattern takes over.
+        snap = wait_for(device, lambda s: s["directory"]["state"] != "unavailable", 30)
+        assert snap["directory"]["state"] == "awaiting-manual-registration"
+        assert snap["degraded"] == ["awaiting-manual-registration"]
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
+HOOK = """#!/bin/sh
+echo "$1 $DICOM_AGENT_ADDRESS $DICOM_AGENT_AE_TITLES" >> "{log}"
+if [ "$1" = lease-lost ]; then ip -4 -o addr show dev eth0 >> "{log}"; fi
+"""
+
+
+def test_lease_loss_runs_the_hook_before_the_address_goes_and_withdraws(kea_lab, kea_device):
+    device, lab = kea_device, kea_lab
+    name = f"LL{device.index}"
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    log = device.run_dir / "hooks.log"
+    (hooks / "10-record").write_text(HOOK.format(log=log))
+    (hooks / "10-record").chmod(0o755)
+    (hooks / "20-hang").write_text("#!/bin/sh\n[ \"$1\" = ready ] && sleep 60\nexit 0\n")
+    (hooks / "20-hang").chmod(0o755)
+    proc = start(device, archive_config(lab, device, name, hooks=True, tls=False))
+    try:
+        ready = wait_for(device, lambda s: s["state"] == "ready", 60)
+        address = ready["network"]["address"]
+        lab.stop_dhcp_server()
+        try:
+            lost = wait_for(device, lambda s: s["state"] == "acquiring-address", 40)
+            assert lost["dnssd"]["services"] == []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and address in device.ip("-4", "addr"):
+                time.sleep(0.1)
+            assert address not in device.ip("-4", "addr")  # gone, after the hook
+        finally:
+            lab.start_dhcp_server()
+        text = log.read_text()
+        events = [line.split()[0] for line in text.splitlines() if not line[0].isdigit()]
+        assert events[0] == "lease-bound"
+        assert {"time-synced", "ready", "lease-expiring", "lease-lost"} <= set(events)
+        assert f"ready {address} {name}_STORE {name}_QR" in text  # the hook environment
+        lost_at = text.index("lease-lost")
+        assert f"inet {address}/24" in text[lost_at:]  # the address was still there
+        assert proc.poll() is None  # the hanging hook was cut off, the agent lives
+    finally:
+        stop(proc)
