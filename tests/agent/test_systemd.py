@@ -1,0 +1,41 @@
+"""The shipped unit and the notify protocol."""
+
+import socket
+from pathlib import Path
+
+from agent.sdnotify import Notifier
+
+UNIT = Path(__file__).resolve().parents[2] / "agent" / "systemd" / "dicom-agent.service"
+
+
+def directives(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
+def test_the_unit_is_hardened_and_every_capability_is_explained():
+    text = UNIT.read_text()
+    d = directives(text)
+    assert d["Type"] == "notify" and d["ProtectSystem"] == "strict"
+    assert d["StateDirectory"] == "dicom-agent" and d["RuntimeDirectory"] == "dicom-agent"
+    assert d["ReadWritePaths"] == "-/run/chrony-dhcp"
+    caps = d["CapabilityBoundingSet"].split()
+    assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW",
+                            "CAP_SYS_TIME"]
+    assert d["AmbientCapabilities"].split() == caps
+    for cap in caps:
+        assert f"# {cap}:" in text  # each one justified by a comment
+    assert "CAP_SYS_ADMIN" not in d["CapabilityBoundingSet"]
+
+
+def test_notify_sends_datagrams_to_the_notify_socket(tmp_path):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        n = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "4000000"})
+        assert n.watchdog_interval == 2.0
+        assert n.ready("ready") and n.status("announcing") and n.watchdog()
+        got = [listener.recv(100).decode() for _ in range(3)]
+    assert got == ["READY=1\nSTATUS=ready", "STATUS=announcing", "WATCHDOG=1"]
+    quiet = Notifier({})
+    assert quiet.address is None and not quiet.ready("ready") and quiet.watchdog_interval is None
