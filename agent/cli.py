@@ -152,6 +152,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from agent.conformance import statement
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(statement(config))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
@@ -238,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     ldif = sub.add_parser("ldif", help="RFC 2849 LDIF registering this device")
     ldif.add_argument("--config", metavar="FILE", required=True)
     ldif.set_defaults(func=cmd_ldif)
+
+    conf = sub.add_parser("conformance", help="the PS3.15 conformance statement (Markdown)")
+    conf.add_argument("--config", metavar="FILE", required=True)
+    conf.set_defaults(func=cmd_conformance)
     return parser
 
 

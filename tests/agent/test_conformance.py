@@ -1,0 +1,36 @@
+"""The conformance statement follows the configuration."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import load_config
+from agent.conformance import statement
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "agent" / "examples"
+
+
+def test_archive_statement_names_its_services_attributes_and_security():
+    text = statement(load_config(EXAMPLES / "archive.toml"))
+    assert text.startswith("# PS3.15 system management conformance: device ARCHIVE2\n")
+    for section in ("## Profiles and actors claimed", "## DHCP client (PS3.15 F.1)",
+                    "## Time synchronization (PS3.15 G.1, G.1.5)",
+                    "## LDAP client (PS3.15 F.1.8, H.1.4)", "## DNS-SD (PS3.15 H.2)"):
+        assert section in text
+    assert "| ARCHIVE2_STORE | _dicom-tls._tcp.local. | 2762 | AET=ARCHIVE2_STORE " \
+           "PrimaryDeviceType=ARCHIVE |" in text
+    assert "  dicomTLSCipherSuite: TLS_RSA_WITH_AES_128_CBC_SHA, " \
+           "TLS_RSA_WITH_3DES_EDE_CBC_SHA" in text
+    assert "121 (Classless Static Route)" in text
+    assert "Security: anonymous access, no TLS. Update LDAP Server option: no" in text
+    assert "Secure transactions: not supported (SNTP has none)." in text
+
+
+def test_an_initiator_only_ct_advertises_nothing_and_the_cli_prints_it():
+    proc = subprocess.run([sys.executable, "-m", "agent", "conformance", "--config",
+                           str(EXAMPLES / "ct.toml")], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing is advertised: no AE of this device accepts associations." in proc.stdout
+    assert "sent as options 12 and 81 with the S flag" in proc.stdout
