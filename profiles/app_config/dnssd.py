@@ -68,6 +68,7 @@ class Advertiser:
         self.advertised: dict[str, str] = {}  # our service name -> name on the wire
         self._zc = None
         self._infos: list = []
+        self._announcing: list[asyncio.Future] = []
         self._browser = None
         self.seen: dict[str, dict] = {}  # AE title -> what the browser resolved
         self._names: dict[str, str] = {}  # service name -> AE title
@@ -87,10 +88,11 @@ class Advertiser:
         infos = [AsyncServiceInfo(s.type, s.name, addresses=[socket.inet_aton(address)],
                                   port=s.port, properties=s.txt,
                                   server=f"{self.hostname}.local.") for s in wanted]
-        # RFC 6762 probing takes ~1.5 s per name: probe all of them at once.
-        registering = [await self._zc.async_register_service(info, allow_name_change=True)
-                       for info in infos]
-        await asyncio.gather(*registering)
+        # async_register_service returns once the name is probed and won (RFC 6762 8.1);
+        # what it returns is the task sending the announcements (8.3), which need not be
+        # waited for. All names are probed at once.
+        self._announcing = await asyncio.gather(*(
+            self._zc.async_register_service(info, allow_name_change=True) for info in infos))
         for service, info in zip(wanted, infos, strict=True):
             self._infos.append(info)
             self.advertised[service.name] = info.name
@@ -101,6 +103,9 @@ class Advertiser:
         """Goodbye packets for everything, then close (lease lost, stop)."""
         if self._zc is None:
             return
+        for task in self._announcing:
+            task.cancel()
+        self._announcing = []
         if self._browser is not None:
             await self._browser.async_cancel()
             self._browser = None
