@@ -29,3 +29,17 @@ def test_a_template_title_is_advertised_as_registered():
     (svc,) = services(device, ["WS07"])
     assert svc.name == "WS07._dicom._tcp.local." and svc.txt == {
         "AET": "WS07", "PrimaryDeviceType": "WSD"}
+
+
+def test_what_was_browsed_answers_a_lookup_the_directory_could_not():
+    from profiles.app_config.dnssd import Advertiser
+
+    adv = Advertiser("ct01")
+    adv.seen["WS07"] = {"aet": "WS07", "tls": True, "port": 2762, "hostname": "ws.local",
+                        "addresses": ["192.0.2.150"], "txt": {"AET": "WS07"}}
+    assert adv.lookup("WS07") == {
+        "v": 1, "aet": "WS07", "found": True, "stale": False, "source": "dnssd",
+        "device": None, "installed": True,
+        "connections": [{"hostname": "192.0.2.150", "port": 2762,
+                         "tls_cipher_suites": ["(TLS)"]}]}
+    assert adv.lookup("NOPE") is None
