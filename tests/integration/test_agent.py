@@ -212,3 +212,28 @@ def test_lease_loss_runs_the_hook_before_the_address_goes_and_withdraws(kea_lab,
         assert proc.poll() is None  # the hanging hook was cut off, the agent lives
     finally:
         stop(proc)
+
+
+def test_a_dns_sd_name_conflict_renames_the_instance_and_keeps_the_title(lab, device):
+    other = lab.add_device()
+    procs = []
+    try:
+        for dev in (device, other):
+            section = (EXAMPLES / "workstation.toml").read_text().split("[device]", 1)[1]
+            section = ("[device]" + section.replace('title_template = "WS{n:02d}"',
+                                                    'title = "TWIN"')
+                       .replace('name = "WS-READING-1"', f'name = "TWIN{dev.index}"'))
+            config = write_config(dev, network=f'hostname = "twin{dev.index}"\n'
+                                               'arp_probe = false\ninitial_delay = [0.0, 0.0]',
+                                  directory="enabled = false", device_section=section)
+            procs.append(start(dev, config))
+            wait_for(dev, lambda s: s["state"] == "ready")
+        names = [ask(dev, {"v": 1, "op": "status"})["dnssd"]["services"][0]
+                 for dev in (device, other)]
+        assert names[0]["name"] == "TWIN._dicom._tcp.local."
+        assert names[1]["name"] != names[0]["name"] and "TWIN" in names[1]["name"]
+        assert names[0]["txt"]["AET"] == names[1]["txt"]["AET"] == "TWIN"
+    finally:
+        for proc in procs:
+            stop(proc)
+        lab.remove_device(other)
