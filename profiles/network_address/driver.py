@@ -113,7 +113,13 @@ def write_resolv_conf(paths: Paths, lease: Lease | None) -> None:
         search = list(lease.search) or ([lease.domain] if lease.domain else [])
         if search:
             lines.append("search " + " ".join(search[:6]))
-    statefile.atomic_write(paths.resolv_conf, ("\n".join(lines) + "\n").encode())
+    data = ("\n".join(lines) + "\n").encode()
+    try:
+        if paths.resolv_conf.read_bytes() == data:
+            return  # a renewal with the same servers: nothing to write (or fsync)
+    except OSError:
+        pass
+    statefile.atomic_write(paths.resolv_conf, data)
 
 
 def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
