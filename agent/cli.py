@@ -8,18 +8,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from profiles.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def load_or_report(path: str) -> Config | None:
+    """The configuration, or None after printing every problem as `key.path: reason`."""
     try:
-        config = load_config(args.file)
+        return load_config(path)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_or_report(args.file)
+    if config is None:
         return EXIT_USAGE
     device = config.device
     titles = [ae.title or f"template {ae.title_template!r}" for ae in device.aes]
@@ -59,11 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.daemon import Agent
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return EXIT_USAGE
     logging.basicConfig(level=os.environ.get("DICOM_AGENT_LOG", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -155,11 +159,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_conformance(args: argparse.Namespace) -> int:
     from agent.conformance import statement
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return EXIT_USAGE
     sys.stdout.write(statement(config))
     return EXIT_OK

@@ -63,6 +63,21 @@ class NetworkSettings:
     release_on_stop: bool = False
 
 
+def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
+                         configured_offset: int | None = None):
+    """The DHCP core's settings from `[network]` (one place for the daemon and `dhcp`)."""
+    import time
+
+    from profiles.network_address.client import ClientSettings
+
+    return ClientSettings(mac=mac, client_id=client_id, hostname=network.hostname,
+                          initial_delay=network.initial_delay, arp_probe=network.arp_probe,
+                          server_allowlist=network.server_allowlist,
+                          offer_window=network.offer_window,
+                          configured_offset=configured_offset, auto_ip=network.auto_ip,
+                          discover_timeout=network.discover_timeout, wall_clock=time.time)
+
+
 @dataclass(frozen=True, slots=True)
 class TimeSettings:
     mode: str = "sntp"

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent.boot import BootMachine, BootState, Event
-from agent.config import Config, load_config
+from agent.config import Config, dhcp_client_settings, load_config
 from agent.hooks import hooks_in, run_hooks
 from agent.sdnotify import Notifier
 from agent.status import StatusServer
@@ -38,7 +38,6 @@ from profiles.app_config.srv import order_srv
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
-    ClientSettings,
     DhcpClient,
     LeaseBound,
     LeaseExpiring,
@@ -197,12 +196,8 @@ class Agent:
         try:
             client_id = n.client_id or load_or_make_client_id(
                 self.paths, lambda: generate_client_id(n.interface, self.rng))
-            self.client = DhcpClient(ClientSettings(
-                mac=await netlink.mac(), client_id=client_id, hostname=n.hostname,
-                initial_delay=n.initial_delay, arp_probe=n.arp_probe,
-                server_allowlist=n.server_allowlist, offer_window=n.offer_window,
-                configured_offset=self.config.time.utc_offset, auto_ip=n.auto_ip,
-                discover_timeout=n.discover_timeout, wall_clock=time.time), self.rng)
+            self.client = DhcpClient(dhcp_client_settings(
+                n, await netlink.mac(), client_id, self.config.time.utc_offset), self.rng)
             # Lease-lost handlers get every hook's time, plus a margin.
             hooks = len(hooks_in(self.config.agent.hooks_dir))
             grace = self.config.agent.hook_timeout * max(hooks, 1) + 2.0

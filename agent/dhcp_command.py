@@ -11,13 +11,13 @@ import os
 import random
 import signal
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from agent.config import (
     AgentSettings,
     NetworkSettings,
+    dhcp_client_settings,
     hostname_problem,
     interface_problem,
     load_config,
@@ -26,7 +26,6 @@ from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
     AddressDeclined,
-    ClientSettings,
     DhcpClient,
     DhcpEvent,
     LeaseBound,
@@ -106,12 +105,7 @@ async def _run(args: argparse.Namespace, network: NetworkSettings,
     try:
         client_id = network.client_id or load_or_make_client_id(
             paths, lambda: generate_client_id(network.interface, rng))
-        client = DhcpClient(ClientSettings(
-            mac=await netlink.mac(), client_id=client_id, hostname=network.hostname,
-            initial_delay=network.initial_delay, arp_probe=network.arp_probe,
-            server_allowlist=network.server_allowlist, offer_window=network.offer_window,
-            auto_ip=network.auto_ip, discover_timeout=network.discover_timeout,
-            wall_clock=time.time), rng)
+        client = DhcpClient(dhcp_client_settings(network, await netlink.mac(), client_id), rng)
         bound = asyncio.Event()
 
         async def on_event(event: DhcpEvent | AutoIpConfigured | AutoIpRemoved) -> None:
