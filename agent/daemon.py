@@ -63,6 +63,7 @@ from profiles.time_sync.sntp import RoundResult, SntpClient
 from profiles.time_sync.sources import choose_servers, clock_guards, utc_offset
 
 log = logging.getLogger("dicom-agent")
+CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
 
 
 class Stopped(Exception):
@@ -280,6 +281,9 @@ class Agent:
                 addresses = await self.ntp_updates.get()
             await chrony.hand_over(t.chrony_sourcedir, self.config.network.interface,
                                    addresses, t.chronyc_socket)
+            # chronyd needs a few samples (iburst) before it selects a source: give it
+            # CHRONY_SETTLE seconds before the internal clock is reported.
+            settle_until = time.monotonic() + CHRONY_SETTLE
             while True:
                 state = await chrony.state(t.chronyc_socket)
                 selected = [s for s in state["sources"] if s["state"] == "selected"]
@@ -287,8 +291,10 @@ class Agent:
                                  selected=selected[0]["address"] if selected else None,
                                  offset_ms=state["tracking"]["offset_ms"],
                                  synced=bool(selected))
-                await self._time_result(bool(selected))
-                await asyncio.sleep(10 if not selected else 64)
+                if selected or time.monotonic() > settle_until:
+                    await self._time_result(bool(selected))
+                await asyncio.sleep(0.5 if not self.time_settled.is_set() else
+                                    10 if not selected else 64)
         core = SntpClient(self.rng, t.step_threshold_ms / 1000, SystemClock(),
                           may_adjust=self.time["clock_control"]["allowed"])
         self.ntp_updates.put_nowait(addresses)  # a later lease may bring others

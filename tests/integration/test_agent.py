@@ -117,6 +117,26 @@ def test_boot_to_ready_with_every_profile_then_goodbye(lab, device):
         assert json.loads(lookup.stdout)["connections"][0]["port"] == 11112
         status = agent(device, "status", "--socket", str(sock(device)))
         assert status.stdout.startswith("state: ready\n")
+        # The operator's ops: renew at once, refresh one cached entry, purge the cache.
+        renews = len(re.findall(rf"DHCPREQUEST\(eth0\) {snap['network']['address']}",
+                                lab.dhcp_log()))
+        assert ask(device, {"v": 1, "op": "renew"}) == {"v": 1, "ok": True}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(re.findall(
+                rf"DHCPREQUEST\(eth0\) {snap['network']['address']}", lab.dhcp_log())) == renews:
+            time.sleep(0.1)
+        assert len(re.findall(rf"DHCPREQUEST\(eth0\) {snap['network']['address']}",
+                              lab.dhcp_log())) > renews
+        cache = device.run_dir / "agent-state" / "cache"
+        assert list(cache.glob("*.json"))  # the ARCHIVE lookup above was cached
+        refreshed = agent(device, "lookup", "ARCHIVE", "--refresh", "--json", "--socket",
+                          str(sock(device)))
+        assert json.loads(refreshed.stdout)["source"] == "directory"
+        assert ask(device, {"v": 1, "op": "purge-cache"}) == {"v": 1, "ok": True}
+        assert not list(cache.glob("*.json"))
+        query = agent(device, "query", "--cluster", "neuroradiology", "--json", "--socket",
+                      str(sock(device)))
+        assert [r["aet"] for r in json.loads(query.stdout)["results"]] == ["ARCHIVE"]
         assert stop(proc) is not None and proc.returncode == 0
         # Goodbye packets: the browser no longer lists the service.
         gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
@@ -150,7 +170,7 @@ def test_kill_9_and_restart_keep_the_lease_and_the_titles(lab, device):
 
 def test_directory_down_at_boot_then_back(lab, device):
     name = f"DN{device.index}"
-    config = archive_config(lab, device, name, tls=False)
+    config = archive_config(lab, device, name)
     lab.stop_ldap()
     proc = None
     try:
@@ -163,13 +183,14 @@ def test_directory_down_at_boot_then_back(lab, device):
     finally:
         lab.start_ldap()
     try:
-        # Anonymous registration is refused by slapd: the manual pattern takes over.
-        snap = wait_for(device, lambda s: s["directory"]["state"] != "unavailable", 30)
-        assert snap["directory"]["state"] == "awaiting-manual-registration"
-        assert snap["degraded"] == ["awaiting-manual-registration"]
+        # The agent retries (5 s, then doubling): registration completes once slapd is back.
+        snap = wait_for(device, lambda s: s["directory"]["state"] == "registered", 40)
+        assert snap["degraded"] == [] and snap["state"] == "ready"
+        assert snap["directory"]["ae_titles"] == [f"{name}_STORE", f"{name}_QR"]
     finally:
         if proc is not None:
             stop(proc)
+        cleanup(device, name)
 
 
 HOOK = """#!/bin/sh
@@ -237,3 +258,24 @@ def test_a_dns_sd_name_conflict_renames_the_instance_and_keeps_the_title(lab, de
         for proc in procs:
             stop(proc)
         lab.remove_device(other)
+
+
+def test_chrony_mode_hands_the_lease_servers_to_chronyd(lab, device):
+    sourcedir, chrony_sock = device.start_chronyd()
+    section = (EXAMPLES / "ct.toml").read_text().split("[device]", 1)[1]
+    config = write_config(device, network='hostname = "ct-chrony"\narp_probe = false\n'
+                                          "initial_delay = [0.0, 0.0]",
+                          time_section=f'mode = "chrony"\nchrony_sourcedir = "{sourcedir}"\n'
+                                       f'chronyc_socket = "{chrony_sock}"',
+                          directory="enabled = false",
+                          device_section="[device]" + section)
+    proc = start(device, config)
+    try:
+        snap = wait_for(device, lambda s: s["state"] == "ready", 40)
+        assert snap["degraded"] == []  # ready only once chronyd selected a source
+        assert snap["time"]["mode"] == "chrony" and snap["time"]["synced"]
+        assert snap["time"]["selected"] in ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+        assert "server 192.0.2.11 iburst" in (sourcedir / "eth0.sources").read_text()
+        assert snap["time"]["chrony"]["tracking"]["stratum"] == 9
+    finally:
+        stop(proc)
