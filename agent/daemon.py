@@ -81,6 +81,7 @@ class Agent:
                            config.network.interface)
         self.lease: Lease | None = None
         self.auto_ip: str | None = None
+        self._last_address: str | None = None
         self.client: DhcpClient | None = None
         self.driver: DhcpDriver | None = None
         self.time: dict[str, Any] = {"mode": config.time.mode, "source": None,
@@ -214,7 +215,9 @@ class Agent:
     async def _on_dhcp(self, event: Any) -> None:
         match event:
             case LeaseBound(lease) | AddressChanged(_, lease):
-                changed = self.lease is not None and self.lease.address != lease.address
+                # Another address than the last lease's, even with a loss in between.
+                changed = self._last_address not in (None, lease.address)
+                self._last_address = lease.address
                 self.lease, self.auto_ip = lease, None
                 self.resolver.configure(lease.dns, lease.search or (
                     (lease.domain,) if lease.domain else ()))

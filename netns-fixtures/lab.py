@@ -520,6 +520,7 @@ class Lab:
         srv = "\n".join(f"srv-host={name},{target},{port},{prio},{weight}"
                         for name, prio, weight, port, target in self._dns_names())
         hosts = "\n".join(f"host-record={name}.{DOMAIN},{addr}" for name, addr in HOSTS.items())
+        (d / "hosts").touch()
         (d / "dnsmasq.conf").write_text(_template(
             "dnsmasq.conf", run=self.run, lease_time=self.lease_time,
             srv_records=srv, host_records=hosts))
@@ -596,6 +597,14 @@ class Lab:
         if proc.stdout.readline().strip() != "listening":
             raise LabError(f"ntp_liar did not start: {proc.stderr.read()}")
         return proc
+
+    def reserve(self, mac: str, address: str) -> None:
+        """Give `mac` a fixed address from now on (dnsmasq re-reads its hosts file on HUP)."""
+        if self.flavour != "dnsmasq":
+            raise LabError("reserve needs the dnsmasq flavour")
+        with open(self.run / "dnsmasq" / "hosts", "a") as fh:
+            fh.write(f"{mac},{address}\n")
+        self.dhcp_procs[-1].send_signal(signal.SIGHUP)
 
     def dhcp_log(self) -> str:
         return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")

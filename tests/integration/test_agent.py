@@ -20,15 +20,10 @@ REGISTRY = f"cn=Unique AE Titles Registry,{CONFIG_ROOT_DN}"
 
 def archive_config(lab, device, name: str, hooks: bool = False, tls: bool = True) -> str:
     """The archive example (acceptor AEs on a plain and a TLS connection) on this device."""
-    secret = device.run_dir / "registrar.pw"
-    secret.write_text("registrarpw\n")
-    secret.chmod(0o600)
     section = (EXAMPLES / "archive.toml").read_text().split("[device]", 1)[1]
     section = "[device]" + section.replace('name = "ARCHIVE2"', f'name = "{name}"').replace(
         "ARCHIVE2_", f"{name}_")
-    directory = ('domain = "hospital.test"\nsecurity = "tls"\n'
-                 f'ca_file = "{lab.run / "tls" / "ca.pem"}"\n'
-                 f'bind_dn = "{REGISTRAR_DN}"\npassword_file = "{secret}"') if tls else \
+    directory = registrar_section(lab, device) if tls else \
         'domain = "hospital.test"\nrefresh_interval = 2.0'
     agent_section = f'hooks_dir = "{device.run_dir / "hooks"}"\nhook_timeout = 5.0' \
         if hooks else ""
@@ -279,3 +274,50 @@ def test_chrony_mode_hands_the_lease_servers_to_chronyd(lab, device):
         assert snap["time"]["chrony"]["tracking"]["stratum"] == 9
     finally:
         stop(proc)
+
+
+def test_a_new_address_is_re_announced_and_written_to_the_directory(lab, device):
+    name = f"MV{device.index}"
+    section = (EXAMPLES / "workstation.toml").read_text().split("[device]", 1)[1]
+    section = "[device]" + section.replace('title_template = "WS{n:02d}"',
+                                           f'title = "{name}"').replace(
+        'name = "WS-READING-1"', f'name = "{name}"')
+    # No host name: the connection's dicomHostname is the address (H.1.1.3).
+    config = write_config(device, network='arp_probe = false\ninitial_delay = [0.0, 0.0]',
+                          directory=registrar_section(lab, device),
+                          device_section=section)
+    proc = start(device, config)
+    try:
+        first = wait_for(device, lambda s: s["state"] == "ready")
+        old = first["network"]["address"]
+        lab.reserve(device.mac, "192.0.2.150")
+        ask(device, {"v": 1, "op": "renew"})  # dnsmasq NAKs the old address
+        moved = wait_for(device, lambda s: s["state"] == "ready"
+                         and s["network"].get("address") == "192.0.2.150", 40)
+        assert moved["network"]["address"] != old
+        seen = lab.avahi_browse("_dicom._tcp", until=lambda f: any(
+            s["name"] == name and s["address"] == "192.0.2.150" for s in f))
+        assert [s["address"] for s in seen if s["name"] == name] == ["192.0.2.150"]
+        deadline = time.monotonic() + 20
+        hostname = ""
+        while time.monotonic() < deadline and hostname != "192.0.2.150":
+            out = device.run(["ldapsearch", "-x", "-LLL", "-H", "ldap://192.0.2.1", "-b",
+                              f"dicomDeviceName={name},{DEVICES}", "(cn=dicom)",
+                              "dicomHostname"]).stdout
+            hostname = (re.findall(r"dicomHostname: (\S+)", out) or [""])[0]
+            time.sleep(0.3)
+        assert hostname == "192.0.2.150"
+    finally:
+        stop(proc)
+        cleanup(device, name)
+        admin = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+        device.run(["ldapdelete", *admin, f"dicomAETitle={name},{REGISTRY}"])
+
+
+def registrar_section(lab, device) -> str:
+    secret = device.run_dir / "registrar.pw"
+    secret.write_text("registrarpw\n")
+    secret.chmod(0o600)
+    return ('domain = "hospital.test"\nsecurity = "tls"\n'
+            f'ca_file = "{lab.run / "tls" / "ca.pem"}"\n'
+            f'bind_dn = "{REGISTRAR_DN}"\npassword_file = "{secret}"')
