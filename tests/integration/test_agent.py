@@ -321,3 +321,25 @@ def registrar_section(lab, device) -> str:
     return ('domain = "hospital.test"\nsecurity = "tls"\n'
             f'ca_file = "{lab.run / "tls" / "ca.pem"}"\n'
             f'bind_dn = "{REGISTRAR_DN}"\npassword_file = "{secret}"')
+
+
+def test_reload_takes_the_device_part_and_names_what_needs_a_restart(lab, device):
+    section = "[device]" + (EXAMPLES / "ct.toml").read_text().split("[device]", 1)[1]
+    config = write_config(device, network='hostname = "rl"\narp_probe = false\n'
+                                          "initial_delay = [0.0, 0.0]",
+                          directory="enabled = false", device_section=section)
+    proc = start(device, config)
+    try:
+        wait_for(device, lambda s: s["state"] == "ready")
+        path = Path(config)
+        path.write_text(path.read_text().replace('title = "CT01_SCU"', 'title = "CT01_NEW"'))
+        assert ask(device, {"v": 1, "op": "reload"}) == {"v": 1, "ok": True,
+                                                         "restart_needed": []}
+        assert ask(device, {"v": 1, "op": "status"})["directory"]["ae_titles"] == ["CT01_NEW"]
+        path.write_text(path.read_text().replace('mode = "observe"', 'mode = "sntp"'))
+        assert ask(device, {"v": 1, "op": "reload"})["restart_needed"] == ["time"]
+        path.write_text(path.read_text().replace('role = "SCU"', 'role = "scu"'))
+        bad = ask(device, {"v": 1, "op": "reload"})
+        assert bad["error"]["code"] == "bad-request" and "role" in bad["error"]["message"]
+    finally:
+        stop(proc)
