@@ -161,6 +161,9 @@ def main() -> int:
                                                 overhead=overhead)))
         sntp = sntp_accuracy(lab.devices[1])
         directory = directory_bench(lab, lab.add_device(), REPS)
+    # The agent at rest on a network with hour-long leases, as hospitals hand out (the
+    # default lab's 120-s leases would add a renewal a minute to the idle figures).
+    with Lab(prefix="dcmb", devices=0, lease_time=3600) as lab:
         booted = agent_bench(lab, REPS)
 
     print(f"\ndicom-agent bench: medians of {REPS} runs (ms), this machine, one run\n")
@@ -189,8 +192,8 @@ def main() -> int:
         print(f"  {state:20} first seen at {at:6.2f} s")
     print(f"  ready after {booted['ready_s']:.2f} s (target <= 2.5 s: "
           f"{'met' if booted['ready_s'] <= 2.5 else 'NOT met'})")
-    print(f"  at rest for {IDLE:.0f} s: RSS {booted['rss_mib']:.1f} MiB (target <= 60), "
-          f"CPU {booted['cpu_s']:.2f} s (target < 0.3 s over 5 min)")
+    print(f"  at rest for {IDLE:.0f} s (1-hour lease): RSS {booted['rss_mib']:.1f} MiB "
+          f"(target <= 60), CPU {booted['cpu_s']:.2f} s (target < 0.3 s over 5 min)")
     reference = dhcp_ms["dhclient, INIT"]
     agent_name = "dicom-agent dhcp --once, INIT (no probe, no delay)"
     print(f"\n{'DHCP INIT, process start -> bound':58} {'ms':>9} {'x dhclient':>10} "
