@@ -74,6 +74,11 @@ def stop(proc: subprocess.Popen) -> str:
     return err
 
 
+def logged(lab, message: str, address: str) -> int:
+    """How often dnsmasq logged `message` (DHCPDISCOVER, DHCPREQUEST...) for an address or MAC."""
+    return len(re.findall(rf"{message}\(eth0\)[^\n]*{re.escape(address)}", lab.dhcp_log()))
+
+
 def cleanup(host, name: str) -> None:
     admin = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
     host.run(["ldapdelete", *admin, "-r", f"dicomDeviceName={name},{DEVICES}"])
@@ -113,15 +118,13 @@ def test_boot_to_ready_with_every_profile_then_goodbye(lab, device):
         status = agent(device, "status", "--socket", str(sock(device)))
         assert status.stdout.startswith("state: ready\n")
         # The operator's ops: renew at once, refresh one cached entry, purge the cache.
-        renews = len(re.findall(rf"DHCPREQUEST\(eth0\) {snap['network']['address']}",
-                                lab.dhcp_log()))
+        address = snap["network"]["address"]
+        renews = logged(lab, "DHCPREQUEST", address)
         assert ask(device, {"v": 1, "op": "renew"}) == {"v": 1, "ok": True}
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(re.findall(
-                rf"DHCPREQUEST\(eth0\) {snap['network']['address']}", lab.dhcp_log())) == renews:
+        while time.monotonic() < deadline and logged(lab, "DHCPREQUEST", address) == renews:
             time.sleep(0.1)
-        assert len(re.findall(rf"DHCPREQUEST\(eth0\) {snap['network']['address']}",
-                              lab.dhcp_log())) > renews
+        assert logged(lab, "DHCPREQUEST", address) > renews
         cache = device.run_dir / "agent-state" / "cache"
         assert list(cache.glob("*.json"))  # the ARCHIVE lookup above was cached
         refreshed = agent(device, "lookup", "ARCHIVE", "--refresh", "--json", "--socket",
@@ -151,13 +154,12 @@ def test_kill_9_and_restart_keep_the_lease_and_the_titles(lab, device):
         first = wait_for(device, lambda s: s["state"] == "ready")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        discovers = len(re.findall(rf"DHCPDISCOVER\(eth0\)[^\n]*{device.mac}", lab.dhcp_log()))
+        discovers = logged(lab, "DHCPDISCOVER", device.mac)
         proc = start(device, config)  # the stale socket is replaced
         again = wait_for(device, lambda s: s["state"] == "ready")
         assert again["network"]["address"] == first["network"]["address"]
         assert again["directory"]["ae_titles"] == first["directory"]["ae_titles"]
-        assert len(re.findall(rf"DHCPDISCOVER\(eth0\)[^\n]*{device.mac}",
-                              lab.dhcp_log())) == discovers
+        assert logged(lab, "DHCPDISCOVER", device.mac) == discovers
     finally:
         stop(proc)
         cleanup(device, name)
