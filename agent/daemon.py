@@ -322,6 +322,9 @@ class Agent:
     async def _time_result(self, synced: bool) -> None:
         first = not self.time_settled.is_set()
         self.time_settled.set()
+        # CONTRACTS.md "State directory": the last time report, for after a restart.
+        statefile.write_json(self.paths.state_dir / "time.json",
+                             {**self.time, "saved_wall": time.time()})
         await self._event(Event.TIME_SYNCED if synced else Event.TIME_INTERNAL)
         self.status_server.changed()
         if synced and first:

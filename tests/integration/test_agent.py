@@ -96,6 +96,8 @@ def test_boot_to_ready_with_every_profile_then_goodbye(lab, device):
         assert snap["network"]["fqdn"] == f"{name.lower()}.hospital.test"
         assert snap["time"]["source"] == "dhcp" and snap["time"]["synced"]
         assert snap["time"]["utc_offset_s"] == 3600
+        saved_time = json.loads((device.run_dir / "agent-state" / "time.json").read_text())
+        assert saved_time["source"] == "dhcp" and saved_time["synced"] is True
         assert snap["directory"]["state"] == "registered"
         assert snap["directory"]["ae_titles"] == [f"{name}_STORE", f"{name}_QR"]
         assert {s["name"] for s in snap["dnssd"]["services"]} == {
