@@ -48,6 +48,7 @@ from profiles.network_address.client import (
 from profiles.network_address.driver import (
     AutoIpConfigured,
     AutoIpRemoved,
+    CarrierChanged,
     DhcpDriver,
     Paths,
     boottime,
@@ -247,6 +248,8 @@ class Agent:
                 self.addressed.set()
                 await self._event(Event.AUTO_IP)
                 self.announce_wanted.set()
+            case CarrierChanged(up):
+                await self._event(Event.CARRIER_UP if up else Event.CARRIER_DOWN)
             case AutoIpRemoved(address, reason):
                 if self.auto_ip == address:
                     self.auto_ip = None

@@ -59,6 +59,13 @@ class AutoIpConfigured:
 
 
 @dataclass(frozen=True, slots=True)
+class CarrierChanged:
+    """A driver event: the link came up or went down."""
+
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AutoIpRemoved:
     address: str
     reason: str  # "lease" (a DHCP lease replaced it) or "conflict" (a defence failed)
@@ -253,6 +260,7 @@ class DhcpDriver:
                             self.client.carrier_regained(now)
                         else:
                             self.client.carrier_lost(now)
+                        await self.on_event(CarrierChanged(carrier))
                 elif kind == "udp":
                     self.client.receive_datagram(data, now)
                 elif kind == "arp":

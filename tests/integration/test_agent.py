@@ -347,3 +347,23 @@ def test_reload_takes_the_device_part_and_names_what_needs_a_restart(lab, device
         assert bad["error"]["code"] == "bad-request" and "role" in bad["error"]["message"]
     finally:
         stop(proc)
+
+
+def test_carrier_loss_shows_waiting_for_link_and_its_return_confirms_the_lease(lab, device):
+    section = "[device]" + (EXAMPLES / "ct.toml").read_text().split("[device]", 1)[1]
+    config = write_config(device, network='hostname = "cr"\narp_probe = false\n'
+                                          "initial_delay = [0.0, 0.0]",
+                          directory="enabled = false", device_section=section)
+    proc = start(device, config)
+    port = ["ip", "-n", lab.switch, "link", "set", f"p-dev{device.index}"]
+    try:
+        first = wait_for(device, lambda s: s["state"] == "ready")
+        subprocess.run([*port, "down"], check=True)
+        down = wait_for(device, lambda s: s["state"] == "waiting-for-link", 10)
+        assert down["network"]["state"] == "no-carrier"
+        subprocess.run([*port, "up"], check=True)
+        back = wait_for(device, lambda s: s["state"] == "ready", 20)
+        assert back["network"]["address"] == first["network"]["address"]
+    finally:
+        subprocess.run([*port, "up"])
+        stop(proc)
