@@ -27,14 +27,14 @@ from typing import Any
 
 from agent.boot import BootMachine, BootState, Event
 from agent.config import Config, dhcp_client_settings, load_config
+from agent.directory_command import security_for
 from agent.hooks import hooks_in, run_hooks
 from agent.sdnotify import Notifier
 from agent.status import StatusServer
 from profiles import statefile
 from profiles.app_config import dnssd, plan
-from profiles.app_config.directory import Security
 from profiles.app_config.service import DirectoryService
-from profiles.app_config.srv import order_srv
+from profiles.app_config.srv import candidate_urls
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
@@ -343,35 +343,18 @@ class Agent:
         await self.addressed.wait()
         if d.security == "tls":
             await self.time_settled.wait()  # certificate checks want a sane clock
-        password = d.password_file.read_text().rstrip("\n") if d.password_file else None
-        security = Security(d.security, d.bind_dn, password,
-                            str(d.ca_file) if d.ca_file else None,
-                            str(d.client_cert) if d.client_cert else None,
-                            str(d.client_key) if d.client_key else None,
-                            d.allow_cleartext_password)
-        self.directory = DirectoryService(self.config.device, security, self._candidates,
+        self.directory = DirectoryService(self.config.device, security_for(self.config),
+                                          self._candidates,
                                           self.paths.state_dir, d.title_attempts,
                                           d.refresh_interval)
         await self.directory.maintain(self.hostnames, self.address_changed,
                                       self._on_directory_state)
 
     async def _candidates(self) -> list[tuple[str, str | None]]:
-        domain = self.config.directory.domain or (self.lease.domain if self.lease else None)
-        urls: list[tuple[str, str | None]] = []
-        if domain:
-            try:
-                records = order_srv(await self.resolver.srv(f"_ldap._tcp.{domain}."), self.rng)
-            except ResolveError:
-                records = []
-            for r in records:
-                try:
-                    address = (await self.resolver.addresses(r.target + "."))[0]
-                except ResolveError:
-                    address = None
-                scheme = "ldaps" if r.port == 636 and self.config.directory.security == "tls" \
-                    else "ldap"
-                urls.append((f"{scheme}://{r.target}:{r.port}", address))
-        urls += [(u, None) for u in self.config.directory.servers]
+        d = self.config.directory
+        _, urls = await candidate_urls(self.resolver, d.domain or (
+            self.lease.domain if self.lease else None), list(d.servers), d.security == "tls",
+            self.rng)
         return urls
 
     async def _on_directory_state(self, state: str) -> None:

@@ -15,7 +15,6 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from agent.config import Config, load_config
 from profiles import statefile
@@ -29,11 +28,11 @@ from profiles.app_config.directory import (
     find_directory,
     manual_ldif_path,
 )
-from profiles.app_config.srv import order_srv
+from profiles.app_config.srv import candidate_urls
 from profiles.errors import ConfigError
 from profiles.network_address.driver import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import ResolveError, Resolver
+from profiles.network_address.resolver import Resolver
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -86,7 +85,8 @@ def _system_resolver() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(servers), tuple(search)
 
 
-def _security(config: Config) -> Security:
+def security_for(config: Config) -> Security:
+    """The Table H.1-15 pattern of `[directory]`, with the password read from its file."""
     d = config.directory
     password = d.password_file.read_text().rstrip("\n") if d.password_file else None
     return Security(d.security, d.bind_dn, password, str(d.ca_file) if d.ca_file else None,
@@ -95,36 +95,19 @@ def _security(config: Config) -> Security:
 
 
 async def _candidates(ctx: Context) -> tuple[list[dict], list[tuple[str, str | None]]]:
-    """SRV records in the order tried, and (URL, address) pairs: SRV targets first
-    (H.1.4.1), then the manual directory.servers (H.1.4.1.5)."""
-    srv: list = []
-    if ctx.domain:
-        try:
-            srv = order_srv(await ctx.resolver.srv(f"_ldap._tcp.{ctx.domain}."),
-                            random.Random(os.urandom(8)))
-        except ResolveError as exc:
-            logging.getLogger(__name__).info("no SRV records: %s", exc)
-    tls = ctx.config.directory.security == "tls"
-    urls: list[tuple[str, str | None]] = []
-    for record in srv:
-        scheme = "ldaps" if record.port == 636 and tls else "ldap"
-        try:
-            address = (await ctx.resolver.addresses(record.target + "."))[0]
-        except ResolveError:
-            address = None
-        urls.append((f"{scheme}://{record.target}:{record.port}", address))
-    # Where the DICOM tree was found last time goes first (H.1.2 note: remember it).
+    """SRV records in the order tried, and the (URL, address) pairs to try."""
+    # Where the DICOM tree was found last time comes before the manual servers
+    # (H.1.2 note: remember it).
     saved = _saved(ctx).get("server")
     manual = list(ctx.config.directory.servers)
-    if saved and saved not in [u for u, _ in urls] + manual:
+    if saved and saved not in manual:
         manual.insert(0, saved)
-    for url in manual:
-        host = urlsplit(url).hostname
-        try:
-            address = (await ctx.resolver.addresses(host))[0]
-        except ResolveError:
-            address = None
-        urls.append((url, address))
+    srv, urls = await candidate_urls(ctx.resolver, ctx.domain, manual,
+                                     ctx.config.directory.security == "tls",
+                                     random.Random(os.urandom(8)))
+    # A remembered SRV target is already in the list: do not try it twice.
+    seen: set[str] = set()
+    urls = [pair for pair in urls if not (pair[0] in seen or seen.add(pair[0]))]
     records = [{"priority": r.priority, "weight": r.weight, "port": r.port,
                 "target": r.target} for r in srv]
     return records, urls
@@ -132,7 +115,7 @@ async def _candidates(ctx: Context) -> tuple[list[dict], list[tuple[str, str | N
 
 def _find(ctx: Context) -> tuple[Directory | None, dict]:
     records, urls = asyncio.run(_candidates(ctx))
-    conn, url, base, tried = find_directory(urls, _security(ctx.config))
+    conn, url, base, tried = find_directory(urls, security_for(ctx.config))
     report = {"domain": ctx.domain, "srv": records, "tried": tried, "server": url,
               "base_dn": base}
     return (Directory(conn, base) if conn is not None else None), report

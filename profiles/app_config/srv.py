@@ -35,3 +35,30 @@ def order_srv(records: Sequence[Srv], rng: random.Random) -> list[Srv]:
                     ordered.append(pending.pop(i))
                     break
     return [r for r in ordered if r.target not in (".", "")]
+
+
+async def candidate_urls(resolver, domain: str | None, manual: list[str], tls: bool,
+                         rng: random.Random) -> tuple[list[Srv], list[tuple[str, str | None]]]:
+    """H.1.4.1: the SRV records of `_ldap._tcp.<domain>` in the order they are tried, and
+    (URL, address) pairs — SRV targets first, then the manual URLs (H.1.4.1.5) — each
+    host resolved with the F.1.1 resolver (None when it does not resolve)."""
+    from urllib.parse import urlsplit
+
+    from profiles.network_address.resolver import ResolveError
+
+    async def address(host: str) -> str | None:
+        try:
+            return (await resolver.addresses(host))[0]
+        except ResolveError:
+            return None
+
+    records: list[Srv] = []
+    if domain:
+        try:
+            records = order_srv(await resolver.srv(f"_ldap._tcp.{domain}."), rng)
+        except ResolveError:
+            records = []
+    urls = [(f"{'ldaps' if r.port == 636 and tls else 'ldap'}://{r.target}:{r.port}",
+             await address(r.target + ".")) for r in records]
+    urls += [(url, await address(urlsplit(url).hostname)) for url in manual]
+    return records, urls
