@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-EVENTS = ("lease-bound", "lease-renewed", "lease-expiring", "lease-lost", "address-changed",
-          "time-synced", "registered", "ready", "stopping")
 
 
 @dataclass(frozen=True)

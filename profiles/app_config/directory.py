@@ -382,19 +382,6 @@ class Directory:
             self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
         return Registration(dn, titles, adopted=True, changed=changed)
 
-    def update_hostnames(self, device_dn: str, device: Device,
-                         hostnames: dict[str, str]) -> list[str]:
-        """The address or name changed: rewrite the connections' dicomHostname."""
-        changed = []
-        for conn in device.connections:
-            dn = plan.connection_dn(device_dn, conn.name)
-            found = _search(self.conn, dn, "(objectClass=*)", BASE, ["dicomHostname"])
-            if found and str(_first(found[0], "dicomHostname")) != hostnames[conn.name]:
-                self._modify(dn, {"dicomHostname": [("MODIFY_REPLACE",
-                                                     [hostnames[conn.name]])]})
-                changed.append(dn)
-        return changed
-
     # -- lookups (H.1.4.2) ------------------------------------------------------------------
 
     def lookup(self, title: str) -> dict:
