@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import random
@@ -61,7 +60,7 @@ from profiles.network_address.resolver import ResolveError, Resolver
 from profiles.time_sync import chrony
 from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
 from profiles.time_sync.sntp import RoundResult, SntpClient
-from profiles.time_sync.sources import choose_servers, clock_guards, utc_offset
+from profiles.time_sync.sources import choose_servers, offset_and_control
 
 log = logging.getLogger("dicom-agent")
 CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
@@ -268,16 +267,8 @@ class Agent:
         heard = await hear_broadcasts(t.broadcast_window) if t.broadcast_discovery else []
         lease = self.lease
         source, names = choose_servers(heard, lease.ntp if lease else (), t.servers)
-        offset, tz, _ = utc_offset(lease.tz_name if lease else None,
-                                   lease.tz_posix if lease else None,
-                                   lease.time_offset if lease else None, t.utc_offset,
-                                   time.time())
-        guards = clock_guards()
-        self.time.update(source=source, utc_offset_s=offset, tz=tz,
-                         local_time=dt.datetime.now(dt.timezone(dt.timedelta(seconds=offset)))
-                         .isoformat(timespec="seconds"),
-                         clock_control={"allowed": t.mode == "sntp" and not guards,
-                                        "guards": guards})
+        self.time.update(source=source, **offset_and_control(lease, t.utc_offset, t.mode,
+                                                             time.time()))
         addresses = await self._resolve_servers(names)
         if not addresses:
             self.time.update(source="internal", synced=False)

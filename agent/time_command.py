@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from profiles.network_address.resolver import ResolveError, Resolver
 from profiles.time_sync import chrony
 from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
 from profiles.time_sync.sntp import SntpClient
-from profiles.time_sync.sources import choose_servers, clock_guards, utc_offset
+from profiles.time_sync.sources import choose_servers, offset_and_control
 
 CHRONY_WAIT = 20.0  # s for chronyd to select a source after a reload
 
@@ -100,16 +99,9 @@ async def _run(args: argparse.Namespace, settings: TimeSettings, mode: str,
     else:
         source, names = choose_servers(heard, lease.ntp if lease else (), manual)
     addresses, failed = await _resolve(names, lease)
-    offset, tz, offset_source = utc_offset(
-        lease.tz_name if lease else None, lease.tz_posix if lease else None,
-        lease.time_offset if lease else None, settings.utc_offset, time.time())
-    guards = clock_guards()
     report = {"mode": mode, "source": source if addresses else "internal", "servers": [],
-              "selected": None, "offset_ms": None, "synced": False, "utc_offset_s": offset,
-              "tz": tz, "utc_offset_source": offset_source,
-              "local_time": dt.datetime.now(dt.timezone(dt.timedelta(seconds=offset)))
-              .isoformat(timespec="seconds"),
-              "clock_control": {"allowed": mode == "sntp" and not guards, "guards": guards},
+              "selected": None, "offset_ms": None, "synced": False,
+              **offset_and_control(lease, settings.utc_offset, mode, time.time()),
               "correction": None, "unresolved": failed}
     if not addresses:
         return report

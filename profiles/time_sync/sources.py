@@ -60,6 +60,19 @@ def utc_offset(tz_name: str | None, tz_posix: str | None, time_offset: int | Non
     return preset, None, "preset"
 
 
+def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
+    """The status `time` fields every mode shares: the UTC offset (G.1.1.4-5) from the
+    lease or the preset, the local time, and whether the clock may be adjusted."""
+    offset, tz, source = utc_offset(lease.tz_name if lease else None,
+                                    lease.tz_posix if lease else None,
+                                    lease.time_offset if lease else None, preset, now)
+    guards = clock_guards()
+    local = dt.datetime.fromtimestamp(now, dt.timezone(dt.timedelta(seconds=offset)))
+    return {"utc_offset_s": offset, "tz": tz, "utc_offset_source": source,
+            "local_time": local.isoformat(timespec="seconds"),
+            "clock_control": {"allowed": mode == "sntp" and not guards, "guards": guards}}
+
+
 # -- POSIX TZ (IEEE 1003.1 8.3): std offset [dst [offset] [,start[/time],end[/time]]] ---
 
 _NAME = r"(?:<[A-Za-z0-9+-]{3,}>|[A-Za-z]{3,})"
