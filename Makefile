@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: setup
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q --durations=15 tests; rc=$$?; \
 	left=$$(ip netns list | awk '$$1 ~ /^dcmt/ {print $$1}'); \
 	if [ -n "$$left" ]; then echo "FAIL: the suite left namespaces behind: $$left"; rc=1; fi; \
 	exit $$rc
@@ -59,7 +59,7 @@ lint: venv
 
 FLAVOUR ?= dnsmasq
 # The boot state diagram, generated from agent/boot.py's table (Graphviz dot; an SVG too
-# when dot is installed).
+# when dot is installed). boot-states.dot is committed; a test fails when it differs.
 diagram: venv
 	$(PY) -m agent.boot > boot-states.dot
 	@if command -v dot >/dev/null; then dot -Tsvg boot-states.dot -o boot-states.svg; fi

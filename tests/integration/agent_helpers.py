@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import time
@@ -25,17 +26,27 @@ def dhcp_once(device, *extra: str, timeout: float = 90) -> dict:
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> dict | None:
-    """The next JSON line the process prints, or None after `timeout` seconds."""
+    """The next JSON line the process prints, or None after `timeout` seconds (or at
+    its end). Reads the raw descriptor into a buffer kept on the process, so a second
+    line that arrived in the same read is not lost (select() on a buffered text pipe
+    would not see it). Do not mix with proc.stdout.readline()."""
+    fd = proc.stdout.fileno()
+    buffer: bytearray = proc.__dict__.setdefault("_lines", bytearray())
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return None
-        return json.loads(line)
-    return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return json.loads(line)
 
 
 def ip_json(device, *args: str) -> list:

@@ -75,7 +75,7 @@ def test_a_hanging_lost_lease_handler_is_cut_off_at_the_grace(tmp_path):
     d = driver(tmp_path, log, handler)
     t0 = time.monotonic()
     asyncio.run(d._handle(LeaseLost(lease, "expired")))
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 20  # cut off, not the handler's 30 s
     assert log == [("remove", lease.address)]
 
 
