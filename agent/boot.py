@@ -2,18 +2,22 @@
 
 Theory of operation
 -------------------
-Boot is a sequence of steps — link, address (Annex F), time (Annex G), locate and
+Boot is a sequence of steps — start, link, address (Annex F), time (Annex G), locate and
 register with the directory (H.1), announce (H.2) — but the profiles run concurrently:
 registration with a fixed or saved title may finish while time is still syncing. So the
 machine keeps which steps are done, and the state it reports is the first step not
-done (CONTRACTS.md: "the state names the first unfinished step"). Conditions that let
-boot go on in a lesser way — the internal clock, no directory, a registration waiting
-for an administrator, a link-local address — are listed as `degraded`.
+done (CONTRACTS.md: "the state names the first unfinished step"); once the `stopped`
+step is done the state is `stopping`, whatever else is done. Conditions that let boot
+go on in a lesser way — the internal clock, no directory, a registration waiting for an
+administrator, a link-local address, a profile between restarts, an AE without a title —
+are listed as `degraded`.
 
-Every (state, event) pair the machine accepts is in TRANSITIONS, as data: the steps an
-event completes or undoes and the degraded conditions it sets or clears. An event with
-no entry for the current state is logged and counted, never raised: a daemon outlives
-surprises. `make diagram` draws the states from this table (diagram()).
+This module is the whole truth: every (state, event) pair the machine accepts is in
+TRANSITIONS, as data — the steps an event completes or undoes and the conditions it
+sets or clears. There is no other way to change the machine. An event with no entry for
+the current state is logged and counted, never raised: a daemon outlives surprises.
+`make diagram` draws the edges the table really has (diagram()), exploring every
+combination of done steps reachable from the start.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
-class BootState(enum.Enum):
+class BootState(enum.StrEnum):
     STARTING = "starting"
     WAITING_FOR_LINK = "waiting-for-link"
     ACQUIRING_ADDRESS = "acquiring-address"
@@ -38,7 +42,30 @@ class BootState(enum.Enum):
     STOPPING = "stopping"
 
 
-class Event(enum.Enum):
+class Step(enum.StrEnum):
+    STARTED = "started"
+    LINK = "link"
+    ADDRESS = "address"
+    TIME = "time"
+    LOCATED = "located"
+    REGISTERED = "registered"
+    ANNOUNCED = "announced"
+    STOPPED = "stopped"
+
+
+class Condition(enum.StrEnum):
+    """Degraded conditions (CONTRACTS.md `degraded`)."""
+
+    INTERNAL_CLOCK = "internal-clock"
+    DIRECTORY_CACHED = "directory-cached"
+    DIRECTORY_UNAVAILABLE = "directory-unavailable"
+    AWAITING_MANUAL_REGISTRATION = "awaiting-manual-registration"
+    AUTO_IP = "auto-ip"
+    PROFILE_FAILING = "profile-failing"
+    NO_TITLE = "no-title"
+
+
+class Event(enum.StrEnum):
     STARTED = "started"
     CARRIER_UP = "carrier-up"
     CARRIER_DOWN = "carrier-down"
@@ -48,69 +75,94 @@ class Event(enum.Enum):
     ADDRESS_CHANGED = "address-changed"
     TIME_SYNCED = "time-synced"
     TIME_INTERNAL = "time-internal"  # no server answered: the internal clock
-    DIRECTORY_LOCATED = "directory-located"
+    DIRECTORY_LOCATED = "directory-located"  # a server with the DICOM root: registering
     DIRECTORY_REGISTERED = "directory-registered"
     DIRECTORY_AWAITING = "directory-awaiting-manual-registration"
     DIRECTORY_UNAVAILABLE = "directory-unavailable"
+    DIRECTORY_CACHED = "directory-cached"  # unavailable, lookups served from the cache
     DIRECTORY_DISABLED = "directory-disabled"
+    TITLES_MISSING = "titles-missing"  # an AE has no title and none can be had now
+    TITLES_KNOWN = "titles-known"
     ANNOUNCED = "announced"
-    WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, stop)
+    WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, conflict)
+    PROFILE_FAILING = "profile-failing"  # a supervised task died and waits to restart
+    PROFILES_HEALTHY = "profiles-healthy"  # no task is between restarts
     STOP = "stop"
 
 
 # The steps in boot order and the state that names each while it is not done.
-STEPS = (("link", BootState.WAITING_FOR_LINK), ("address", BootState.ACQUIRING_ADDRESS),
-         ("time", BootState.SYNCING_TIME), ("located", BootState.LOCATING_DIRECTORY),
-         ("registered", BootState.REGISTERING), ("announced", BootState.ANNOUNCING))
-DEGRADED = ("internal-clock", "directory-cached", "directory-unavailable",
-            "awaiting-manual-registration", "auto-ip")
+STEPS = ((Step.STARTED, BootState.STARTING), (Step.LINK, BootState.WAITING_FOR_LINK),
+         (Step.ADDRESS, BootState.ACQUIRING_ADDRESS), (Step.TIME, BootState.SYNCING_TIME),
+         (Step.LOCATED, BootState.LOCATING_DIRECTORY),
+         (Step.REGISTERED, BootState.REGISTERING), (Step.ANNOUNCED, BootState.ANNOUNCING))
+# Steps whose being done names the state before any unfinished one.
+FINAL = ((Step.STOPPED, BootState.STOPPING),)
 
 
 @dataclass(frozen=True)
 class Effect:
-    done: frozenset[str] = frozenset()
-    undone: frozenset[str] = frozenset()
-    degrade: frozenset[str] = frozenset()
-    recover: frozenset[str] = frozenset()
+    done: frozenset[Step] = frozenset()
+    undone: frozenset[Step] = frozenset()
+    degrade: frozenset[Condition] = frozenset()
+    recover: frozenset[Condition] = frozenset()
 
 
-def _e(done: str = "", undone: str = "", degrade: str = "", recover: str = "") -> Effect:
-    return Effect(frozenset(done.split()), frozenset(undone.split()),
-                  frozenset(degrade.split()), frozenset(recover.split()))
+def _e(done=(), undone=(), degrade=(), recover=()) -> Effect:
+    return Effect(frozenset(done), frozenset(undone), frozenset(degrade), frozenset(recover))
 
 
+S, C = Step, Condition
 _ANY = frozenset(BootState) - {BootState.STOPPING}
 _RUNNING = _ANY - {BootState.STARTING}
 _ADDRESSED = frozenset({BootState.SYNCING_TIME, BootState.LOCATING_DIRECTORY,
                         BootState.REGISTERING, BootState.ANNOUNCING, BootState.READY})
-_DIRECTORY = "directory-cached directory-unavailable awaiting-manual-registration"
+_DIRECTORY = (C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE, C.AWAITING_MANUAL_REGISTRATION)
 
 # event -> (states it is accepted in, its effect)
 TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
-    Event.STARTED: (frozenset({BootState.STARTING}), _e()),
-    Event.CARRIER_UP: (_RUNNING | {BootState.STARTING}, _e(done="link")),
-    Event.CARRIER_DOWN: (_RUNNING | {BootState.STARTING}, _e(undone="link")),
+    Event.STARTED: (frozenset({BootState.STARTING}), _e(done=[S.STARTED])),
+    Event.CARRIER_UP: (_RUNNING, _e(done=[S.LINK])),
+    Event.CARRIER_DOWN: (_RUNNING, _e(undone=[S.LINK])),
     # A lease, or a link-local address, is an address; the link must be up to get one.
-    Event.LEASE_BOUND: (_RUNNING, _e(done="link address", recover="auto-ip")),
-    Event.AUTO_IP: (_RUNNING, _e(done="link address", degrade="auto-ip")),
-    # Lease lost: advertisements are withdrawn and the address is to be found again.
-    Event.LEASE_LOST: (_ADDRESSED, _e(undone="address announced")),
-    Event.ADDRESS_CHANGED: (_ADDRESSED, _e(undone="announced")),  # re-announce
-    Event.TIME_SYNCED: (_RUNNING, _e(done="time", recover="internal-clock")),
-    Event.TIME_INTERNAL: (_RUNNING, _e(done="time", degrade="internal-clock")),
-    Event.DIRECTORY_LOCATED: (_RUNNING, _e(done="located", recover=_DIRECTORY)),
-    Event.DIRECTORY_REGISTERED: (_RUNNING, _e(done="located registered", recover=_DIRECTORY)),
-    Event.DIRECTORY_AWAITING: (_RUNNING, _e(done="located registered",
-                                            degrade="awaiting-manual-registration",
-                                            recover="directory-cached directory-unavailable")),
-    Event.DIRECTORY_UNAVAILABLE: (_RUNNING, _e(done="located registered",
-                                               degrade="directory-unavailable",
-                                               recover="awaiting-manual-registration")),
-    Event.DIRECTORY_DISABLED: (_RUNNING, _e(done="located registered", recover=_DIRECTORY)),
-    Event.ANNOUNCED: (_ADDRESSED, _e(done="announced")),
-    Event.WITHDRAWN: (_ANY, _e(undone="announced")),
-    Event.STOP: (_ANY, _e()),
+    Event.LEASE_BOUND: (_RUNNING, _e(done=[S.LINK, S.ADDRESS], recover=[C.AUTO_IP])),
+    Event.AUTO_IP: (_RUNNING, _e(done=[S.LINK, S.ADDRESS], degrade=[C.AUTO_IP])),
+    # Lease lost (also while the link is down): advertisements are withdrawn and the
+    # address is to be found again.
+    Event.LEASE_LOST: (_RUNNING, _e(undone=[S.ADDRESS, S.ANNOUNCED])),
+    Event.ADDRESS_CHANGED: (_RUNNING, _e(undone=[S.ANNOUNCED])),  # re-announce
+    Event.TIME_SYNCED: (_RUNNING, _e(done=[S.TIME], recover=[C.INTERNAL_CLOCK])),
+    Event.TIME_INTERNAL: (_RUNNING, _e(done=[S.TIME], degrade=[C.INTERNAL_CLOCK])),
+    Event.DIRECTORY_LOCATED: (_RUNNING, _e(done=[S.LOCATED], undone=[S.REGISTERED],
+                                           recover=_DIRECTORY)),
+    Event.DIRECTORY_REGISTERED: (_RUNNING, _e(done=[S.LOCATED, S.REGISTERED],
+                                              recover=_DIRECTORY)),
+    Event.DIRECTORY_AWAITING: (_RUNNING, _e(
+        done=[S.LOCATED, S.REGISTERED], degrade=[C.AWAITING_MANUAL_REGISTRATION],
+        recover=[C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE])),
+    Event.DIRECTORY_UNAVAILABLE: (_RUNNING, _e(
+        done=[S.LOCATED, S.REGISTERED], degrade=[C.DIRECTORY_UNAVAILABLE],
+        recover=[C.AWAITING_MANUAL_REGISTRATION, C.DIRECTORY_CACHED])),
+    Event.DIRECTORY_CACHED: (_RUNNING, _e(
+        done=[S.LOCATED, S.REGISTERED],
+        degrade=[C.DIRECTORY_UNAVAILABLE, C.DIRECTORY_CACHED],
+        recover=[C.AWAITING_MANUAL_REGISTRATION])),
+    Event.DIRECTORY_DISABLED: (_RUNNING, _e(done=[S.LOCATED, S.REGISTERED],
+                                            recover=_DIRECTORY)),
+    Event.TITLES_MISSING: (_ANY, _e(degrade=[C.NO_TITLE])),
+    Event.TITLES_KNOWN: (_ANY, _e(recover=[C.NO_TITLE])),
+    Event.ANNOUNCED: (_ADDRESSED, _e(done=[S.ANNOUNCED])),
+    Event.WITHDRAWN: (_ANY, _e(undone=[S.ANNOUNCED])),
+    Event.PROFILE_FAILING: (_ANY, _e(degrade=[C.PROFILE_FAILING])),
+    Event.PROFILES_HEALTHY: (_ANY, _e(recover=[C.PROFILE_FAILING])),
+    Event.STOP: (_ANY, _e(done=[S.STOPPED])),
 }
+
+
+def state_of(done: frozenset[Step] | set[Step]) -> BootState:
+    for step, state in FINAL:
+        if step in done:
+            return state
+    return next((state for step, state in STEPS if step not in done), BootState.READY)
 
 
 class BootMachine:
@@ -118,9 +170,9 @@ class BootMachine:
     last event changed what a status snapshot shows."""
 
     def __init__(self) -> None:
-        self.state = BootState.STARTING
-        self.done: set[str] = set()
-        self.degraded: set[str] = set()
+        self.done: set[Step] = set()
+        self.degraded: set[Condition] = set()
+        self.state = state_of(self.done)
         self.ignored: Counter[str] = Counter()
         self.changed = False
 
@@ -136,40 +188,47 @@ class BootMachine:
         self.done -= effect.undone
         self.degraded |= effect.degrade
         self.degraded -= effect.recover
-        if event is Event.STOP:
-            new = BootState.STOPPING
-        else:
-            new = next((state for step, state in STEPS if step not in self.done),
-                       BootState.READY)
+        new = state_of(self.done)
         if new is not self.state:
             log.info("%s -> %s (%s)", self.state.value, new.value, event.value)
         self.state = new
         self.changed = (self.state, frozenset(self.degraded)) != before
         return self.state
 
-    def set_degraded(self, condition: str, present: bool) -> None:
-        """For conditions the profiles report outside the table (directory-cached)."""
-        (self.degraded.add if present else self.degraded.discard)(condition)
+
+def reachable(events: frozenset[Event] | set[Event] = frozenset(Event)
+              ) -> tuple[set[BootState], set[tuple[BootState, Event, BootState]]]:
+    """Every state reachable from a new machine through any sequence of `events`, and
+    every edge (state, event, other state) taken on the way. Effects never depend on the
+    degraded conditions, so exploring the sets of done steps is exhaustive."""
+    start = frozenset(BootMachine().done)
+    seen, todo = {start}, [start]
+    states, edges = {state_of(start)}, set()
+    while todo:
+        done = todo.pop()
+        here = state_of(done)
+        for event, (accepted, effect) in TRANSITIONS.items():
+            if here not in accepted or event not in events:
+                continue
+            after = (done | effect.done) - effect.undone
+            there = state_of(after)
+            states.add(there)
+            if there is not here:
+                edges.add((here, event, there))
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return states, edges
 
 
 def diagram() -> str:
-    """A Graphviz digraph of the states, computed from TRANSITIONS: from each state (its
-    earlier steps done, later ones not), the state each accepted event leads to."""
+    """A Graphviz digraph of the edges the table really has (see reachable())."""
+    _, edges = reachable()
+    order = list(BootState)
     lines = ["digraph boot {", "  rankdir=LR; node [shape=box, style=rounded];"]
-    order = [s for _, s in STEPS]
-    for state in BootState:
-        for event, (accepted, _) in TRANSITIONS.items():
-            if state not in accepted:
-                continue
-            machine = BootMachine()
-            machine.state = state
-            if state in order:
-                machine.done = {step for step, _ in STEPS[:order.index(state)]}
-            elif state is BootState.READY:
-                machine.done = {step for step, _ in STEPS}
-            target = machine.handle(event)
-            if target is not state:
-                lines.append(f'  "{state.value}" -> "{target.value}" [label="{event.value}"];')
+    for here, event, there in sorted(edges, key=lambda e: (order.index(e[0]),
+                                                          order.index(e[2]), e[1].value)):
+        lines.append(f'  "{here.value}" -> "{there.value}" [label="{event.value}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

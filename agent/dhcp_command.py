@@ -8,56 +8,36 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from agent.address import EVENT_NAMES, Address
 from agent.config import (
     AgentSettings,
     NetworkSettings,
-    dhcp_client_settings,
     hostname_problem,
     interface_problem,
     load_config,
 )
 from profiles.errors import ConfigError
-from profiles.network_address.client import (
-    AddressChanged,
-    AddressDeclined,
-    DhcpClient,
-    DhcpEvent,
-    LeaseBound,
-    LeaseExpiring,
-    LeaseLost,
-    LeaseRenewed,
-    generate_client_id,
-)
-from profiles.network_address.driver import (
-    AutoIpConfigured,
-    AutoIpRemoved,
-    DhcpDriver,
-    Paths,
-    boottime,
-    load_or_make_client_id,
-    load_saved_lease,
-)
-from profiles.network_address.netlink import Netlink
-
-EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",
-               LeaseExpiring: "lease-expiring", LeaseLost: "lease-lost",
-               AddressChanged: "address-changed", AddressDeclined: "address-declined"}
+from profiles.network_address.client import DhcpEvent, LeaseBound
+from profiles.network_address.driver import AutoIpConfigured, AutoIpRemoved, boottime
 
 
-def _settings(args: argparse.Namespace) -> tuple[NetworkSettings, AgentSettings] | str:
-    """Config file first, flags over it; a usage error comes back as its message."""
+def _settings(args: argparse.Namespace
+              ) -> tuple[NetworkSettings, AgentSettings, int | None] | str:
+    """Config file first, flags over it; a usage error comes back as its message. The
+    preset UTC offset (Table F.1-2's default for option 2) is `time.utc_offset` of the
+    configuration, as in the daemon; none without a configuration."""
+    preset = None
     if args.config:
         try:
             config = load_config(args.config)
         except ConfigError as exc:
             return "\n".join(exc.lines())
-        network, agent = config.network, config.agent
+        network, agent, preset = config.network, config.agent, config.time.utc_offset
     else:
         if not args.interface:
             return "dhcp: --interface is needed without --config"
@@ -77,7 +57,7 @@ def _settings(args: argparse.Namespace) -> tuple[NetworkSettings, AgentSettings]
     network = replace(network, **changes)
     if args.state_dir:
         agent = replace(agent, state_dir=Path(args.state_dir))
-    return network, agent
+    return network, agent, preset
 
 
 def run_dhcp_command(args: argparse.Namespace) -> int:
@@ -87,9 +67,9 @@ def run_dhcp_command(args: argparse.Namespace) -> int:
     if isinstance(got, str):
         print(got, file=sys.stderr)
         return 2
-    network, agent = got
+    network, agent, preset = got
     try:
-        return asyncio.run(_run(args, network, agent))
+        return asyncio.run(_run(args, network, agent, preset))
     except KeyboardInterrupt:
         return 1
     except OSError as exc:
@@ -97,67 +77,63 @@ def run_dhcp_command(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _run(args: argparse.Namespace, network: NetworkSettings,
-               agent: AgentSettings) -> int:
-    rng = random.Random(os.urandom(16))
-    paths = Paths(agent.state_dir, agent.runtime_dir, network.interface)
-    netlink = await Netlink.open(network.interface)
-    try:
-        client_id = network.client_id or load_or_make_client_id(
-            paths, lambda: generate_client_id(network.interface, rng))
-        client = DhcpClient(dhcp_client_settings(network, await netlink.mac(), client_id), rng)
-        bound = asyncio.Event()
+async def _run(args: argparse.Namespace, network: NetworkSettings, agent: AgentSettings,
+               preset: int | None) -> int:
+    bound = asyncio.Event()
+    address: Address
 
-        async def on_event(event: DhcpEvent | AutoIpConfigured | AutoIpRemoved) -> None:
-            if isinstance(event, AutoIpConfigured | AutoIpRemoved) and not args.once:
-                print(json.dumps({
-                    "event": "auto-ip" if isinstance(event, AutoIpConfigured)
-                    else "auto-ip-removed", "state": client.state.value,
-                    "interface": network.interface, "address": event.address, "prefix": 16,
-                    **({"reason": event.reason} if isinstance(event, AutoIpRemoved) else {})}),
-                    flush=True)
-                return
-            name = EVENT_NAMES.get(type(event))
-            if name is None:
-                return
-            if args.once:
-                if isinstance(event, LeaseBound):
-                    bound.set()
-                return
-            lease = event.lease if hasattr(event, "lease") else None
-            line = {"event": name}
-            if lease is not None:
-                line.update(lease.to_json(client.state.value, network.interface, boottime()))
-            print(json.dumps(line), flush=True)
-
-        driver = DhcpDriver(client, paths, netlink, on_event, grace=agent.hook_timeout,
-                            rng=rng,
-                            # --once leaves the lease in place: no RELEASE on its way out
-                            release_on_stop=network.release_on_stop and not args.once)
-        saved, same_boot = load_saved_lease(paths)
-        task = asyncio.create_task(driver.run(saved=saved, same_boot=same_boot))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, driver.stop)
+    async def on_event(event: DhcpEvent | AutoIpConfigured | AutoIpRemoved) -> None:
+        if isinstance(event, AutoIpConfigured | AutoIpRemoved) and not args.once:
+            print(json.dumps({
+                "event": "auto-ip" if isinstance(event, AutoIpConfigured)
+                else "auto-ip-removed", "state": address.state,
+                "interface": network.interface, "address": event.address, "prefix": 16,
+                **({"reason": event.reason} if isinstance(event, AutoIpRemoved) else {})}),
+                flush=True)
+            return
+        name = EVENT_NAMES.get(type(event))
+        if name is None:
+            return
         if args.once:
-            try:
-                await asyncio.wait_for(bound.wait(), args.timeout or 60.0)
-            except TimeoutError:
-                state = client.state.value
-                driver.stop()
-                await task
-                print(f"dhcp: no lease on {network.interface} within "
-                      f"{args.timeout or 60.0:g} s (state {state})", file=sys.stderr)
-                return 1
-            lease = client.lease
-            driver.stop()
-            await task
-            _print_lease(lease.to_json("bound", network.interface, boottime()), args.json)
-            return 0
+            if isinstance(event, LeaseBound):
+                bound.set()
+            return
+        lease = event.lease if hasattr(event, "lease") else None
+        line = {"event": name}
+        if lease is not None:
+            line.update(lease.to_json(address.state, network.interface, boottime()))
+        print(json.dumps(line), flush=True)
+
+    # --once leaves the lease in place: no RELEASE on its way out
+    address = Address(network, agent, preset, on_event, grace=agent.hook_timeout,
+                      release_on_stop=network.release_on_stop and not args.once)
+    task = asyncio.create_task(address.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, address.stop)
+    if not args.once:
         await task
         return 0
-    finally:
-        netlink.close()
+    waiter = asyncio.create_task(bound.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=args.timeout or 60.0,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if task in done:  # the driver ended by itself: its error says why
+        waiter.cancel()
+        task.result()
+        return 1
+    if waiter not in done:
+        waiter.cancel()
+        state = address.state
+        address.stop()
+        await task
+        print(f"dhcp: no lease on {network.interface} within "
+              f"{args.timeout or 60.0:g} s (state {state})", file=sys.stderr)
+        return 1
+    lease = address.client.lease
+    address.stop()
+    await task
+    _print_lease(lease.to_json("bound", network.interface, boottime()), args.json)
+    return 0
 
 
 def _print_lease(data: dict, as_json: bool) -> None:

@@ -58,8 +58,10 @@ def may_mutate(uid: int, gid: int, status_group: str | None) -> bool:
 
 class StatusServer:
     def __init__(self, path: Path, snapshot: Callable[[], dict], handlers: dict[str, Handler],
-                 status_group: str | None = None):
+                 status_group: str | None = None,
+                 on_error: Callable[[BaseException], None] | None = None):
         self.path = path
+        self.on_error = on_error
         self.snapshot = snapshot
         self.handlers = handlers
         self.status_group = status_group
@@ -89,13 +91,27 @@ class StatusServer:
 
     def changed(self) -> None:
         """Something a snapshot shows has changed: every watcher gets a new line."""
-        snap = self.snapshot()
+        if not self._watchers:
+            return
+        try:
+            snap = self.snapshot()
+        except Exception as exc:
+            self._internal(exc)
+            return
         for queue in self._watchers:
             if queue.qsize() < 16:  # a watcher that does not read is not waited for
                 queue.put_nowait(snap)
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+
+    def _internal(self, exc: BaseException) -> dict:
+        """A fault of the daemon behind a request: answered, counted, reported once."""
+        self._count("internal")
+        log.error("status socket: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        if self.on_error is not None:
+            self.on_error(exc)
+        return error("internal", f"{type(exc).__name__}: {exc}"[:300])
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -113,7 +129,12 @@ class StatusServer:
                     return
                 except asyncio.IncompleteReadError:
                     return
-                reply = await self._request(line, uid, gid, writer)
+                try:
+                    reply = await self._request(line, uid, gid, writer)
+                except (ConnectionError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # never the daemon's end: the client is told
+                    reply = self._internal(exc)
                 if reply is None:  # a watch ended
                     return
                 await _send(writer, reply)

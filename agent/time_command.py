@@ -8,23 +8,14 @@ import asyncio
 import json
 import logging
 import os
-import random
-import socket
 import sys
-import time
 from pathlib import Path
 
 from agent.config import AgentSettings, TimeSettings, load_config
+from agent.timekeeping import Timekeeping
 from profiles.errors import ConfigError
 from profiles.network_address.driver import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import ResolveError, Resolver
-from profiles.time_sync import chrony
-from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
-from profiles.time_sync.sntp import SntpClient
-from profiles.time_sync.sources import choose_servers, offset_and_control
-
-CHRONY_WAIT = 20.0  # s for chronyd to select a source after a reload
 
 
 def _saved_lease(state_dir: Path, interface: str | None) -> Lease | str | None:
@@ -38,23 +29,6 @@ def _saved_lease(state_dir: Path, interface: str | None) -> Lease | str | None:
         return None
     lease, _ = load_saved_lease(Paths(state_dir, state_dir, files[0].name[6:-5]))
     return lease
-
-
-async def _resolve(names: list[str], lease: Lease | None) -> tuple[list[str], list[str]]:
-    """Addresses for the servers (names through the F.1.1 resolver), and what failed."""
-    resolver = Resolver(lease.dns if lease else (), lease.search if lease else ())
-    addresses, failed = [], []
-    for name in names:
-        try:
-            if lease and lease.dns:
-                addresses += (await resolver.addresses(name))[:1]
-            else:
-                info = await asyncio.get_running_loop().getaddrinfo(name, None,
-                                                                    family=socket.AF_INET)
-                addresses.append(info[0][4][0])
-        except (ResolveError, OSError) as exc:
-            failed.append(f"{name}: {exc}")
-    return addresses, failed
 
 
 def run_time_command(args: argparse.Namespace) -> int:
@@ -80,64 +54,14 @@ def run_time_command(args: argparse.Namespace) -> int:
         print(lease, file=sys.stderr)
         return 2
     mode = args.mode or "observe"  # the config's mode only when --mode says so
-    report = asyncio.run(_run(args, settings, mode, lease, interface or "eth0"))
+    manual = [s for s in (args.servers or "").split(",") if s]
+    keeper = Timekeeping(settings, mode, interface or "eth0")
+    report = asyncio.run(keeper.once(lease, manual or None))
     if args.json:
         print(json.dumps(report))
     else:
         _print(report)
     return 0 if report["synced"] or any(s["accepted"] for s in report["servers"]) else 1
-
-
-async def _run(args: argparse.Namespace, settings: TimeSettings, mode: str,
-               lease: Lease | None, interface: str) -> dict:
-    heard = []
-    if settings.broadcast_discovery and not args.servers:
-        heard = await hear_broadcasts(settings.broadcast_window)
-    manual = [s for s in (args.servers or "").split(",") if s] or list(settings.servers)
-    if args.servers:
-        source, names = "manual", manual
-    else:
-        source, names = choose_servers(heard, lease.ntp if lease else (), manual)
-    addresses, failed = await _resolve(names, lease)
-    report = {"mode": mode, "source": source if addresses else "internal", "servers": [],
-              "selected": None, "offset_ms": None, "synced": False,
-              **offset_and_control(lease, settings.utc_offset, mode, time.time()),
-              "correction": None, "unresolved": failed}
-    if not addresses:
-        return report
-    if mode == "chrony":
-        await chrony.hand_over(settings.chrony_sourcedir, interface, addresses,
-                               settings.chronyc_socket)
-        report["chrony"] = state = await _chrony_settled(settings.chronyc_socket)
-        selected = [s for s in state["sources"] if s["state"] == "selected"]
-        report["servers"] = [{"address": s["address"], "offset_ms": s["offset_ms"],
-                              "delay_ms": None, "stratum": s["stratum"],
-                              "accepted": s["state"] in ("selected", "combined"),
-                              "reason": None if s["state"] in ("selected", "combined")
-                              else s["state"]} for s in state["sources"]]
-        report["selected"] = selected[0]["address"] if selected else None
-        report["synced"] = bool(selected) and state["tracking"]["leap"] != "Not synchronised"
-        report["offset_ms"] = state["tracking"]["offset_ms"]
-        report["clock_control"]["allowed"] = False  # chronyd's business
-        return report
-    core = SntpClient(random.Random(os.urandom(16)), settings.step_threshold_ms / 1000,
-                      SystemClock(), may_adjust=report["clock_control"]["allowed"])
-    result = await SntpDriver(core).round(addresses)
-    report.update(servers=list(result.servers), selected=result.selected,
-                  offset_ms=None if result.offset is None else round(result.offset * 1000, 3),
-                  synced=result.synced, correction=result.correction)
-    return report
-
-
-async def _chrony_settled(socket_path: Path) -> dict:
-    """chronyd's state once it has selected a source (or CHRONY_WAIT has passed)."""
-    deadline = time.monotonic() + CHRONY_WAIT
-    while True:
-        state = await chrony.state(socket_path)
-        if any(s["state"] == "selected" for s in state["sources"]) \
-                or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.5)
 
 
 def _print(report: dict) -> None:
@@ -157,5 +81,9 @@ def _print(report: dict) -> None:
     print("  clock control: " + ("allowed" if control["allowed"] else
                                  "off (" + ("; ".join(control["guards"]) or report["mode"])
                                  + ")"))
+    if report.get("utc_offset_reason"):
+        print(f"  passed over: {report['utc_offset_reason']}")
     for failure in report["unresolved"]:
         print(f"  unresolved: {failure}")
+    if report.get("last_error"):
+        print(f"  error: {report['last_error']}")

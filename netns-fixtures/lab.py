@@ -521,6 +521,7 @@ class Lab:
                         for name, prio, weight, port, target in self._dns_names())
         hosts = "\n".join(f"host-record={name}.{DOMAIN},{addr}" for name, addr in HOSTS.items())
         (d / "hosts").touch()
+        (d / "device-options.conf").touch()
         (d / "dnsmasq.conf").write_text(_template(
             "dnsmasq.conf", run=self.run, lease_time=self.lease_time,
             srv_records=srv, host_records=hosts))
@@ -605,6 +606,21 @@ class Lab:
         with open(self.run / "dnsmasq" / "hosts", "a") as fh:
             fh.write(f"{mac},{address}\n")
         self.dhcp_procs[-1].send_signal(signal.SIGHUP)
+
+    def device_options(self, mac: str, options: dict[int, str]) -> None:
+        """Send `mac` these options from now on, each value as dnsmasq's dhcp-option
+        writes it (a misconfigured or hostile server, for one device only; a tagged
+        option replaces the global one of its code). dnsmasq restarts to read them, its
+        leases kept. Device indices are never reused in a lab, so nothing else gets them."""
+        if self.flavour != "dnsmasq":
+            raise LabError("device_options needs the dnsmasq flavour")
+        tag = "opts" + mac.replace(":", "")
+        with open(self.run / "dnsmasq" / "device-options.conf", "a") as fh:
+            fh.write(f"dhcp-host={mac},set:{tag}\n")
+            fh.writelines(f"dhcp-option=tag:{tag},{code},{value}\n"
+                          for code, value in options.items())
+        self.stop_dhcp_server()
+        self.start_dhcp_server()
 
     def dhcp_log(self) -> str:
         return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")

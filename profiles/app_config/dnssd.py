@@ -38,11 +38,13 @@ class Service:
                 "txt": dict(self.txt)}
 
 
-def services(device: Device, titles: list[str]) -> list[Service]:
-    """What this device advertises (titles[i] is device.aes[i]'s title)."""
+def services(device: Device, titles: list[str | None]) -> list[Service]:
+    """What this device advertises (titles[i] is device.aes[i]'s title; an AE with no
+    title — None, or missing from a short list — is not advertised)."""
     out: list[Service] = []
-    for ae, title in zip(device.aes, titles, strict=True):
-        if not ae.association_acceptor:
+    for i, ae in enumerate(device.aes):
+        title = titles[i] if i < len(titles) else None
+        if title is None or not ae.association_acceptor:
             continue
         for name in ae.connections:
             conn = device.connection(name)

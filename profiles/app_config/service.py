@@ -2,8 +2,12 @@
 registration kept up to date, lookups answered (from the cache when the directory is
 away). ldap3 is synchronous, so every operation runs in a thread, never on the loop.
 
-States (CONTRACTS.md): locating, registering, registered, awaiting-manual-registration,
-unavailable, cached (lookups served from the cache), disabled.
+States (CONTRACTS.md): locating, registering (a server with the DICOM root was found),
+registered, awaiting-manual-registration, unavailable, cached (unavailable, lookups
+served from the cache), disabled. `on_state(new, old)` hears every change, and every
+successful registration (titles may have changed).
+
+The daemon and the standalone `directory` commands both run this class.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from profiles.app_config.model import Device
 log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0  # s, while no directory can be reached
 
-Candidates = Callable[[], Awaitable[list[tuple[str, str | None]]]]
+# -> (SRV records in the order tried, (URL, address) pairs to try)
+Candidates = Callable[[], Awaitable[tuple[list[dict], list[tuple[str, str | None]]]]]
+OnState = Callable[[str, str], Awaitable[None]]
 
 
 class DirectoryService:
@@ -50,17 +56,25 @@ class DirectoryService:
         self.base: str | None = self.saved.get("base_dn")
         self.reconnects = 0
         self.last_error: str | None = None
+        self.srv_records: list[dict] = []
+        self.tried: list[dict] = []
+        self.last: Registration | None = None
+        self.adopted = False  # the last registration took over an entry made elsewhere
+        self.on_state: OnState | None = None
         self._dir: Directory | None = None
 
     # -- connection ------------------------------------------------------------------------
 
-    async def _connect(self) -> Directory:
-        urls = await self.candidates()
+    async def locate(self) -> Directory:
+        """Connect to the first candidate holding a DICOM configuration root (H.1.4.1)."""
+        self.srv_records, urls = await self.candidates()
+        # Where the DICOM tree was found last time comes first (H.1.2 note: remember it).
         if self.server and self.server not in [u for u, _ in urls]:
-            urls.insert(0, (self.server, None))  # where the tree was found last time
+            urls.insert(0, (self.server, None))
         elif self.server:
             urls.sort(key=lambda pair: pair[0] != self.server)
         conn, url, base, tried = await asyncio.to_thread(find_directory, urls, self.security)
+        self.tried = tried
         if conn is None:
             raise DirectoryError("no DICOM configuration root: " + "; ".join(
                 f"{t['url']}: {t['result']}" for t in tried))
@@ -71,7 +85,7 @@ class DirectoryService:
     async def call(self, operation: Callable[..., object], *args: object) -> object:
         """Run `operation(directory, *args)` in a thread; reconnect once if it dropped."""
         for attempt in (1, 2):
-            directory = self._dir or await self._connect()
+            directory = self._dir or await self.locate()
             try:
                 return await asyncio.to_thread(operation, directory, *args)
             except ConnectionLost as exc:
@@ -89,11 +103,24 @@ class DirectoryService:
 
     # -- registration ----------------------------------------------------------------------
 
+    async def _set_state(self, state: str) -> str:
+        old, self.state = self.state, state
+        if self.on_state is not None and (state != old or state == "registered"):
+            await self.on_state(state, old)
+        return state
+
+    def _has_cache(self) -> bool:
+        directory = self.cache.directory
+        return directory.is_dir() and any(directory.glob("*.json"))
+
     async def register(self, hostnames: dict[str, str]) -> str:
         """One registration attempt; returns (and sets) the resulting state."""
-        self.state = "registering" if self.state != "awaiting-manual-registration" \
-            else self.state
+        previous_dn = self.saved.get("device_dn")
         try:
+            if self._dir is None:
+                await self.locate()
+            if self.state in ("locating", "unavailable", "cached"):
+                await self._set_state("registering")
             result: Registration = await self.call(
                 lambda d: d.register(self.device, hostnames, self.saved.get("titles", []),
                                      self.attempts))
@@ -103,33 +130,28 @@ class DirectoryService:
                 self.device, self.attempts, self.base, hostnames,
                 self.saved.get("titles", [])).encode())
             self.last_error = str(exc)
-            self.state = "awaiting-manual-registration"
-            return self.state
+            return await self._set_state("awaiting-manual-registration")
         except DirectoryError as exc:
             self.last_error = str(exc)
-            self.state = "unavailable"
-            return self.state
+            return await self._set_state("cached" if self._has_cache() else "unavailable")
         self.saved = {"server": self.server, "base_dn": self.base,
                       "device_dn": result.device_dn, "titles": result.titles}
         statefile.write_json(self.state_dir / "directory.json", self.saved)
         manual_ldif_path(self.state_dir, self.device).unlink(missing_ok=True)
+        # Found by name but registered by this device before: not an adoption.
+        self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
         self.last_error = None
-        self.state = "registered"
-        return self.state
+        return await self._set_state("registered")
 
     async def maintain(self, hostnames: Callable[[], dict[str, str]],
-                       changed: asyncio.Event | None = None,
-                       on_state: Callable[[str], Awaitable[None]] | None = None) -> None:
+                       changed: asyncio.Event | None = None) -> None:
         """Keep the registration: retry while unavailable (backing off), check every
         refresh_interval while awaiting an administrator, refresh when registered, and
         at once when `changed` is set (the address or name changed)."""
         retry = RETRY_MIN
         while True:
-            before = self.state
             state = await self.register(hostnames())
-            if on_state is not None and state != before:
-                await on_state(state)
-            if state == "unavailable":
+            if state in ("unavailable", "cached"):
                 wait, retry = retry, min(retry * 2, RETRY_MAX)
             else:
                 wait, retry = self.refresh_interval, RETRY_MIN

@@ -225,6 +225,7 @@ class DhcpDriver:
         loop.add_reader(self._udp.fileno(), self._reader("udp", self._udp))
         monitor = self._open_link_monitor()
         loop.add_reader(monitor.fileno(), self._reader("link", monitor))
+        asked_to_stop = False
         try:
             self.client.start(boottime(), saved=saved, same_boot=same_boot,
                               wall_now=time.time())
@@ -246,6 +247,7 @@ class DhcpDriver:
                 except TimeoutError:
                     kind, data = "timer", b""
                 if kind == "stop":
+                    asked_to_stop = True
                     break
                 now = boottime()
                 if kind == "renew":
@@ -276,11 +278,16 @@ class DhcpDriver:
                     self._link_local.handle_timer(now)
                     await self._link_local_changed(now)
                 await self._flush()
+        except asyncio.CancelledError:
+            asked_to_stop = True  # the daemon's orderly stop
+            raise
         finally:
             if self._link_local_address is not None:
                 await self._stop_link_local("stopped")
             if self.client.state is not DhcpState.STOPPED:
-                self.client.stop(boottime(), release=self.release_on_stop)
+                # RELEASE only on a stop asked for: a run ended by a fault is restarted
+                # and resumes from the saved lease.
+                self.client.stop(boottime(), release=self.release_on_stop and asked_to_stop)
                 self._send_datagrams()
             self._close_prober()
             for sock in (self._udp, monitor):

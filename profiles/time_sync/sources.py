@@ -37,39 +37,74 @@ def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
     return "internal", []
 
 
+MAX_OFFSET = 86399  # s: a UTC offset is less than a day (datetime.timezone's own bound)
+
+
 def utc_offset(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
                preset: int, now: float, zoneinfo_dir: Path = ZONEINFO
                ) -> tuple[int, str | None, str]:
     """(seconds east of UTC now, the tz shown, which source) by G.1.1.4's order."""
-    if tz_name and _TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
-        path = zoneinfo_dir / tz_name
-        if path.is_file() and path.resolve().is_relative_to(zoneinfo_dir.resolve()):
-            try:
-                with path.open("rb") as fh:
-                    zone = zoneinfo.ZoneInfo.from_file(fh, key=tz_name)
-                offset = dt.datetime.fromtimestamp(now, dt.UTC).astimezone(zone).utcoffset()
-                return int(offset.total_seconds()), tz_name, "dhcp-tz-name"
-            except (ValueError, OSError):
-                pass
+    offset, tz, source, _ = utc_offset_why(tz_name, tz_posix, time_offset, preset, now,
+                                           zoneinfo_dir)
+    return offset, tz, source
+
+
+def utc_offset_why(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
+                   preset: int, now: float, zoneinfo_dir: Path = ZONEINFO
+                   ) -> tuple[int, str | None, str, str | None]:
+    """utc_offset(), plus why a value the server sent was passed over (None when none
+    was): a value that cannot be evaluated falls through to the next source, never
+    raises (PS3.15 G.1.1.4-5)."""
+    reasons = []
+    if tz_name:
+        if _TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
+            path = zoneinfo_dir / tz_name
+            if path.is_file() and path.resolve().is_relative_to(zoneinfo_dir.resolve()):
+                try:
+                    with path.open("rb") as fh:
+                        zone = zoneinfo.ZoneInfo.from_file(fh, key=tz_name)
+                    offset = dt.datetime.fromtimestamp(now, dt.UTC).astimezone(
+                        zone).utcoffset()
+                    return int(offset.total_seconds()), tz_name, "dhcp-tz-name", None
+                except (ValueError, OSError, OverflowError):
+                    pass
+        reasons.append(f"option 101 {tz_name[:64]!r}: not in the tz database here")
     if tz_posix:
-        offset = posix_tz_offset(tz_posix, now)
+        try:
+            offset = posix_tz_offset(tz_posix, now, strict=True)
+        except ValueError as exc:
+            offset = None
+            reasons.append(f"option 100 {tz_posix[:64]!r}: {exc}")
         if offset is not None:
-            return offset, tz_posix, "dhcp-posix-tz"
+            return offset, tz_posix, "dhcp-posix-tz", _why(reasons)
     if time_offset is not None:
-        return time_offset, None, "dhcp-time-offset"
-    return preset, None, "preset"
+        if abs(time_offset) <= MAX_OFFSET:
+            return time_offset, None, "dhcp-time-offset", _why(reasons)
+        reasons.append(f"option 2 {time_offset}: not within a day of UTC")
+    return preset, None, "preset", _why(reasons)
+
+
+def _why(reasons: list[str]) -> str | None:
+    return "; ".join(reasons) or None
 
 
 def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
     """The status `time` fields every mode shares: the UTC offset (G.1.1.4-5) from the
-    lease or the preset, the local time, and whether the clock may be adjusted."""
-    offset, tz, source = utc_offset(lease.tz_name if lease else None,
-                                    lease.tz_posix if lease else None,
-                                    lease.time_offset if lease else None, preset, now)
+    lease or the preset (with the reason a server's value was passed over), the local
+    time, and whether the clock may be adjusted."""
+    # Option 2 as the server sent it: a lease's time_offset may be Table F.1-2's
+    # default (the preset) standing in for an absent or rejected option.
+    sent = lease is not None and 2 in lease.options and 2 not in lease.rejected
+    offset, tz, source, why = utc_offset_why(lease.tz_name if lease else None,
+                                             lease.tz_posix if lease else None,
+                                             lease.time_offset if sent else None, preset,
+                                             now)
+    if lease is not None and 2 in lease.rejected:
+        why = "; ".join(filter(None, [why, "option 2: malformed or out of range"]))
     guards = clock_guards()
     local = dt.datetime.fromtimestamp(now, dt.timezone(dt.timedelta(seconds=offset)))
     return {"utc_offset_s": offset, "tz": tz, "utc_offset_source": source,
-            "local_time": local.isoformat(timespec="seconds"),
+            "utc_offset_reason": why, "local_time": local.isoformat(timespec="seconds"),
             "clock_control": {"allowed": mode == "sntp" and not guards, "guards": guards}}
 
 
@@ -81,9 +116,12 @@ _RULE = r"M\d{1,2}\.\d\.\d(?:/[+-]?\d{1,3}(?::\d{2}){0,2})?"
 _POSIX = re.compile(rf"({_NAME})({_OFFSET})(?:({_NAME})({_OFFSET})?(?:,({_RULE}),({_RULE}))?)?")
 
 
-def _seconds(text: str) -> int:
+def _seconds(text: str, max_hours: int = 24) -> int:
     sign = -1 if text.startswith("-") else 1
     parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
+    if parts[0] > max_hours or parts[1] > 59 or parts[2] > 59:
+        raise ValueError(f"{text!r} is out of range (hours 0-{max_hours}, minutes and "
+                         "seconds 0-59)")
     return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
 
 
@@ -91,23 +129,37 @@ def _transition(rule: str, year: int, offset_before: int) -> float:
     """Unix time of an Mm.w.d[/time] rule in `year`, local time read with offset_before."""
     date, _, at = rule[1:].partition("/")
     month, week, weekday = (int(x) for x in date.split("."))
+    if not (1 <= month <= 12 and 1 <= week <= 5 and 0 <= weekday <= 6):
+        raise ValueError(f"rule {rule!r}: month 1-12, week 1-5 and day 0-6")
     first = dt.date(year, month, 1)
     day = 1 + (weekday - (first.weekday() + 1) % 7) % 7 + 7 * (week - 1)
     last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
     while day > last:  # week 5 means the last such weekday
         day -= 7
     local = dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp() + (
-        _seconds(at) if at else 7200)
+        _seconds(at, max_hours=167) if at else 7200)  # RFC 8536 3.3.1: up to 167 h
     return local - offset_before
 
 
-def posix_tz_offset(tz: str, now: float) -> int | None:
-    """Seconds east of UTC at `now` under a POSIX TZ string; None when it does not parse."""
+def posix_tz_offset(tz: str, now: float, strict: bool = False) -> int | None:
+    """Seconds east of UTC at `now` under a POSIX TZ string; None when it does not parse
+    or cannot be evaluated (with `strict`, a ValueError says why)."""
+    try:
+        return _posix_tz_offset(tz, now)
+    except ValueError:
+        if strict:
+            raise
+        return None
+
+
+def _posix_tz_offset(tz: str, now: float) -> int:
     m = _POSIX.fullmatch(tz)
     if m is None:
-        return None
+        raise ValueError("not a POSIX TZ string")
     _, std_off, dst, dst_off, start, end = m.groups()
     std = -_seconds(std_off)  # POSIX offsets are west of UTC
+    if abs(std) > MAX_OFFSET:
+        raise ValueError(f"an offset of {std} s is not within a day of UTC")
     if not dst:
         return std
     daylight = -_seconds(dst_off) if dst_off else std + 3600
@@ -116,7 +168,10 @@ def posix_tz_offset(tz: str, now: float) -> int | None:
     year = dt.datetime.fromtimestamp(now, dt.UTC).year
     begins, ends = _transition(start, year, std), _transition(end, year, daylight)
     inside = begins <= now < ends if begins < ends else not ends <= now < begins
-    return daylight if inside else std
+    offset = daylight if inside else std
+    if abs(offset) > MAX_OFFSET:
+        raise ValueError(f"an offset of {offset} s is not within a day of UTC")
+    return offset
 
 
 def clock_guards(proc: Path = Path("/proc")) -> list[str]:

@@ -1,0 +1,138 @@
+"""The Network Address Management profile (PS3.15 Annex F) as the daemon and `dicom-agent
+dhcp` both run it: one adapter, so the two cannot disagree.
+
+It builds the DHCP core's settings from `[network]` (and the preset UTC offset of
+`[time]` when a configuration is given: Table F.1-2's default for option 2), the client
+id (configured, else persisted, else generated), the driver (netlink, sockets, saved
+lease), and runs it; lease events go to the caller's handler. It also knows what the
+F.1.1 resolver of a lease is, and how to take an expired lease's address away while the
+driver is not running (the supervisor calls it between restarts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+
+from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
+from agent.hooks import hooks_in
+from profiles.network_address.client import (
+    AddressChanged,
+    AddressDeclined,
+    DhcpClient,
+    LeaseBound,
+    LeaseExpiring,
+    LeaseLost,
+    LeaseRenewed,
+    generate_client_id,
+)
+from profiles.network_address.driver import (
+    CarrierChanged,
+    DhcpDriver,
+    Paths,
+    boottime,
+    load_or_make_client_id,
+    load_saved_lease,
+    write_resolv_conf,
+)
+from profiles.network_address.lease import Lease
+from profiles.network_address.netlink import Netlink
+
+log = logging.getLogger(__name__)
+EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",
+               LeaseExpiring: "lease-expiring", LeaseLost: "lease-lost",
+               AddressChanged: "address-changed", AddressDeclined: "address-declined"}
+
+
+def dns_of(lease: Lease | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The F.1.1 resolver's servers and search list from a lease (option 6; option 119,
+    else option 15)."""
+    if lease is None:
+        return (), ()
+    return tuple(lease.dns), tuple(lease.search) or ((lease.domain,) if lease.domain else ())
+
+
+def grace_for(agent: AgentSettings) -> float:
+    """How long lease-lost handlers may hold the address: every hook's time, plus a
+    margin for a hook already running when the lease goes."""
+    hooks = len(hooks_in(agent.hooks_dir))
+    return 2 * agent.hook_timeout * max(hooks, 1) + 2.0
+
+
+class Address:
+    """One DHCP client on one interface. `run()` is the task body (restartable: a new
+    run resumes from the saved lease, BOUND in the same boot or INIT-REBOOT)."""
+
+    def __init__(self, network: NetworkSettings, agent: AgentSettings,
+                 preset_offset: int | None, on_event: Callable[[object], Awaitable[None]],
+                 grace: float, release_on_stop: bool, rng: random.Random | None = None):
+        self.network = network
+        self.agent = agent
+        self.preset_offset = preset_offset
+        self.on_event = on_event
+        self.grace = grace
+        self.release_on_stop = release_on_stop
+        self.rng = rng or random.Random(os.urandom(16))
+        self.paths = Paths(agent.state_dir, agent.runtime_dir, network.interface)
+        self.client: DhcpClient | None = None
+        self.driver: DhcpDriver | None = None
+        self._counters: dict[str, int] = {}  # of earlier runs
+
+    @property
+    def state(self) -> str:
+        return self.client.state.value if self.client else "init"
+
+    def counters(self) -> dict[str, int]:
+        out = dict(self._counters)
+        if self.client is not None:
+            for key, value in self.client.counters.items():
+                out[key] = out.get(key, 0) + value
+        if self.driver is not None:
+            out["dropped"] = out.get("dropped", 0) + self.driver.dropped
+        return out
+
+    async def run(self) -> None:
+        n = self.network
+        if self.client is not None:  # a restart: keep what the last run counted
+            self._counters = self.counters()
+        netlink = await Netlink.open(n.interface)
+        try:
+            client_id = n.client_id or load_or_make_client_id(
+                self.paths, lambda: generate_client_id(n.interface, self.rng))
+            self.client = DhcpClient(dhcp_client_settings(
+                n, await netlink.mac(), client_id, self.preset_offset), self.rng)
+            self.driver = DhcpDriver(self.client, self.paths, netlink, self.on_event,
+                                     self.grace, self.rng,
+                                     release_on_stop=self.release_on_stop)
+            await self.on_event(CarrierChanged(self.driver.carrier()))
+            saved, same_boot = load_saved_lease(self.paths)
+            await self.driver.run(saved=saved, same_boot=same_boot)
+        finally:
+            netlink.close()
+
+    def renew(self) -> None:
+        if self.driver is not None:
+            self.driver.renew()
+
+    def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+
+    async def remove_expired(self, lease: Lease) -> None:
+        """The driver is down and `lease` has run out: take its address away, forget the
+        lease (what the driver does on expiry, for when it cannot)."""
+        netlink = await Netlink.open(self.network.interface)
+        try:
+            await netlink.remove(lease)
+        finally:
+            netlink.close()
+        write_resolv_conf(self.paths, None)
+        self.paths.lease_file.unlink(missing_ok=True)
+        log.warning("lease for %s expired while the address task was down: removed",
+                    lease.address)
+
+
+def remaining(lease: Lease) -> float:
+    return lease.remaining(boottime())

@@ -1,0 +1,57 @@
+"""The DNS-SD profile (PS3.15 H.2) for the daemon: which titles the device has, what it
+advertises with them, and the advertiser that does it.
+
+Titles pair with the configured AEs: a fixed `title`, else the title this device owns
+from the directory (directory.json), else none — a templated AE with no directory to
+reserve its title (disabled, down, awaiting an administrator) has no title, is not
+advertised, and the boot says so (`no-title`) instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+from profiles.app_config import dnssd
+from profiles.app_config.model import Device
+
+
+def titles_for(device: Device, owned: list[str]) -> list[str | None]:
+    """One title per configured AE, None where none is known yet."""
+    out: list[str | None] = []
+    for i, ae in enumerate(device.aes):
+        if ae.title is not None:
+            out.append(ae.title)
+        elif i < len(owned) and isinstance(owned[i], str):
+            out.append(owned[i])
+        else:
+            out.append(None)
+    return out
+
+
+class Announcer:
+    """The device's advertisements: announce(titles, address), withdraw(), lookup()."""
+
+    def __init__(self, device: Device, hostname: str):
+        self.device = device
+        self.advertiser = dnssd.Advertiser(hostname)
+        self.announced: list[dnssd.Service] = []
+
+    def services(self, titles: list[str | None]) -> list[dnssd.Service]:
+        return dnssd.services(self.device, titles)
+
+    async def announce(self, titles: list[str | None], address: str) -> None:
+        wanted = self.services(titles)
+        await self.advertiser.announce(wanted, address)
+        self.announced = wanted
+        await self.advertiser.browse()
+
+    async def withdraw(self) -> None:
+        self.announced = []
+        await self.advertiser.withdraw()
+
+    def lookup(self, title: str) -> dict | None:
+        return self.advertiser.lookup(title)
+
+    def to_json(self) -> dict:
+        advertised = self.advertiser.advertised
+        return {"services": [s.to_json(advertised.get(s.name)) for s in self.announced
+                             if s.name in advertised],
+                "seen": sorted(self.advertiser.seen)}

@@ -1,0 +1,227 @@
+"""The Time Synchronization profile (PS3.15 Annex G) as the daemon and `dicom-agent time`
+both run it: one adapter, so the two cannot disagree.
+
+- servers: autodiscovery (broadcasts heard), else DHCP option 42, else manual, else the
+  internal clock (G.1.1); names resolved one way — through the F.1.1 resolver when the
+  lease gave DNS servers, else the system's resolver;
+- the report: the status's `time` object (CONTRACTS.md), whatever the mode: `servers`
+  always carries `address`, `offset_ms`, `delay_ms`, `stratum`, `accepted`, `reason`;
+- chrony mode: synchronized means chronyd selected a source *and* its leap status is not
+  "Not synchronised"; a failing `chronyc` is reported (`last_error`, internal clock) and
+  retried, never raised;
+- `once()` is the command's single round; `keep()` is the daemon's for-good loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.address import dns_of
+from agent.config import TimeSettings
+from profiles.network_address.lease import Lease
+from profiles.network_address.resolver import ResolveError, Resolver
+from profiles.time_sync import chrony
+from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
+from profiles.time_sync.sntp import RoundResult, SntpClient
+from profiles.time_sync.sources import choose_servers, offset_and_control
+
+log = logging.getLogger(__name__)
+CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
+CHRONY_RETRY = 10.0  # s between attempts while chronyc fails
+
+OnReport = Callable[[bool], Awaitable[None]]
+
+
+def resolver_for(lease: Lease | None) -> Resolver | None:
+    """The F.1.1 resolver of a lease (its DNS servers; search list, else its domain), or
+    None when the lease gave no DNS servers (then the system resolver is used)."""
+    servers, search = dns_of(lease)
+    return Resolver(servers, search) if servers else None
+
+
+async def resolve(names: list[str], resolver: Resolver | None
+                  ) -> tuple[list[str], list[str]]:
+    """The first address of each server name, and what could not be resolved."""
+    addresses, failed = [], []
+    for name in names:
+        try:
+            if resolver is not None:
+                addresses += (await resolver.addresses(name))[:1]
+            else:
+                info = await asyncio.get_running_loop().getaddrinfo(name, None,
+                                                                    family=socket.AF_INET)
+                addresses.append(info[0][4][0])
+        except (ResolveError, OSError, UnicodeError) as exc:
+            failed.append(f"{name}: {exc}")
+    return addresses, failed
+
+
+def chrony_fields(state: dict) -> dict:
+    """chronyd's view as the contract's `time` fields (chrony's own keys added)."""
+    selected = [s for s in state["sources"] if s["state"] == "selected"]
+    servers = []
+    for s in state["sources"]:
+        accepted = s["state"] in ("selected", "combined")
+        servers.append({"address": s["address"], "offset_ms": s["offset_ms"],
+                        "delay_ms": None, "stratum": s["stratum"], "accepted": accepted,
+                        "reason": None if accepted else s["state"], "state": s["state"],
+                        "poll": s["poll"], "reach": s["reach"], "error_ms": s["error_ms"]})
+    return {"servers": servers, "chrony": state,
+            "selected": selected[0]["address"] if selected else None,
+            "offset_ms": state["tracking"]["offset_ms"],
+            "synced": bool(selected) and state["tracking"]["leap"] != "Not synchronised"}
+
+
+def sntp_fields(result: RoundResult) -> dict:
+    return {"servers": list(result.servers), "selected": result.selected,
+            "offset_ms": None if result.offset is None else round(result.offset * 1000, 3),
+            "synced": result.synced, "correction": result.correction}
+
+
+class Timekeeping:
+    def __init__(self, settings: TimeSettings, mode: str, interface: str,
+                 rng: random.Random | None = None):
+        self.settings = settings
+        self.mode = mode
+        self.interface = interface
+        self.rng = rng or random.Random(os.urandom(16))
+        self.rounds = 0
+        self.source = "internal"
+        self.core: SntpClient | None = None
+        self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
+                             "offset_ms": None, "synced": False,
+                             "utc_offset_s": settings.utc_offset, "tz": None,
+                             "correction": None, "unresolved": [], "last_error": None}
+
+    def counters(self) -> dict:
+        out = dict(self.core.counters) if self.core is not None else {}
+        out["rounds"] = self.rounds
+        return out
+
+    async def discover(self, lease: Lease | None, manual: list[str] | None = None
+                       ) -> tuple[str, list[str]]:
+        """G.1.1: (source, server names). `manual` given means the operator chose."""
+        if manual:
+            return "manual", manual
+        t = self.settings
+        heard = await hear_broadcasts(t.broadcast_window) if t.broadcast_discovery else []
+        return choose_servers(heard, lease.ntp if lease else (), t.servers)
+
+    def begin(self, source: str, lease: Lease | None) -> None:
+        self.source = source
+        self.report.update(mode=self.mode, source=source, **offset_and_control(
+            lease, self.settings.utc_offset, self.mode, time.time()))
+
+    def _internal(self, reason: str | None = None) -> None:
+        self.report.update(source="internal", synced=False, selected=None,
+                           last_error=reason)
+
+    # -- the command: one round ------------------------------------------------------------
+
+    async def once(self, lease: Lease | None, manual: list[str] | None = None) -> dict:
+        source, names = await self.discover(lease, manual)
+        self.begin(source, lease)
+        addresses, failed = await resolve(names, resolver_for(lease))
+        self.report["unresolved"] = failed
+        if not addresses:
+            self._internal()
+            return self.report
+        if self.mode == "chrony":
+            try:
+                await chrony.hand_over(self.settings.chrony_sourcedir, self.interface,
+                                       addresses, self.settings.chronyc_socket)
+                self.report.update(chrony_fields(await self._chrony_settled()))
+            except chrony.ChronyError as exc:
+                self._internal(str(exc))
+            self.report["clock_control"]["allowed"] = False  # chronyd's business
+            return self.report
+        self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
+                               SystemClock(),
+                               may_adjust=self.report["clock_control"]["allowed"])
+        result = await SntpDriver(self.core).round(addresses)
+        self.rounds += 1
+        self.report.update(sntp_fields(result))
+        return self.report
+
+    async def _chrony_settled(self) -> dict:
+        """chronyd's state once it has selected a source (or CHRONY_SETTLE has passed)."""
+        deadline = time.monotonic() + CHRONY_SETTLE
+        while True:
+            state = await chrony.state(self.settings.chronyc_socket)
+            if any(s["state"] == "selected" for s in state["sources"]) \
+                    or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.5)
+
+    # -- the daemon: for good ----------------------------------------------------------------
+
+    async def keep(self, lease: Callable[[], Lease | None],
+                   resolver: Callable[[], Resolver | None],
+                   updates: asyncio.Queue[list[str]], on_report: OnReport) -> None:
+        """Keep time: SNTP rounds as the poll says, or chronyd fed and watched. `updates`
+        brings the server addresses of each new lease."""
+        source, names = await self.discover(lease())
+        self.begin(source, lease())
+        addresses, failed = await resolve(names, resolver())
+        self.report["unresolved"] = failed
+        if not addresses:
+            self._internal()
+            await on_report(False)  # G.1.1.5: the internal clock, unsynchronized
+        if self.mode == "chrony":
+            await self._keep_chrony(addresses, updates, on_report)
+            return
+        self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
+                               SystemClock(),
+                               may_adjust=self.report["clock_control"]["allowed"])
+        updates.put_nowait(addresses)  # a later lease may bring others
+
+        async def on_round(result: RoundResult) -> None:
+            self.rounds += 1
+            self.report.update(sntp_fields(result), last_error=None)
+            await on_report(result.synced)
+
+        await SntpDriver(self.core).run(updates, on_round)
+
+    async def _keep_chrony(self, addresses: list[str], updates: asyncio.Queue[list[str]],
+                           on_report: OnReport) -> None:
+        t = self.settings
+        self.report["clock_control"]["allowed"] = False  # chronyd's business
+        handed: list[str] | None = None
+        settle_until = 0.0
+        reported = False
+        while True:
+            while not updates.empty():
+                addresses = updates.get_nowait() or addresses
+            if not addresses:  # until a lease brings servers
+                addresses = await updates.get()
+                continue
+            try:
+                if addresses != handed:
+                    await chrony.hand_over(t.chrony_sourcedir, self.interface, addresses,
+                                           t.chronyc_socket)
+                    handed = addresses
+                    # chronyd needs a few samples (iburst) before it selects a source.
+                    settle_until = time.monotonic() + CHRONY_SETTLE
+                fields = chrony_fields(await chrony.state(t.chronyc_socket))
+            except chrony.ChronyError as exc:
+                handed = None
+                log.warning("chrony: %s", exc)
+                if self.report["last_error"] != str(exc) or not reported:
+                    self._internal(str(exc))
+                    reported = True
+                    await on_report(False)
+                await asyncio.sleep(CHRONY_RETRY)
+                continue
+            self.report.update(fields, last_error=None)
+            if self.report["source"] == "internal":
+                self.report["source"] = self.source  # chronyc answers again
+            if fields["synced"] or time.monotonic() > settle_until:
+                reported = True
+                await on_report(fields["synced"])
+            await asyncio.sleep(0.5 if not reported else 10 if not fields["synced"] else 64)
