@@ -49,6 +49,31 @@ def read_line(proc: subprocess.Popen, timeout: float) -> dict | None:
     return json.loads(line)
 
 
+def wait_until(predicate, timeout: float = 10.0, every: float = 0.05) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+def pcap_records(path: Path) -> int:
+    """How many packets a pcap file written so far holds (its record headers)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return 0
+    count, pos = 0, 24
+    while pos + 16 <= len(data):
+        length = int.from_bytes(data[pos + 8: pos + 12], "little")
+        if pos + 16 + length > len(data):
+            break
+        count, pos = count + 1, pos + 16 + length
+    return count
+
+
 def ip_json(device, *args: str) -> list:
     return json.loads(device.ip("-j", *args))
 

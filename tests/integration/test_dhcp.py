@@ -9,7 +9,17 @@ import subprocess
 import time
 
 import pytest
-from agent_helpers import AGENT, PYTHON, agent, dhcp_once, ip_json, read_line, write_config
+from agent_helpers import (
+    AGENT,
+    PYTHON,
+    agent,
+    dhcp_once,
+    ip_json,
+    pcap_records,
+    read_line,
+    wait_until,
+    write_config,
+)
 
 from profiles.network_address import options as o
 
@@ -235,9 +245,9 @@ def test_capture_shows_what_the_agent_puts_on_the_wire(lab, device):
     dump = lab.srv_popen(["tcpdump", "-i", "eth0", "-U", "-w", str(pcap),
                           f"udp port 67 and ether src {device.mac}"])
     try:
-        time.sleep(0.5)
+        assert "listening on" in dump.stderr.readline()  # tcpdump is capturing
         dhcp_once(device, "--hostname", "ct01")
-        time.sleep(0.5)
+        assert wait_until(lambda: pcap_records(pcap) >= 2)  # DISCOVER and REQUEST written
     finally:
         dump.terminate()
         dump.wait(10)
@@ -350,7 +360,7 @@ def test_release_on_stop_only_when_configured(lab, device, release):
     assert bound and bound["event"] == "lease-bound"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    time.sleep(0.3)
-    released = re.search(rf"DHCPRELEASE\(eth0\) {bound['address']} {device.mac}",
-                         lab.dhcp_log())
-    assert bool(released) is release
+    pattern = rf"DHCPRELEASE\(eth0\) {bound['address']} {device.mac}"
+    # A RELEASE shows at once; its absence can only be watched for a while.
+    released = wait_until(lambda: re.search(pattern, lab.dhcp_log()), 5 if release else 1)
+    assert released is release
