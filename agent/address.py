@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
@@ -78,25 +79,38 @@ class Address:
         self.paths = Paths(agent.state_dir, agent.runtime_dir, network.interface)
         self.client: DhcpClient | None = None
         self.driver: DhcpDriver | None = None
-        self._counters: dict[str, int] = {}  # of earlier runs
+        self._counters: Counter[str] = Counter()  # of earlier runs
+        self._validation: Counter[str] = Counter()
 
     @property
     def state(self) -> str:
         return self.client.state.value if self.client else "init"
 
     def counters(self) -> dict[str, int]:
-        out = dict(self._counters)
+        """What the DHCP core and driver ignored (malformed, wrong xid, floods...)."""
+        out = Counter(self._counters)
         if self.client is not None:
-            for key, value in self.client.counters.items():
-                out[key] = out.get(key, 0) + value
+            out.update(self.client.counters)
         if self.driver is not None:
-            out["dropped"] = out.get("dropped", 0) + self.driver.dropped
-        return out
+            out["dropped"] += self.driver.dropped
+        return dict(out)
+
+    def validation(self) -> dict[str, int]:
+        """Values refused at the boundary (`dhcp-option-N`) and parts of a lease the
+        kernel or the disk refused (`apply-mtu`, `apply-route`, `save-lease`...)."""
+        out = Counter(self._validation)
+        if self.client is not None:
+            out.update(self.client.validation)
+        if self.driver is not None:
+            out.update(self.driver.apply_failures)
+        return dict(out)
 
     async def run(self) -> None:
         n = self.network
         if self.client is not None:  # a restart: keep what the last run counted
-            self._counters = self.counters()
+            self._counters, self._validation = Counter(self.counters()), Counter(
+                self.validation())
+            self.client = self.driver = None
         netlink = await Netlink.open(n.interface)
         try:
             client_id = n.client_id or load_or_make_client_id(

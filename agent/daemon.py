@@ -67,6 +67,18 @@ DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                     "cached": Event.DIRECTORY_CACHED}
 
 
+def _fault_injection():
+    """The test-only fault hook (tests/faults/dicom_agent_faults.py), present only when a
+    test puts it on the path: never in an installed agent."""
+    try:
+        import dicom_agent_faults  # type: ignore[import-not-found]
+    except ImportError:
+        return lambda name, job: job
+    log.warning("TEST BUILD: fault injection active (%s)",
+                os.environ.get("DICOM_AGENT_FAULTS", ""))
+    return dicom_agent_faults.wrap
+
+
 class Stopped(Exception):
     """Raised inside the TaskGroup to end it on SIGTERM/SIGINT."""
 
@@ -142,7 +154,8 @@ class Agent:
                 "counters": self.counters()}
 
     def counters(self) -> dict:
-        return {"dhcp": self.address.counters(), "sntp": self.timekeeping.counters(),
+        return {"dhcp": self.address.counters(), "validation": self.address.validation(),
+                "sntp": self.timekeeping.counters(),
                 "boot": dict(self.machine.ignored), "status": dict(self.status_server.counters),
                 "hooks": dict(self.hooks.counters),
                 "directory": {"reconnects": self.directory.reconnects if self.directory
@@ -432,6 +445,7 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> None:
+        faults = _fault_injection()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -441,11 +455,12 @@ class Agent:
         sv = self.supervisor
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(sv.run("address", self.address.run, cap=self._address_cap,
-                                      while_down=self._address_down), name="address")
+                tg.create_task(sv.run("address", faults("address", self.address.run),
+                                      cap=self._address_cap, while_down=self._address_down),
+                               name="address")
                 for name, job in (("time", self._time), ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve)):
-                    tg.create_task(sv.run(name, job), name=name)
+                    tg.create_task(sv.run(name, faults(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")
         except* Stopped:

@@ -18,10 +18,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.config import Config
-from profiles import statefile
 from profiles.app_config import plan
 from profiles.app_config.directory import Security
-from profiles.app_config.service import DirectoryService
+from profiles.app_config.service import DirectoryService, read_directory_record
 from profiles.app_config.srv import candidate_urls
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import Resolver
@@ -45,8 +44,7 @@ def directory_domain(config: Config, lease: Lease | None) -> str | None:
 
 
 def saved_record(state_dir: Path) -> dict:
-    record = statefile.read_json(state_dir / "directory.json")
-    return record if isinstance(record, dict) else {}
+    return read_directory_record(state_dir)
 
 
 def connection_hostnames(config: Config, lease: Lease | None, address: str | None = None

@@ -9,6 +9,24 @@ from pathlib import Path
 from profiles import statefile
 
 
+def cache_record(value: object) -> dict:
+    """The shape of a cached lookup answer (ValueError for anything else)."""
+    if not isinstance(value, dict) or not isinstance(value.get("answer"), dict):
+        raise ValueError("not a cached answer")
+    answer = value["answer"]
+    if not isinstance(answer.get("aet"), str) or answer.get("found") is not True \
+            or not isinstance(answer.get("connections"), list):
+        raise ValueError("not a lookup answer")
+    for conn in answer["connections"]:
+        if not isinstance(conn, dict) or not isinstance(conn.get("hostname"), str) \
+                or not isinstance(conn.get("port"), int | None) \
+                or not isinstance(conn.get("tls_cipher_suites"), list):
+            raise ValueError("not a connection")
+    if not isinstance(value.get("fetched_at"), int | float | None):
+        raise ValueError("fetched_at is not a time")
+    return value
+
+
 class LookupCache:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -21,8 +39,8 @@ class LookupCache:
                              {"fetched_at": time.time(), "answer": answer})
 
     def get(self, title: str) -> dict | None:
-        record = statefile.read_json(self._path(title))
-        if not isinstance(record, dict) or not isinstance(record.get("answer"), dict):
+        record = statefile.read_json(self._path(title), cache_record)
+        if record is None or record["answer"].get("aet") != title:
             return None
         return {**record["answer"], "source": "cache", "stale": True,
                 "fetched_at": record.get("fetched_at")}

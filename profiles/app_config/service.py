@@ -30,7 +30,7 @@ from profiles.app_config.directory import (
     find_directory,
     manual_ldif_path,
 )
-from profiles.app_config.model import Device
+from profiles.app_config.model import Device, ae_title_problem
 
 log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0  # s, while no directory can be reached
@@ -38,6 +38,25 @@ RETRY_MIN, RETRY_MAX = 5.0, 300.0  # s, while no directory can be reached
 # -> (SRV records in the order tried, (URL, address) pairs to try)
 Candidates = Callable[[], Awaitable[tuple[list[dict], list[tuple[str, str | None]]]]]
 OnState = Callable[[str, str], Awaitable[None]]
+
+
+def directory_record(value: object) -> dict:
+    """The shape of `directory.json` (server, base DN, device DN, titles owned):
+    ValueError for anything else, so a wrong one is set aside and the agent starts clean."""
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    for key in ("server", "base_dn", "device_dn"):
+        if not isinstance(value.get(key), str | None) or len(value.get(key) or "") > 1024:
+            raise ValueError(f"{key} is not a string")
+    titles = value.get("titles", [])
+    if not isinstance(titles, list) or len(titles) > 256 or any(
+            not isinstance(t, str) or ae_title_problem(t) for t in titles):
+        raise ValueError("titles is not a list of AE titles")
+    return value
+
+
+def read_directory_record(state_dir: Path) -> dict:
+    return statefile.read_json(state_dir / "directory.json", directory_record) or {}
 
 
 class DirectoryService:
@@ -50,7 +69,7 @@ class DirectoryService:
         self.attempts = attempts
         self.refresh_interval = refresh_interval
         self.cache = LookupCache(state_dir / "cache")
-        self.saved = statefile.read_json(state_dir / "directory.json") or {}
+        self.saved = read_directory_record(state_dir)
         self.state = "locating"
         self.server: str | None = self.saved.get("server")
         self.base: str | None = self.saved.get("base_dn")

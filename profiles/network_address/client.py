@@ -45,7 +45,7 @@ from profiles.network_address.codec import (
     pad_chaddr,
     parse,
 )
-from profiles.network_address.lease import Lease
+from profiles.network_address.lease import Lease, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ class DhcpClient:
         self.state = DhcpState.STOPPED
         self.lease: Lease | None = None  # the lease in force (applied by the driver)
         self.counters: Counter[str] = Counter()
+        self.validation: Counter[str] = Counter()  # values refused at the boundary
+        self._logged: set[tuple[str, str]] = set()
         self._timer: float | None = None
         self._outbox: list[Datagram] = []
         self._events: deque[DhcpEvent] = deque()
@@ -382,9 +384,10 @@ class DhcpClient:
     def _server_id(self, msg: DhcpMessage) -> str | None:
         raw = msg.options.get(o.SERVER_ID)
         try:
-            return o.address(raw, o.SERVER_ID) if raw is not None else None
+            server = o.address(raw, o.SERVER_ID) if raw is not None else None
         except ParseError:
             return None
+        return server if server is not None and _usable_address(server) else None
 
     def _on_offer(self, msg: DhcpMessage, now: float) -> None:
         if msg.options.get(o.AUTO_CONFIGURE) == b"\x00":
@@ -424,8 +427,15 @@ class DhcpClient:
             return self._ignore("ack-without-lease-time")
         if lease.rejected:
             self.counters["rejected-options"] += len(lease.rejected)
-            log.warning("ACK from %s: ignored malformed option(s) %s", server,
-                        ", ".join(map(str, lease.rejected)))
+            for code in lease.rejected:
+                self.validation[f"dhcp-option-{code}"] += 1
+            # Once per server and refusal, not at every renewal.
+            fresh = [n for n in lease.notes if (server, n) not in self._logged]
+            if len(self._logged) > 256:
+                self._logged.clear()
+            self._logged.update((server, n) for n in fresh)
+            if fresh:
+                log.warning("ACK from %s: refused %s", server, "; ".join(fresh))
         if self.state in (DhcpState.RENEWING, DhcpState.REBINDING):
             old = self.lease
             self.lease = lease
@@ -449,7 +459,7 @@ class DhcpClient:
                 and server != self._server_id(self._offer):
             return self._ignore("nak-from-another-server", server)
         self.counters["nak"] += 1
-        text = msg.options.get(o.MESSAGE, b"").decode("ascii", "replace")[:80]
+        text = sanitize(msg.options.get(o.MESSAGE, b"").decode("latin-1"), 80)
         log.info("NAK from %s in %s: %s", server, self.state.value, text)
         if self.lease is not None and self.state in (DhcpState.RENEWING, DhcpState.REBINDING,
                                                      DhcpState.REBOOTING):

@@ -23,6 +23,7 @@ import logging
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +97,21 @@ class Paths:
 
 def load_saved_lease(paths: Paths) -> tuple[Lease | None, bool]:
     """The saved lease and whether it is from this boot; (None, False) when unusable."""
-    record = statefile.read_json(paths.lease_file)
-    if not isinstance(record, dict):
+    record = statefile.read_json(paths.lease_file, _lease_record)
+    if record is None:
         return None, False
-    try:
-        lease = Lease.from_record(record["lease"])
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("saved lease %s unusable: %s", paths.lease_file, exc)
-        return None, False
-    return lease, record.get("boot_id") == statefile.boot_id()
+    lease, boot = record
+    return lease, boot == statefile.boot_id()
+
+
+def _lease_record(record: object) -> tuple[Lease, str | None]:
+    """The shape of `lease-<if>.json`: ValueError for anything else."""
+    if not isinstance(record, dict) or "lease" not in record:
+        raise ValueError("not a lease file")
+    boot = record.get("boot_id")
+    if boot is not None and not isinstance(boot, str):
+        raise ValueError("boot_id is not a string")
+    return Lease.from_record(record["lease"]), boot
 
 
 def save_lease(paths: Paths, lease: Lease) -> None:
@@ -162,6 +169,7 @@ class DhcpDriver:
         self._link_local: LinkLocal | None = None
         self._link_local_address: str | None = None  # applied
         self.dropped = 0
+        self.apply_failures: Counter[str] = Counter()  # parts the kernel or disk refused
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -374,9 +382,20 @@ class DhcpDriver:
             case LeaseBound(lease) | LeaseRenewed(lease) | AddressChanged(_, lease):
                 if self._link_local is not None:
                     await self._stop_link_local("lease")  # RFC 3927 1.9: DHCP wins
-                await self.netlink.apply(lease, now, self.grace)
-                write_resolv_conf(self.paths, lease)
-                save_lease(self.paths, lease)
+                # Validated (the lease core), saved, then applied part by part with no
+                # part fatal: a restart re-applying the saved lease meets no crash.
+                try:
+                    save_lease(self.paths, lease)
+                except OSError as exc:  # EMFILE, ENOSPC: keep the lease in memory
+                    self.apply_failures["save-lease"] += 1
+                    log.warning("lease not saved: %s", exc)
+                for failure in await self.netlink.apply(lease, now, self.grace):
+                    self.apply_failures["apply-" + failure.split(":")[0].split(" ")[0]] += 1
+                try:
+                    write_resolv_conf(self.paths, lease)
+                except OSError as exc:
+                    self.apply_failures["resolv-conf"] += 1
+                    log.warning("resolv.conf not written: %s", exc)
                 await self.on_event(event)
             case LeaseLost(lease, _):
                 try:

@@ -4,16 +4,24 @@ broadcast, routes, MTU; remove them when the lease is lost.
 The address's valid lifetime is the lease's remaining time plus `grace` (the time lease-
 lost handlers get), its preferred lifetime the remaining time: should the agent die, the
 kernel still removes the address when the lease ends (dhcpcd does the same).
+
+Each part is applied on its own and a refusal by the kernel (pyroute2's NetlinkError,
+which is not an OSError) is recorded and reported, never raised: a lease whose MTU or
+one route the kernel refuses still gives the device its address and the other routes.
+An MTU above the link's maximum is not tried. A gateway outside the leased subnet gets
+an on-link host route first, as systemd-networkd and dhcpcd do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
-from profiles.network_address.lease import INFINITE, Lease
+from profiles.network_address.lease import ANY, INFINITE, Lease
 
 log = logging.getLogger(__name__)
 RTPROT_DHCP = 16  # routes we install carry proto "dhcp", as dhcpcd's do
+RT_SCOPE_LINK = 253
 
 
 class Netlink:
@@ -52,7 +60,20 @@ class Netlink:
     async def carrier(self) -> bool:
         return (await self._link()).get_attr("IFLA_CARRIER") == 1
 
-    async def apply(self, lease: Lease, now: float, grace: float) -> None:
+    async def apply(self, lease: Lease, now: float, grace: float) -> list[str]:
+        """Apply the lease part by part; returns what the kernel refused (e.g.
+        "mtu: ...", "route 198.51.100.0/24: ..."), empty when all of it took."""
+        failed: list[str] = []
+
+        async def step(what: str, action) -> bool:
+            try:
+                await action
+                return True
+            except Exception as exc:  # NetlinkError and OSError alike: this part only
+                failed.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
+                log.warning("%s on %s refused: %s", what, self.interface, exc)
+                return False
+
         old = self._applied
         if old is not None and (old.address, old.prefix) != (lease.address, lease.prefix):
             await self.remove(old)
@@ -61,19 +82,53 @@ class Netlink:
         if lease.lease_time != INFINITE:
             lifetimes = {"valid_lft": int(remaining + grace) + 1,
                          "preferred_lft": max(int(remaining), 0)}
-        await self.ipr.addr("replace", index=self.index, address=lease.address,
-                            prefixlen=lease.prefix, broadcast=lease.broadcast, **lifetimes)
+        await step("address", self.ipr.addr(
+            "replace", index=self.index, address=lease.address, prefixlen=lease.prefix,
+            broadcast=lease.broadcast, **lifetimes))
         if lease.mtu is not None:
-            await self.ipr.link("set", index=self.index, mtu=lease.mtu)
+            maximum = await self._max_mtu()
+            if maximum is not None and lease.mtu > maximum:
+                failed.append(f"mtu: {lease.mtu} is above the link's maximum {maximum}")
+            else:
+                await step("mtu", self.ipr.link("set", index=self.index, mtu=lease.mtu))
+        network = ipaddress.IPv4Network((lease.address, lease.prefix), strict=False)
+        onlink: set[str] = set()
+
+        async def reach(gateway: str) -> None:
+            """An off-link gateway gets an on-link host route first (RFC 3442 note)."""
+            if gateway in onlink or ipaddress.IPv4Address(gateway) in network:
+                return
+            onlink.add(gateway)
+            await step(f"host route {gateway}", self.ipr.route(
+                "replace", dst=f"{gateway}/32", oif=self.index, scope=RT_SCOPE_LINK,
+                proto=RTPROT_DHCP))
+
         for dst, via in lease.routes:
-            await self.ipr.route("replace", dst=dst, gateway=via, oif=self.index,
-                                 proto=RTPROT_DHCP)
+            if via == ANY:  # RFC 3442: a router of 0.0.0.0 means the route is on-link
+                await step(f"route {dst}", self.ipr.route(
+                    "replace", dst=dst, oif=self.index, scope=RT_SCOPE_LINK,
+                    proto=RTPROT_DHCP))
+                continue
+            await reach(via)
+            await step(f"route {dst}", self.ipr.route(
+                "replace", dst=dst, gateway=via, oif=self.index, proto=RTPROT_DHCP))
         if lease.router:
-            await self.ipr.route("replace", dst="0.0.0.0/0", gateway=lease.router[0],
-                                 oif=self.index, proto=RTPROT_DHCP)
+            await reach(lease.router[0])
+            await step("default route", self.ipr.route(
+                "replace", dst="0.0.0.0/0", gateway=lease.router[0], oif=self.index,
+                proto=RTPROT_DHCP))
         self._applied = lease
-        log.info("applied %s/%d on %s (valid %s s)", lease.address, lease.prefix,
-                 self.interface, lifetimes.get("valid_lft", "forever"))
+        log.info("applied %s/%d on %s (valid %s s)%s", lease.address, lease.prefix,
+                 self.interface, lifetimes.get("valid_lft", "forever"),
+                 f"; refused: {'; '.join(failed)}" if failed else "")
+        return failed
+
+    async def _max_mtu(self) -> int | None:
+        try:
+            value = (await self._link()).get_attr("IFLA_MAX_MTU")
+        except Exception:  # an old kernel without the attribute
+            return None
+        return value or None
 
     async def remove(self, lease: Lease) -> None:
         """Delete the lease's address; the kernel drops the routes through it with it."""

@@ -13,6 +13,7 @@ import re
 import socket
 import struct
 
+from profiles import posix_tz
 from profiles.errors import ParseError
 from profiles.network_address import dnsname
 
@@ -116,10 +117,15 @@ def tz_name(value: bytes, code: int = TZ_NAME) -> str:
 
 
 def tz_posix(value: bytes, code: int = TZ_POSIX) -> str:
-    """A POSIX TZ string (CET-1CEST,M3.5.0,M10.5.0/3); the ':file' form is refused."""
+    """A POSIX TZ string (CET-1CEST,M3.5.0,M10.5.0/3), fully validated (profiles.posix_tz:
+    offsets, months, weeks, days in range); the ':file' form is refused."""
     tz = text(value, code)
     if len(tz) > 128 or tz.startswith(":") or ".." in tz or not _TZ_POSIX.fullmatch(tz):
         raise ParseError(f"option {code}: not a POSIX TZ string: {tz[:64]!r}")
+    try:
+        posix_tz.parse(tz)
+    except ValueError as exc:
+        raise ParseError(f"option {code}: {tz[:64]!r}: {exc}") from None
     return tz
 
 

@@ -20,6 +20,8 @@ import re
 import zoneinfo
 from pathlib import Path
 
+from profiles import posix_tz
+
 ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
 PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
@@ -37,7 +39,7 @@ def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
     return "internal", []
 
 
-MAX_OFFSET = 86399  # s: a UTC offset is less than a day (datetime.timezone's own bound)
+MAX_OFFSET = posix_tz.MAX_OFFSET
 
 
 def utc_offset(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
@@ -99,8 +101,10 @@ def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
                                              lease.tz_posix if lease else None,
                                              lease.time_offset if sent else None, preset,
                                              now)
-    if lease is not None and 2 in lease.rejected:
-        why = "; ".join(filter(None, [why, "option 2: malformed or out of range"]))
+    if lease is not None:  # what the DHCP boundary refused already, with its reason
+        refused = [n for n in lease.notes if n.startswith(("option 101:", "option 100:",
+                                                            "option 2:"))]
+        why = "; ".join(filter(None, [*refused, why])) or None
     guards = clock_guards()
     local = dt.datetime.fromtimestamp(now, dt.timezone(dt.timedelta(seconds=offset)))
     return {"utc_offset_s": offset, "tz": tz, "utc_offset_source": source,
@@ -108,70 +112,15 @@ def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
             "clock_control": {"allowed": mode == "sntp" and not guards, "guards": guards}}
 
 
-# -- POSIX TZ (IEEE 1003.1 8.3): std offset [dst [offset] [,start[/time],end[/time]]] ---
-
-_NAME = r"(?:<[A-Za-z0-9+-]{3,}>|[A-Za-z]{3,})"
-_OFFSET = r"[+-]?\d{1,2}(?::\d{2}){0,2}"
-_RULE = r"M\d{1,2}\.\d\.\d(?:/[+-]?\d{1,3}(?::\d{2}){0,2})?"
-_POSIX = re.compile(rf"({_NAME})({_OFFSET})(?:({_NAME})({_OFFSET})?(?:,({_RULE}),({_RULE}))?)?")
-
-
-def _seconds(text: str, max_hours: int = 24) -> int:
-    sign = -1 if text.startswith("-") else 1
-    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
-    if parts[0] > max_hours or parts[1] > 59 or parts[2] > 59:
-        raise ValueError(f"{text!r} is out of range (hours 0-{max_hours}, minutes and "
-                         "seconds 0-59)")
-    return sign * (parts[0] * 3600 + parts[1] * 60 + parts[2])
-
-
-def _transition(rule: str, year: int, offset_before: int) -> float:
-    """Unix time of an Mm.w.d[/time] rule in `year`, local time read with offset_before."""
-    date, _, at = rule[1:].partition("/")
-    month, week, weekday = (int(x) for x in date.split("."))
-    if not (1 <= month <= 12 and 1 <= week <= 5 and 0 <= weekday <= 6):
-        raise ValueError(f"rule {rule!r}: month 1-12, week 1-5 and day 0-6")
-    first = dt.date(year, month, 1)
-    day = 1 + (weekday - (first.weekday() + 1) % 7) % 7 + 7 * (week - 1)
-    last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
-    while day > last:  # week 5 means the last such weekday
-        day -= 7
-    local = dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp() + (
-        _seconds(at, max_hours=167) if at else 7200)  # RFC 8536 3.3.1: up to 167 h
-    return local - offset_before
-
-
 def posix_tz_offset(tz: str, now: float, strict: bool = False) -> int | None:
     """Seconds east of UTC at `now` under a POSIX TZ string; None when it does not parse
     or cannot be evaluated (with `strict`, a ValueError says why)."""
     try:
-        return _posix_tz_offset(tz, now)
+        return posix_tz.offset_at(tz, now)
     except ValueError:
         if strict:
             raise
         return None
-
-
-def _posix_tz_offset(tz: str, now: float) -> int:
-    m = _POSIX.fullmatch(tz)
-    if m is None:
-        raise ValueError("not a POSIX TZ string")
-    _, std_off, dst, dst_off, start, end = m.groups()
-    std = -_seconds(std_off)  # POSIX offsets are west of UTC
-    if abs(std) > MAX_OFFSET:
-        raise ValueError(f"an offset of {std} s is not within a day of UTC")
-    if not dst:
-        return std
-    daylight = -_seconds(dst_off) if dst_off else std + 3600
-    if not start:
-        return std  # no rule given: the zone's rules are unknown here, take standard time
-    year = dt.datetime.fromtimestamp(now, dt.UTC).year
-    begins, ends = _transition(start, year, std), _transition(end, year, daylight)
-    inside = begins <= now < ends if begins < ends else not ends <= now < begins
-    offset = daylight if inside else std
-    if abs(offset) > MAX_OFFSET:
-        raise ValueError(f"an offset of {offset} s is not within a day of UTC")
-    return offset
 
 
 def clock_guards(proc: Path = Path("/proc")) -> list[str]:

@@ -5,7 +5,11 @@ stays up, answers, and reaches `ready`."""
 
 from __future__ import annotations
 
-from agent_helpers import write_config
+import os
+import subprocess
+from pathlib import Path
+
+from agent_helpers import AGENT, write_config
 from lab import ADMIN_DN, ADMIN_PASSWORD, CONFIG_ROOT_DN
 from test_agent import ask, registrar_section, start, stop, wait_for
 
@@ -26,8 +30,10 @@ def test_an_option_100_the_time_code_cannot_evaluate_leaves_the_preset(lab, devi
         assert proc.poll() is None
         t = snap["time"]
         assert t["utc_offset_s"] == -18000 and t["utc_offset_source"] == "preset"
+        # refused where it entered (the DHCP boundary), with the reason, and counted
         assert "option 100" in t["utc_offset_reason"] and "month 1-12" in t["utc_offset_reason"]
-        assert "option 2: malformed or out of range" in t["utc_offset_reason"]
+        assert "option 2: 999999 s is not within a day" in t["utc_offset_reason"]
+        assert snap["counters"]["validation"]["dhcp-option-100"] >= 1
         assert t["local_time"].endswith("-05:00")
         assert snap["supervision"]["time"] == {"restarts": 0, "last_error": None}
         assert set(snap["supervision"]) >= {"address", "time", "directory", "announce",
@@ -135,20 +141,46 @@ def cleanup_adopted(lab, name: str) -> None:
     lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={name}_ADM,{REGISTRY}"])
 
 
-def test_a_kernel_refusal_restarts_the_address_task_and_the_daemon_stays(lab, device):
-    # A gateway that is not on the leased subnet: the kernel refuses the default route
-    # (pyroute2's NetlinkError, not an OSError) while the lease is applied.
+def test_an_off_link_gateway_gets_an_on_link_host_route_first(lab, device):
+    # Before issue 10 the kernel refused this default route (NetlinkError) and the
+    # address task died; now the gateway is made reachable first, as networkd does.
     lab.device_options(device.mac, {121: "0.0.0.0/0,198.51.100.99"})
     config = write_config(device, network=FAST, directory="enabled = false")
     proc = start(device, config)
     try:
-        snap = wait_for(device, lambda s: s["supervision"]["address"]["restarts"] >= 2
-                        and "profile-failing" in s["degraded"], 60)
-        assert proc.poll() is None
-        assert "Netlink" in snap["supervision"]["address"]["last_error"]
-        assert snap["supervision"]["time"]["restarts"] == 0  # the others carry on
-        assert ask(device, {"v": 1, "op": "status"})["v"] == 1
+        snap = wait_for(device, lambda s: s["state"] == "ready")
+        assert snap["network"]["router"] == ["198.51.100.99"]
+        routes = device.ip("-4", "route")
+        assert "default via 198.51.100.99 dev eth0" in routes
+        assert "198.51.100.99 dev eth0 proto dhcp scope link" in routes
+        assert snap["supervision"]["address"] == {"restarts": 0, "last_error": None}
     finally:
         err = stop(proc)
     assert proc.returncode == 0, err
-    assert err.count("address failed (restart 1 ") == 1  # the traceback, logged once each
+
+
+FAULTS = str(Path(__file__).resolve().parents[1] / "faults")
+
+
+def test_a_failing_address_task_is_restarted_and_the_daemon_stays(lab, device):
+    config = write_config(device, network=FAST, directory="enabled = false")
+    env = {**os.environ, "PYTHONPATH": FAULTS, "DICOM_AGENT_FAULTS": "address:2,announce:1"}
+    proc = device.popen([AGENT, "run", "--config", config], env=env,
+                        stdout=subprocess.DEVNULL)
+    try:
+        # The faults come first (restarts 1 s, then 2 s later); status answers meanwhile.
+        failing = wait_for(device, lambda s: "profile-failing" in s["degraded"])
+        assert failing["supervision"]["address"]["last_error"] == \
+            "RuntimeError: injected fault (address)"
+        snap = wait_for(device, lambda s: s["state"] == "ready"
+                        and s["supervision"]["address"]["restarts"] == 2)
+        assert "profile-failing" not in snap["degraded"]
+        assert snap["supervision"]["announce"]["restarts"] == 1
+        assert snap["supervision"]["time"]["restarts"] == 0  # the others carry on
+        assert snap["network"]["state"] == "bound"
+    finally:
+        err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "TEST BUILD: fault injection active" in err
+    assert err.count("address failed (restart 1 ") == 1  # one traceback per fault
+    assert err.count("Traceback") == 3

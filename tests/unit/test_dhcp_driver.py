@@ -15,23 +15,41 @@ from profiles.network_address.driver import DhcpDriver, Paths, load_saved_lease
 
 
 class FakeNetlink:
-    def __init__(self, log: list):
+    def __init__(self, log: list, refuse: list[str] | None = None):
         self.log = log
+        self.refuse = refuse or []
 
     async def apply(self, lease, now, grace):
-        self.log.append(("apply", lease.address, grace))
+        saved, _ = load_saved_lease(Paths(self.log_dir, self.log_dir, "eth0"))
+        self.log.append(("apply", lease.address, grace, saved == lease))
+        return list(self.refuse)
 
     async def remove(self, lease):
         self.log.append(("remove", lease.address))
 
 
-def driver(tmp_path, log: list, handler) -> DhcpDriver:
+def driver(tmp_path, log: list, handler, refuse: list[str] | None = None) -> DhcpDriver:
     paths = Paths(tmp_path / "state", tmp_path / "run", "eth0")
-    return DhcpDriver(client(), paths, FakeNetlink(log), handler, grace=0.3,
-                      rng=random.Random(1))
+    netlink = FakeNetlink(log, refuse)
+    netlink.log_dir = paths.state_dir
+    return DhcpDriver(client(), paths, netlink, handler, grace=0.3, rng=random.Random(1))
 
 
-def test_bound_lease_is_applied_written_and_saved_before_handlers_see_it(tmp_path):
+def test_a_refused_part_is_counted_and_the_lease_still_reaches_the_handlers(tmp_path):
+    log: list = []
+    lease = acquire(client(), FakeServer())
+
+    async def handler(event):
+        log.append(("handler", type(event).__name__))
+
+    d = driver(tmp_path, log, handler, refuse=["mtu: 9000 is above the link's maximum 1500",
+                                               "route 198.51.100.0/24: NetlinkError: x"])
+    asyncio.run(d._handle(LeaseBound(lease)))
+    assert log[-1] == ("handler", "LeaseBound")
+    assert d.apply_failures == {"apply-mtu": 1, "apply-route": 1}
+
+
+def test_bound_lease_is_saved_then_applied_then_written_before_handlers_see_it(tmp_path):
     log: list = []
     lease = acquire(client(), FakeServer())
 
@@ -41,7 +59,9 @@ def test_bound_lease_is_applied_written_and_saved_before_handlers_see_it(tmp_pat
 
     d = driver(tmp_path, log, handler)
     asyncio.run(d._handle(LeaseBound(lease)))
-    assert log == [("apply", lease.address, 0.3), ("handler", "LeaseBound", True, True)]
+    # saved before it is applied: a restart re-applying it meets what was validated
+    assert log == [("apply", lease.address, 0.3, True),
+                   ("handler", "LeaseBound", True, True)]
     resolv = (tmp_path / "run" / "resolv.conf").read_text()
     assert "nameserver 192.0.2.1" in resolv and "search hospital.test" in resolv
     record = json.loads((tmp_path / "state" / "lease-eth0.json").read_text())

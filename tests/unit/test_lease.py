@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from profiles.errors import ParseError
@@ -78,11 +80,47 @@ def test_static_routes_used_without_121():
     (121, bytes((33, 1, 2, 3, 4, 5, 6, 7, 8))),
     (119, b"\x08hospital\xc0\x05"),  # compression loop
     (2, (100000).to_bytes(4, "big")),
+    # issue 10: values that decode but cannot be used
+    (100, b"CET-1CEST,M13.5.0,M10.5.0/3"),   # month 13
+    (100, b"CET-1CEST,M3.6.0,M10.5.0/3"),    # week 6
+    (100, b"CET-1CEST,M3.5.7,M10.5.0/3"),    # day 7
+    (100, b"XXX-25"),                        # an offset of more than a day
+    (100, b"CET-1:75"),                      # 75 minutes
+    (1, bytes(4)),                           # netmask 0.0.0.0
+    (3, bytes(4)),                           # router 0.0.0.0
+    (3, b"\xff" * 4),                        # router 255.255.255.255
+    (3, bytes((192, 0, 2, 57))),             # the leased address itself
+    (6, bytes(4)),                           # DNS 0.0.0.0
+    (6, bytes((127, 0, 0, 1))),              # DNS on loopback
+    (42, bytes((224, 0, 1, 1))),             # a multicast NTP server
+    (28, bytes((10, 0, 0, 255))),            # a broadcast outside the subnet
+    (28, bytes((192, 0, 2, 57))),            # the leased address as broadcast
+    (121, bytes((0, 255, 255, 255, 255))),   # a default route via broadcast
+    (33, bytes((10, 0, 0, 1, 127, 0, 0, 1))),  # a static route via loopback
+    (51, (1).to_bytes(4, "big")),            # a 1-s lease
 ])
 def test_bad_values_cost_only_their_option(code, value):
     got = lease(**{f"_{code}": value})
     assert code in got.rejected
     assert got.address == "192.0.2.57" and got.hostname in ("ct01",)
+    (note,) = [n for n in got.notes if n.startswith(f"option {code}:")]
+    assert all(" " <= c <= "~" for c in note)  # sanitized for a log line
+
+
+def test_refused_values_fall_back_to_defaults_and_keep_the_good_ones():
+    got = lease(_1=bytes(4), _28=bytes((10, 0, 0, 255)), _51=(1).to_bytes(4, "big"),
+                _6=bytes((127, 0, 0, 1, 192, 0, 2, 1)), _42=bytes((224, 0, 1, 1, 192, 0, 2, 11)))
+    assert (got.prefix, got.broadcast) == (24, "192.0.2.255")  # classful, derived
+    assert got.lease_time == 20 and got.t1 == 10.0  # dhcpcd's floor
+    assert got.dns == ("192.0.2.1",) and got.ntp == ("192.0.2.11",)
+    # RFC 3442: 0.0.0.0 as a router means on-link, and is kept for a non-default route
+    got = lease(_121=bytes((24, 198, 51, 100, 0, 0, 0, 0)))
+    assert got.routes == (("198.51.100.0/24", "0.0.0.0"),) and got.rejected == ()
+
+
+def test_an_off_link_router_is_kept_for_the_driver_to_reach():
+    got = lease(_3=bytes((198, 51, 100, 99)))
+    assert got.router == ("198.51.100.99",) and got.rejected == ()
 
 
 def test_client_fqdn_from_the_server_is_the_assigned_name():
@@ -107,6 +145,24 @@ def test_record_round_trip_and_damage():
     record["address"] = "not an address"
     with pytest.raises(ValueError):
         Lease.from_record(record)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("options", []), ("lease_time", "3600"), ("prefix", True), ("prefix", 33),
+    ("router", "192.0.2.1"), ("router", [["x"]]), ("routes", [["10.0.0.1/8", "x"]]),
+    ("hostname", "a b"), ("tz_posix", "CET-1CEST,M13.5.0,M10.5.0/3"), ("t1", float("nan")),
+    ("bound_at", float("inf")), ("mtu", 9), ("options", {"x": "00"}), ("rejected", [[1]]),
+    ("dns", [[[[[]]]]]), ("surprise", 1),
+])
+def test_a_record_of_the_wrong_shape_is_refused(key, value):
+    record = json.loads(json.dumps(lease().to_record()))  # as read from the file
+    record[key] = value
+    with pytest.raises(ValueError):
+        Lease.from_record(record)
+    del record[key]
+    if key in ("lease_time", "prefix", "t1", "bound_at"):
+        with pytest.raises(ValueError):
+            Lease.from_record(record)  # a missing required field too
 
 
 def test_json_has_the_contract_fields():

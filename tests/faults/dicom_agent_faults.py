@@ -1,0 +1,26 @@
+"""Test-only fault injection for `dicom-agent run` (never installed: it lives under
+tests/ and the daemon imports it only when a test puts this folder on PYTHONPATH).
+
+DICOM_AGENT_FAULTS="address:2,announce:1" makes the named supervised task raise
+RuntimeError("injected fault") at its first N starts — for the faults that have no real
+trigger left once every input is validated (issue 9: "a test-only fault hook ... off in
+production builds and says so").
+"""
+
+from __future__ import annotations
+
+import os
+
+_left: dict[str, int] = {}
+for item in filter(None, os.environ.get("DICOM_AGENT_FAULTS", "").split(",")):
+    name, _, count = item.partition(":")
+    _left[name] = int(count or 1)
+
+
+def wrap(name, job):
+    async def faulty() -> None:
+        if _left.get(name, 0) > 0:
+            _left[name] -= 1
+            raise RuntimeError(f"injected fault ({name})")
+        await job()
+    return faulty
