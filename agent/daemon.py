@@ -42,6 +42,7 @@ from agent.status import StatusServer
 from agent.supervise import Supervisor
 from agent.timekeeping import Timekeeping
 from profiles import statefile
+from profiles.app_config.directory import DirectoryError
 from profiles.app_config.service import DirectoryService
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
@@ -159,6 +160,8 @@ class Agent:
                 "boot": dict(self.machine.ignored), "status": dict(self.status_server.counters),
                 "hooks": dict(self.hooks.counters),
                 "directory": {"reconnects": self.directory.reconnects if self.directory
+                              else 0,
+                              "odd-entries": self.directory.odd_entries if self.directory
                               else 0}}
 
     def _changed(self) -> None:
@@ -379,9 +382,15 @@ class Agent:
                                                 "stale": False, "source": "directory"}
 
     async def _op_query(self, req: dict) -> dict:
+        cluster, device_type = req.get("cluster"), req.get("device_type")
+        if not isinstance(cluster, str | None) or not isinstance(device_type, str | None):
+            raise ValueError("cluster and device_type are strings or null")
         if self.directory is None:
             return {"v": 1, "results": []}
-        results = await self.directory.query(req.get("cluster"), req.get("device_type"))
+        try:
+            results = await self.directory.query(cluster, device_type)
+        except DirectoryError as exc:  # unreachable: say so, as a lookup would be stale
+            return {"v": 1, "results": [], "stale": True, "reason": str(exc)[:300]}
         return {"v": 1, "results": results}
 
     async def _op_renew(self, req: dict) -> dict:

@@ -13,6 +13,13 @@ answers:
   titles (H.1.4.3.5) and create device, connections, AEs and transfer capabilities,
   rolling back on failure everything this attempt added;
 - lookup and query (H.1.4.2).
+
+Answers are checked for presence and type where they enter (the LDAP boundary): a value
+the schema requires that is missing, a title that is not a PS3.5 AE title, a port that is
+not 0-65535, a boolean that is not TRUE/FALSE, text with control characters — each is a
+DirectoryError naming the entry, handled like an unreachable directory for that entry.
+Referrals are not followed (any host could be named); a search over the server's size
+limit returns what came, with a warning.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ from ldap3 import (
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 
 from profiles.app_config import plan
-from profiles.app_config.model import Device
+from profiles.app_config.model import Device, ae_title_problem
 
 log = logging.getLogger(__name__)
 
 ENTRY_ALREADY_EXISTS = 68
 NO_SUCH_OBJECT = 32
+SIZE_LIMIT_EXCEEDED = 4
+MAX_TEXT = 1024  # characters of any one value we use
 REFUSALS = {8: "strongerAuthRequired", 50: "insufficientAccess", 53: "unwillingToPerform"}
 TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
 
@@ -65,6 +74,11 @@ def _failed(what: str, exc: Exception) -> DirectoryError:
     if isinstance(exc, LDAPCommunicationError):
         return ConnectionLost(f"{what}: connection lost ({exc.__class__.__name__})")
     return DirectoryError(f"{what}: {exc}")
+
+
+class OddEntry(DirectoryError):
+    """An entry the server sent is missing a required value or has one of the wrong type
+    (a directory edited by hand): that entry cannot be used."""
 
 
 class Refused(DirectoryError):
@@ -130,7 +144,7 @@ def connect(url: str, security: Security, address: str | None = None,
         # An empty authorization identity: "be who the certificate says" (RFC 4422 A).
         kwargs = {"authentication": SASL, "sasl_mechanism": EXTERNAL, "sasl_credentials": ""}
     conn = Connection(server, receive_timeout=TIMEOUT, raise_exceptions=False,
-                      collect_usage=collect_usage, **kwargs)
+                      collect_usage=collect_usage, auto_referrals=False, **kwargs)
     try:
         conn.open()
         if conn.closed:
@@ -177,9 +191,15 @@ def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
         code = conn.result.get("result")
         if code in (0, NO_SUCH_OBJECT):
             return []
-        raise DirectoryError(f"search {flt} under {base}: {conn.result.get('description')}")
-    return [{"dn": e["dn"], **{k.lower(): v for k, v in e["attributes"].items()}}
-            for e in conn.response if e.get("type") == "searchResEntry"]
+        if code != SIZE_LIMIT_EXCEEDED:
+            raise DirectoryError(f"search {flt} under {base}: "
+                                 f"{conn.result.get('description')} ({code})")
+    if (conn.result or {}).get("result") == SIZE_LIMIT_EXCEEDED:  # ldap3 says ok with entries
+        log.warning("search %s under %s: over the server's size limit, %d entries used",
+                    flt, base, len(conn.response or []))
+    return [{"dn": e["dn"], **{k.lower(): v for k, v in (e.get("attributes") or {}).items()}}
+            for e in conn.response or [] if e.get("type") == "searchResEntry"
+            and isinstance(e.get("dn"), str)]
 
 
 def find_configuration_root(conn: Connection) -> str | None:
@@ -191,8 +211,8 @@ def find_configuration_root(conn: Connection) -> str | None:
             below = _search(conn, root["dn"], "(|(objectClass=dicomDevicesRoot)"
                             "(objectClass=dicomUniqueAETitlesRegistryRoot))", LEVEL,
                             ["objectClass", "cn"])
-            kinds = {(oc.lower(), str(e["cn"][0] if isinstance(e["cn"], list) else e["cn"]))
-                     for e in below for oc in e["objectclass"]}
+            kinds = {(str(oc).lower(), _one(e, "cn", required=False))
+                     for e in below for oc in _many(e, "objectClass")}
             if {("dicomdevicesroot", "Devices"),
                     ("dicomuniqueaetitlesregistryroot", "Unique AE Titles Registry")} <= kinds:
                 return root["dn"]
@@ -234,12 +254,68 @@ def _first(entry: dict, name: str) -> Any:
     return value
 
 
+# -- the LDAP boundary: presence and type of what a server answered ---------------------
+
+def _checked_text(entry: dict, name: str, value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OddEntry(f"{entry['dn']}: {name} is not UTF-8 text") from None
+    text = str(value)
+    if len(text) > MAX_TEXT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise OddEntry(f"{entry['dn']}: {name} is not a usable value: {text[:40]!r}")
+    return text
+
+
+def _one(entry: dict, name: str, required: bool = True) -> str | None:
+    value = _first(entry, name)
+    if value in (None, [], ""):
+        if required:
+            raise OddEntry(f"{entry['dn']}: no {name}")
+        return None
+    return _checked_text(entry, name, value)
+
+
+def _many(entry: dict, name: str) -> list[str]:
+    value = entry.get(name.lower(), [])
+    values = value if isinstance(value, list) else [value]
+    return [_checked_text(entry, name, v) for v in values[:256]]
+
+
+def _title(entry: dict) -> str:
+    title = _one(entry, "dicomAETitle")
+    problem = ae_title_problem(title)
+    if problem:
+        raise OddEntry(f"{entry['dn']}: dicomAETitle {title[:20]!r}: {problem}")
+    return title
+
+
+def _port(entry: dict) -> int | None:
+    port = _one(entry, "dicomPort", required=False)
+    if port is None:
+        return None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OddEntry(f"{entry['dn']}: dicomPort {port[:20]!r} is not a port")
+    return int(port)
+
+
+def _boolean(entry: dict, name: str) -> bool | None:
+    value = _one(entry, name, required=False)
+    if value is None:
+        return None
+    if value.upper() not in ("TRUE", "FALSE"):
+        raise OddEntry(f"{entry['dn']}: {name} {value[:20]!r} is not TRUE or FALSE")
+    return value.upper() == "TRUE"
+
+
 class Directory:
     """Operations on one connection to one DICOM configuration root."""
 
     def __init__(self, conn: Connection, base: str):
         self.conn = conn
         self.base = base
+        self.odd_entries = 0  # entries skipped at the boundary
 
     def close(self) -> None:
         close(self.conn)
@@ -291,9 +367,18 @@ class Directory:
         return found[0] if found else None
 
     def registered_titles(self) -> set[str]:
-        return {str(_first(e, "dicomAETitle")) for e in _search(
-            self.conn, plan.registry_dn(self.base), "(objectClass=dicomUniqueAETitle)", LEVEL,
-            ["dicomAETitle"])}
+        """Every title reserved; an odd registry entry is kept as its raw text (it still
+        makes a candidate look taken) and logged."""
+        titles = set()
+        for e in _search(self.conn, plan.registry_dn(self.base),
+                         "(objectClass=dicomUniqueAETitle)", LEVEL, ["dicomAETitle"]):
+            try:
+                titles.add(_title(e))
+            except OddEntry as exc:
+                self.odd_entries += 1
+                log.warning("registry: %s", exc)
+                titles.add(str(_first(e, "dicomAETitle")))
+        return titles
 
     def title_owner(self, title: str) -> str | None:
         """The device whose Network AE has this title, if any."""
@@ -357,7 +442,12 @@ class Directory:
         changed = []
         for entry in _search(self.conn, dn, "(objectClass=dicomNetworkConnection)", LEVEL,
                              ["cn", "dicomHostname", "dicomPort", "dicomInstalled"]):
-            name = str(_first(entry, "cn"))
+            try:
+                name = _one(entry, "cn")  # MAY in the schema: a hand-made entry may lack it
+            except OddEntry as exc:
+                self.odd_entries += 1
+                log.warning("adopting %s: %s: left as it is", dn, exc)
+                continue
             conn = next((c for c in device.connections if c.name == name), None)
             if conn is None:
                 continue
@@ -378,7 +468,7 @@ class Directory:
         if str(_first(existing, "dicomInstalled")).upper() != installed:
             self._modify(dn, {"dicomInstalled": [("MODIFY_REPLACE", [installed])]})
             changed.append(dn)
-        titles = [str(_first(e, "dicomAETitle")) for e in _search(
+        titles = [_title(e) for e in _search(
             self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
         return Registration(dn, titles, adopted=True, changed=changed)
 
@@ -398,7 +488,13 @@ class Directory:
         if cluster:
             flt = f"(&{flt}{plan.eq('dicomApplicationCluster', cluster)})"
         aes = _search(self.conn, plan.devices_dn(self.base), flt, SUBTREE, ["*"])
-        answers = [self._answer(ae) for ae in aes]
+        answers = []
+        for ae in aes:
+            try:
+                answers.append(self._answer(ae))
+            except OddEntry as exc:  # one odd AE does not hide the others
+                self.odd_entries += 1
+                log.warning("query: %s", exc)
         if device_type:
             answers = [a for a in answers if device_type in a.get("primary_device_type", [])]
         return answers
@@ -409,34 +505,32 @@ class Directory:
         return [self.lookup(t) for t in titles]
 
     def _answer(self, ae: dict) -> dict:
-        device_dn = plan.split_rdn(ae["dn"])[1]
+        try:
+            device_dn = plan.split_rdn(ae["dn"])[1]
+        except (ValueError, IndexError) as exc:
+            raise OddEntry(f"{ae['dn'][:80]!r}: not a DN: {exc}") from None
         device = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE, ["*"])
-        dev = device[0] if device else {}
-        device_installed = str(_first(dev, "dicomInstalled")).upper() == "TRUE"
-        ae_installed = _first(ae, "dicomInstalled")
-        installed = device_installed if ae_installed in (None, []) else \
-            str(ae_installed).upper() == "TRUE"
+        dev = device[0] if device else {"dn": device_dn}
+        device_installed = _boolean(dev, "dicomInstalled") is True
+        ae_installed = _boolean(ae, "dicomInstalled")
+        installed = device_installed if ae_installed is None else ae_installed
         connections = []
-        for ref in ae.get("dicomnetworkconnectionreference", []):
+        for ref in _many(ae, "dicomNetworkConnectionReference"):
             found = _search(self.conn, ref, "(objectClass=dicomNetworkConnection)", BASE, ["*"])
             if not found:
                 continue
             c = found[0]
-            c_installed = _first(c, "dicomInstalled")
-            port = _first(c, "dicomPort")
+            c_installed = _boolean(c, "dicomInstalled")
             connections.append({
-                "hostname": str(_first(c, "dicomHostname")),
-                "port": int(port) if port not in (None, []) else None,
-                "tls_cipher_suites": [str(s) for s in c.get("dicomtlsciphersuite", [])],
-                "installed": device_installed if c_installed in (None, [])
-                else str(c_installed).upper() == "TRUE"})
-        return {"v": 1, "aet": str(_first(ae, "dicomAETitle")), "found": True, "stale": False,
-                "source": "directory", "device": str(_first(dev, "dicomDeviceName")),
+                "hostname": _one(c, "dicomHostname"), "port": _port(c),
+                "tls_cipher_suites": _many(c, "dicomTLSCipherSuite"),
+                "installed": device_installed if c_installed is None else c_installed})
+        return {"v": 1, "aet": _title(ae), "found": True, "stale": False,
+                "source": "directory", "device": _one(dev, "dicomDeviceName", required=False),
                 "installed": installed, "connections": connections,
-                "application_cluster": [str(c) for c in ae.get("dicomapplicationcluster", [])],
-                "primary_device_type": [str(t) for t in dev.get("dicomprimarydevicetype", [])],
-                "preferred_called_ae_title": [str(t) for t in
-                                              ae.get("dicompreferredcalledaetitle", [])]}
+                "application_cluster": _many(ae, "dicomApplicationCluster"),
+                "primary_device_type": _many(dev, "dicomPrimaryDeviceType"),
+                "preferred_called_ae_title": _many(ae, "dicomPreferredCalledAETitle")}
 
 
 def _fits(template: str, title: str, attempts: int) -> bool:

@@ -24,6 +24,7 @@ from profiles.app_config.directory import (
     ConnectionLost,
     Directory,
     DirectoryError,
+    OddEntry,
     Refused,
     Registration,
     Security,
@@ -74,6 +75,7 @@ class DirectoryService:
         self.server: str | None = self.saved.get("server")
         self.base: str | None = self.saved.get("base_dn")
         self.reconnects = 0
+        self.odd_entries = 0  # entries refused at the LDAP boundary
         self.last_error: str | None = None
         self.srv_records: list[dict] = []
         self.tried: list[dict] = []
@@ -107,12 +109,18 @@ class DirectoryService:
             directory = self._dir or await self.locate()
             try:
                 return await asyncio.to_thread(operation, directory, *args)
+            except OddEntry:
+                self.odd_entries += 1
+                raise
             except ConnectionLost as exc:
                 log.info("directory connection lost (%s): reconnecting", exc)
                 self.close()
                 self.reconnects += 1
                 if attempt == 2:
                     raise
+            finally:
+                self.odd_entries += directory.odd_entries
+                directory.odd_entries = 0
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -87,12 +87,17 @@ class SntpDriver:
                 continue
             rounds = asyncio.create_task(self.round(servers, timeout=POLL_MAX + 60))
             update = asyncio.create_task(updates.get())
-            done, _ = await asyncio.wait({rounds, update}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (rounds, update):
-                if task not in done:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            try:
+                _, pending = await asyncio.wait({rounds, update},
+                                                return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (rounds, update):
+                    task.cancel()  # a no-op for the one that is done
+            if pending:
+                # Let the cancelled one end. asyncio.wait never raises its CancelledError,
+                # so a cancellation of *this* task (the daemon stopping) is never
+                # swallowed here, as a suppress(CancelledError) around it would.
+                await asyncio.wait(pending)
             # Either may have finished before its cancellation took: lose neither a
             # judged round nor a new server set.
             if not rounds.cancelled():
