@@ -9,7 +9,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata
 
-.PHONY: setup apt venv test unit integration demo bench lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -53,6 +53,20 @@ demo: setup
 
 bench: setup
 	$(PY) netns-fixtures/bench.py
+
+# Long campaigns (CI runs short, seeded ones inside `make test`): a hostile DHCP server
+# against the live daemon with a random seed (printed; DICOM_AGENT_FUZZ_SEED repeats a
+# run), and kill -9 at random instants (DICOM_AGENT_SOAK_TRIALS).
+FUZZ_PACKETS ?= 3000
+SOAK_TRIALS ?= 100
+fuzz: setup
+	DICOM_AGENT_FUZZ_SEED=$${DICOM_AGENT_FUZZ_SEED:-$$RANDOM$$RANDOM} \
+	DICOM_AGENT_FUZZ_PACKETS=$(FUZZ_PACKETS) \
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_hostile_dhcp.py
+
+soak: setup
+	DICOM_AGENT_SOAK_TRIALS=$(SOAK_TRIALS) \
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_kill9.py
 
 lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures

@@ -234,8 +234,11 @@ def sanitize_timers(lease_time: int, t1: int | None, t2: int | None) -> tuple[fl
     enforced as systemd-networkd does: a server's impossible values are replaced."""
     if lease_time == INFINITE:
         return float(INFINITE), float(INFINITE)
-    t2f = float(t2) if t2 is not None and 0 < t2 < lease_time else lease_time * 0.875
-    if t1 is not None and 0 < t1 < t2f:
+    # Below half the lease floor a server's T1/T2 would have the client renew (and run
+    # hooks) every few seconds: replaced like impossible ones.
+    floor = MIN_LEASE / 2
+    t2f = float(t2) if t2 is not None and floor <= t2 < lease_time else lease_time * 0.875
+    if t1 is not None and floor <= t1 < t2f:
         return float(t1), t2f
     return (lease_time * 0.5 if lease_time * 0.5 < t2f else t2f / 2), t2f
 

@@ -33,6 +33,7 @@ class Netlink:
         self.ipr = ipr
         self.index = index
         self._applied: Lease | None = None
+        self._routes: set[str] = set()  # destinations of routes we installed
 
     @classmethod
     async def open(cls, interface: str) -> Netlink:
@@ -93,17 +94,28 @@ class Netlink:
                 await step("mtu", self.ipr.link("set", index=self.index, mtu=lease.mtu))
         network = ipaddress.IPv4Network((lease.address, lease.prefix), strict=False)
         onlink: set[str] = set()
+        wanted = {dst for dst, _ in lease.routes} | {f"{gw}/32" for gw in
+                                                     [*(v for _, v in lease.routes),
+                                                      *lease.router[:1]]
+                                                     if gw != ANY and
+                                                     ipaddress.IPv4Address(gw) not in network}
+        if lease.router:
+            wanted.add("0.0.0.0/0")
+        await self._delete_routes(self._routes - wanted)  # a new lease no longer has them
+        self._routes = set()
 
         async def reach(gateway: str) -> None:
             """An off-link gateway gets an on-link host route first (RFC 3442 note)."""
             if gateway in onlink or ipaddress.IPv4Address(gateway) in network:
                 return
             onlink.add(gateway)
+            self._routes.add(f"{gateway}/32")
             await step(f"host route {gateway}", self.ipr.route(
                 "replace", dst=f"{gateway}/32", oif=self.index, scope=RT_SCOPE_LINK,
                 proto=RTPROT_DHCP))
 
         for dst, via in lease.routes:
+            self._routes.add(dst)
             if via == ANY:  # RFC 3442: a router of 0.0.0.0 means the route is on-link
                 await step(f"route {dst}", self.ipr.route(
                     "replace", dst=dst, oif=self.index, scope=RT_SCOPE_LINK,
@@ -113,6 +125,7 @@ class Netlink:
             await step(f"route {dst}", self.ipr.route(
                 "replace", dst=dst, gateway=via, oif=self.index, proto=RTPROT_DHCP))
         if lease.router:
+            self._routes.add("0.0.0.0/0")
             await reach(lease.router[0])
             await step("default route", self.ipr.route(
                 "replace", dst="0.0.0.0/0", gateway=lease.router[0], oif=self.index,
@@ -123,6 +136,13 @@ class Netlink:
                  f"; refused: {'; '.join(failed)}" if failed else "")
         return failed
 
+    async def _delete_routes(self, destinations: set[str]) -> None:
+        for dst in sorted(destinations):
+            try:
+                await self.ipr.route("del", dst=dst, oif=self.index, proto=RTPROT_DHCP)
+            except Exception as exc:  # gone with an address or prefix already
+                log.debug("route %s already gone: %s", dst, exc)
+
     async def _max_mtu(self) -> int | None:
         try:
             value = (await self._link()).get_attr("IFLA_MAX_MTU")
@@ -131,7 +151,10 @@ class Netlink:
         return value or None
 
     async def remove(self, lease: Lease) -> None:
-        """Delete the lease's address; the kernel drops the routes through it with it."""
+        """Delete the lease's routes and address (an on-link host route would outlive
+        the address; the kernel drops the others with it)."""
+        await self._delete_routes(self._routes)
+        self._routes = set()
         try:
             await self.ipr.addr("del", index=self.index, address=lease.address,
                                 prefixlen=lease.prefix)

@@ -1,0 +1,87 @@
+"""A hostile DHCP server against the live daemon (issue 10): one daemon, cycles driven by
+the socket's `renew` and the server's NAKs, a status request after every packet, and at
+the end a real server's lease that still works. Seeded; `make fuzz` runs thousands of
+packets with a random seed (DICOM_AGENT_FUZZ_SEED, DICOM_AGENT_FUZZ_PACKETS)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from agent_helpers import PYTHON, read_line, write_config
+from test_agent import ask, start, stop, wait_for
+
+HOSTILE = str(Path(__file__).resolve().parents[2] / "netns-fixtures" / "clients"
+              / "hostile_dhcp.py")
+SEED = int(os.environ.get("DICOM_AGENT_FUZZ_SEED", "20261129"))
+PACKETS = int(os.environ.get("DICOM_AGENT_FUZZ_PACKETS", "100"))
+YIADDR = "192.0.2.222"
+FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]'
+STATUS = {"v": 1, "op": "status"}
+
+
+def test_a_hostile_dhcp_server_never_takes_the_daemon_down(lab, device):
+    print(f"hostile DHCP campaign: seed {SEED}, {PACKETS} packets")
+    lab.stop_dhcp_server()
+    try:
+        responder = lab.srv_popen([PYTHON, HOSTILE, device.mac, str(SEED), YIADDR])
+        assert read_line(responder, 30) == {"listening": True}, responder.stderr.read()
+        config = write_config(device, network=FAST, directory="enabled = false")
+        proc = start(device, config)
+        kinds: dict[str, int] = {}
+        try:
+            sent = 0
+            while sent < PACKETS:
+                line = read_line(responder, 6)
+                if line is None:  # the client waits on a timer of its own: nudge it
+                    assert proc.poll() is None
+                    assert ask(device, STATUS)["v"] == 1
+                    ask(device, {"v": 1, "op": "renew"})
+                    line = read_line(responder, 60)
+                    assert line is not None, "no DHCP packet for a minute"
+                sent = line["n"]
+                kinds[line["reply"]] = kinds.get(line["reply"], 0) + 1
+                # After every packet: alive, and the status socket answers.
+                assert proc.poll() is None, f"daemon ended after packet {sent}: {line}"
+                snap = ask(device, STATUS)
+                if line["reply"] == "ack":
+                    bound = wait_for(device, lambda s: s["network"]["state"] == "bound"
+                                     and s["network"].get("address") == YIADDR, 20)
+                    assert bound["supervision"]["address"]["restarts"] == 0
+                    ask(device, {"v": 1, "op": "renew"})
+            snap = ask(device, STATUS)
+            assert all(r["restarts"] == 0 for r in snap["supervision"].values()), \
+                snap["supervision"]
+            refused = snap["counters"]["validation"]
+            assert refused and sum(refused.values()) > 0
+        finally:
+            responder.terminate()
+            responder.wait(10)
+        print(f"replies {kinds}, refused {refused}")
+        assert kinds.get("nak", 0) > 0 and kinds.get("ack", 0) > 0
+        # The real server is back: whatever the hostile leases applied, the device gets
+        # a working lease from it (its REQUEST for the hostile address is NAKed first).
+        lab.start_dhcp_server()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            ask(device, {"v": 1, "op": "renew"})
+            snap = ask(device, STATUS)
+            if snap["network"].get("address", YIADDR) != YIADDR and \
+                    snap["network"]["state"] == "bound":
+                break
+            time.sleep(1)
+        assert snap["network"]["address"] != YIADDR, snap["network"]
+        assert snap["network"]["router"] == ["192.0.2.1"]
+        answer = device.run(["dig", "+short", "+time=2", "+tries=2", "@192.0.2.1",
+                             "ldap.hospital.test"])
+        assert answer.stdout.strip() == "192.0.2.1", answer.stdout + answer.stderr
+        routes = device.ip("-4", "route")
+        assert "198.51.100.99" not in routes and "203.0.113.1" not in routes, routes
+        assert device.ip("-j", "link", "show", "eth0").count('"mtu":1500') == 1
+    finally:
+        lab.start_dhcp_server()
+        if "proc" in locals():
+            err = stop(proc)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err, err[-3000:]
