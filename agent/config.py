@@ -481,6 +481,19 @@ def _directory(t: _Table) -> DirectorySettings:
                                 "allow_cleartext_password = true to accept that")
     if security == "tls" and "bind_dn" in present and "password_file" not in present:
         t.error("password_file", "required with bind_dn")
+    credentials = "bind_dn" in present or "client_cert" in present
+    if security == "tls" and credentials:
+        # Credentials go only to servers the administrator named (issue 11): never to a
+        # server derived from DHCP or DNS alone, and never checked with the system trust
+        # store, which any public certificate passes.
+        if "ca_file" not in present:
+            t.error("ca_file", "required when credentials are configured (bind_dn or "
+                               "client_cert): the directory's certificate is checked "
+                               "against it, not the system trust store")
+        if "servers" not in present and "domain" not in present:
+            t.error("security", "credentials need [directory] servers or domain: they are "
+                                "sent only to servers named there or to SRV targets "
+                                "inside that domain, never to a DHCP-supplied one")
     if ("client_cert" in present) != ("client_key" in present):
         missing = "client_key" if "client_cert" in present else "client_cert"
         other = "client_cert" if missing == "client_key" else "client_key"

@@ -16,6 +16,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.config import Config
 from profiles.app_config import plan
@@ -81,9 +82,26 @@ def candidates_for(config: Config, lease: Callable[[], Lease | None],
     return candidates
 
 
+def credentials_may_go_to(config: Config) -> Callable[[str], bool]:
+    """Where a password or client certificate may be sent (issue 11): a server named in
+    `[directory] servers`, or a host inside the configured — never a DHCP-supplied —
+    `[directory] domain` (an SRV target there). A remembered server passes the same rule."""
+    d = config.directory
+    named = {urlsplit(url).hostname for url in d.servers}
+    domain = d.domain.lower().rstrip(".") if d.domain else None
+
+    def trusted(url: str) -> bool:
+        host = (urlsplit(url).hostname or "").lower().rstrip(".")
+        return host in named or (domain is not None and (
+            host == domain or host.endswith("." + domain)))
+
+    return trusted
+
+
 def service_for(config: Config, lease: Callable[[], Lease | None],
                 resolver: Callable[[], Resolver]) -> DirectoryService:
     d = config.directory
     return DirectoryService(config.device, security_for(config),
                             candidates_for(config, lease, resolver), config.agent.state_dir,
-                            d.title_attempts, d.refresh_interval)
+                            d.title_attempts, d.refresh_interval,
+                            credentials_may_go_to(config))

@@ -86,8 +86,11 @@ def options_for(rng: random.Random, kind: str) -> list[tuple[int, bytes]]:
     for code, value in chosen.items():
         if len(value) > 255 or (len(value) > 4 and rng.random() < 0.2):
             # RFC 3396: a long option split into several instances, concatenated
-            cut = rng.randint(1, min(len(value) - 1, 255))
-            out += [(code, value[:cut]), (code, value[cut:])]
+            rest = value
+            while rest:
+                cut = rng.randint(1, min(len(rest), 255))
+                out.append((code, rest[:cut]))
+                rest = rest[cut:]
         else:
             out.append((code, value))
     return out

@@ -91,15 +91,25 @@ class Refused(DirectoryError):
 
 @dataclass
 class Security:
-    """How to connect (CONTRACTS.md `[directory]` security patterns)."""
+    """How to connect (CONTRACTS.md `[directory]` security patterns). The password is
+    never in a repr (logs, tracebacks)."""
 
     pattern: str = "anonymous"  # anonymous | basic | tls
     bind_dn: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
     allow_cleartext_password: bool = False
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.bind_dn or self.client_cert)
+
+    def without_credentials(self) -> Security:
+        """The same TLS (or none), anonymous: for a server credentials may not go to."""
+        return Security("tls" if self.pattern == "tls" else "anonymous",
+                        ca_file=self.ca_file)
 
 
 @dataclass
@@ -220,14 +230,20 @@ def find_configuration_root(conn: Connection) -> str | None:
     return None
 
 
-def find_directory(urls: list[tuple[str, str | None]], security: Security
+def find_directory(urls: list[tuple[str, str | None]], security: Security,
+                   trusted=lambda url: True
                    ) -> tuple[Connection | None, str | None, str | None, list[dict]]:
     """Try each (URL, address) in order until one holds a DICOM tree:
-    (connection, URL, base DN, what each try gave)."""
+    (connection, URL, base DN, what each try gave). Credentials go only to a URL
+    `trusted` accepts; the others are tried anonymously (reads only)."""
     tried = []
     for url, address in urls:
+        use = security
+        if security.has_credentials and not trusted(url):
+            use = security.without_credentials()
+            log.info("%s: not a configured server; connecting without credentials", url)
         try:
-            conn = connect(url, security, address)
+            conn = connect(url, use, address)
         except DirectoryError as exc:
             tried.append({"url": url, "result": str(exc)})
             continue
@@ -242,7 +258,8 @@ def find_directory(urls: list[tuple[str, str | None]], security: Security
             tried.append({"url": url, "result": "no dicomConfigurationRoot with cn=Devices "
                                                 "and the Unique AE Titles Registry"})
             continue
-        tried.append({"url": url, "result": "ok"})
+        tried.append({"url": url, "result": "ok" if use is security
+                      else "ok (anonymous: credentials only go to configured servers)"})
         return conn, url, base, tried
     return None, None, None, tried
 

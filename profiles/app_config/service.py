@@ -62,13 +62,15 @@ def read_directory_record(state_dir: Path) -> dict:
 
 class DirectoryService:
     def __init__(self, device: Device, security: Security, candidates: Candidates,
-                 state_dir: Path, attempts: int, refresh_interval: float):
+                 state_dir: Path, attempts: int, refresh_interval: float,
+                 trusted: Callable[[str], bool] = lambda url: True):
         self.device = device
         self.security = security
         self.candidates = candidates
         self.state_dir = state_dir
         self.attempts = attempts
         self.refresh_interval = refresh_interval
+        self.trusted = trusted  # which URLs may receive credentials
         self.cache = LookupCache(state_dir / "cache")
         self.saved = read_directory_record(state_dir)
         self.state = "locating"
@@ -94,7 +96,8 @@ class DirectoryService:
             urls.insert(0, (self.server, None))
         elif self.server:
             urls.sort(key=lambda pair: pair[0] != self.server)
-        conn, url, base, tried = await asyncio.to_thread(find_directory, urls, self.security)
+        conn, url, base, tried = await asyncio.to_thread(find_directory, urls, self.security,
+                                                         self.trusted)
         self.tried = tried
         if conn is None:
             raise DirectoryError("no DICOM configuration root: " + "; ".join(

@@ -304,19 +304,38 @@ class TestSecurityPatterns:
         path.chmod(mode)
         return str(path)
 
+    def named(self, tmp_path: Path, **keys) -> dict:
+        """A tls [directory] with credentials' companions: a CA and a configured domain."""
+        ca = tmp_path / "ca.pem"
+        ca.write_text("x")
+        return {"security": "tls", "ca_file": str(ca), "domain": "hospital.test", **keys}
+
     def test_password_file_readable_by_others_is_refused(self, tmp_path):
         pw = self.secret(tmp_path, 0o644)
-        data = with_("directory", {"security": "tls", "bind_dn": "cn=r,dc=hospital,dc=test",
-                                   "password_file": pw})
+        data = with_("directory", self.named(tmp_path, bind_dn="cn=r,dc=hospital,dc=test",
+                                             password_file=pw))
         assert errors_of(data) == [
             f"directory.password_file: must not be readable by group or others (mode 0644); "
             f"chmod 600 {pw}"]
 
     def test_private_password_file_is_accepted(self, tmp_path):
         pw = self.secret(tmp_path, 0o600)
-        config = parse_config(with_("directory", {
-            "security": "tls", "bind_dn": "cn=r,dc=hospital,dc=test", "password_file": pw}))
+        config = parse_config(with_("directory", self.named(
+            tmp_path, bind_dn="cn=r,dc=hospital,dc=test", password_file=pw)))
         assert config.directory.password_file == Path(pw)
+
+    def test_tls_credentials_need_a_ca_and_named_servers(self, tmp_path):
+        pw = self.secret(tmp_path, 0o600)
+        assert errors_of(with_("directory", {
+            "security": "tls", "bind_dn": "cn=r,dc=hospital,dc=test", "password_file": pw})) == [
+            "directory.ca_file: required when credentials are configured (bind_dn or "
+            "client_cert): the directory's certificate is checked against it, not the "
+            "system trust store",
+            "directory.security: credentials need [directory] servers or domain: they are "
+            "sent only to servers named there or to SRV targets inside that domain, never "
+            "to a DHCP-supplied one"]
+        # Anonymous over TLS may follow DHCP and SRV: nothing to protect.
+        assert parse_config(with_("directory", {"security": "tls"})).directory.ca_file is None
 
     def test_basic_needs_the_cleartext_permission_and_its_credentials(self):
         assert errors_of(with_("directory", {"security": "basic"})) == [
@@ -335,8 +354,8 @@ class TestSecurityPatterns:
     def test_tls_bind_dn_needs_a_password_and_cert_needs_key(self, tmp_path):
         cert = tmp_path / "c.pem"
         cert.write_text("x")
-        assert errors_of(with_("directory", {
-            "security": "tls", "bind_dn": "cn=r,dc=x", "client_cert": str(cert)})) == [
+        assert errors_of(with_("directory", self.named(
+            tmp_path, bind_dn="cn=r,dc=x", client_cert=str(cert)))) == [
             "directory.password_file: required with bind_dn",
             "directory.client_key: required with client_cert"]
 

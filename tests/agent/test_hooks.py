@@ -85,3 +85,28 @@ def test_a_failing_hook_is_counted(tmp_path):
 
     assert asyncio.run(main()).counters == {"run": 1, "failed": 1}
     assert os.access(hooks_dir / "10-fails", os.X_OK)
+
+
+def test_only_trusted_hooks_run(tmp_path):
+    hooks_dir = tmp_path / "hooks.d"
+    hooks_dir.mkdir()
+    ran = tmp_path / "ran"
+    for name in ("10-good", "20-world-writable", "30-not-ours", "40-setuid"):
+        hook(hooks_dir, name, f"echo {name} >> {ran}\n")
+    (hooks_dir / "20-world-writable").chmod(0o777)
+    os.chown(hooks_dir / "30-not-ours", 65534, 65534)
+    (hooks_dir / "40-setuid").chmod(0o4755)
+
+    async def main() -> Hooks:
+        h = Hooks(hooks_dir, 5.0)
+        await h.run_now("ready", {})
+        return h
+
+    h = asyncio.run(main())
+    assert ran.read_text().split() == ["10-good"]
+    assert h.counters == {"run": 1, "skipped": 3}
+    # A directory anyone may write to: nothing in it runs, however good the files.
+    hooks_dir.chmod(0o777)
+    ran.unlink()
+    h = asyncio.run(main())
+    assert not ran.exists() and h.counters == {"skipped": 1}

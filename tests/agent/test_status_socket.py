@@ -173,3 +173,87 @@ def test_a_peer_outside_the_status_group_is_forbidden_to_mutate():
     assert json.loads(renew) == {"v": 1, "error": {
         "code": "forbidden", "message": '"renew" is for root and the status group only'}}, err
     assert json.loads(status)["state"] == "starting"  # reading is for anyone
+
+
+def test_hostile_json_is_a_bad_request(tmp_path):
+    async def main():
+        server, _ = await start(tmp_path)
+        got = await ask(server.path, b"[" * 60000 + b"\n" + b'{"v":true,"op":"status"}\n'
+                        + b'{"v":1.0,"op":"status"}\n' + b'{"v":1,"op":"status","n":'
+                        + b"9" * 50 + b"}\n" + b'{"v":1,"op":"status","n":NaN}\n'
+                        + b'{"v":1,"op":"lookup","aet":' + b'{"a":' * 9 + b"1" + b"}" * 9
+                        + b"}\n" + b'{"v":1,"op":"status"}\n', count=7)
+        await server.close()
+        return got, server.counters
+
+    got, counters = asyncio.run(main())
+    assert [g.get("error", {}).get("code") for g in got] == ["bad-request"] * 6 + [None]
+    assert got[0]["error"]["message"] == "nested deeper than 8"
+    assert got[6]["state"] == "starting" and counters["bad-request"] == 6
+
+
+FLOOD = """
+import resource, socket, sys
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker's own limit
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"v":1,"op":"sta')  # half a request, never finished
+    held.append(s)
+busy = 0
+for s in held:
+    s.settimeout(1.0)
+    try:
+        busy += b'"busy"' in s.recv(4096)
+    except OSError:
+        pass
+print(busy, flush=True)
+sys.stdin.readline()  # hold the rest until told
+"""
+
+
+def test_an_unprivileged_flood_is_capped_and_the_daemon_keeps_its_files(tmp_path, monkeypatch):
+    import resource
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from agent import status
+    from profiles import statefile
+
+    monkeypatch.setattr(status, "REQUEST_DEADLINE", 3.0)
+    public = Path(tempfile.mkdtemp(prefix="dicom-agent-flood-"))
+    public.chmod(0o755)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # as in the review
+
+    async def main():
+        server, _ = await start(public)
+        proc = await asyncio.create_subprocess_exec(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+            "-c", FLOOD, str(server.path), "140", stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        busy = int((await proc.stdout.readline()) or b"-1")
+        # Root is still answered, and the daemon can still open its files.
+        during = await ask(server.path, b'{"v":1,"op":"status"}\n')
+        statefile.write_json(tmp_path / "lease-eth0.json", {"ok": True})
+        await asyncio.sleep(3.5)  # the held half-requests time out
+        after = dict(server.counters)
+        proc.stdin.write(b"\n")
+        await proc.wait()
+        await server.close()
+        return busy, during, after, server.cap
+
+    try:
+        busy, during, counters, cap = asyncio.run(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        shutil.rmtree(public)
+    assert cap == 32  # a quarter of the 128 files
+    assert busy == 140 - status.MAX_PER_UID and counters["busy"] == busy
+    assert during[0]["state"] == "starting"
+    assert counters["timeout"] == status.MAX_PER_UID  # idle half-requests are dropped

@@ -18,6 +18,7 @@ class FakeServer:
     t2: int | None = None
     extra: dict[int, bytes] = field(default_factory=dict)
     nak_requests: bool = False
+    nak_message: bytes = b""
     leases: dict[bytes, str] = field(default_factory=dict)  # client id -> address
     seen: list[DhcpMessage] = field(default_factory=list)
 
@@ -25,6 +26,8 @@ class FakeServer:
               **overrides) -> bytes:
         opts = {o.MESSAGE_TYPE: bytes((mtype,)),
                 o.SERVER_ID: ipaddress.IPv4Address(self.server_id).packed}
+        if mtype is MessageType.NAK and self.nak_message:
+            opts[o.MESSAGE] = self.nak_message
         if mtype is not MessageType.NAK:
             opts.update({
                 o.LEASE_TIME: self.lease_time.to_bytes(4, "big"),

@@ -234,6 +234,19 @@ def test_t1_t2_are_sanitized(t1, t2, expected):
     assert (lease.t1, lease.t2) == expected
 
 
+def test_a_nak_message_is_logged_without_its_control_characters(caplog):
+    c = client()
+    server = FakeServer(nak_requests=True, nak_message=b"no \x1b[31mlease\x07\r\n\xff")
+    c.start(0.0)
+    c.handle_timer(0.0)
+    with caplog.at_level("INFO", logger="profiles.network_address.client"):
+        exchange(c, server, 0.0)
+        exchange(c, server, 0.0)
+    (line,) = [r.getMessage() for r in caplog.records if "NAK from" in r.getMessage()]
+    assert line.endswith("no \\x1b[31mlease\\x07\\x0d\\x0a\\xff")
+    assert all(" " <= ch <= "~" for ch in line)
+
+
 def test_nak_while_requesting_goes_back_to_init_and_backs_off():
     c, server = client(), FakeServer(nak_requests=True)
     c.start(0.0)
