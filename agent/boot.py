@@ -63,6 +63,7 @@ class Condition(enum.StrEnum):
     AUTO_IP = "auto-ip"
     PROFILE_FAILING = "profile-failing"
     NO_TITLE = "no-title"
+    CLOCK_STEP_REFUSED = "clock-step-refused"
 
 
 class Event(enum.StrEnum):
@@ -87,6 +88,8 @@ class Event(enum.StrEnum):
     WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, conflict)
     PROFILE_FAILING = "profile-failing"  # a supervised task died and waits to restart
     PROFILES_HEALTHY = "profiles-healthy"  # no task is between restarts
+    CLOCK_STEP_REFUSED = "clock-step-refused"  # the step policy refused a correction
+    CLOCK_STEP_SETTLED = "clock-step-settled"  # a later round needed no refusal
     STOP = "stop"
 
 
@@ -154,6 +157,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
     Event.WITHDRAWN: (_ANY, _e(undone=[S.ANNOUNCED])),
     Event.PROFILE_FAILING: (_ANY, _e(degrade=[C.PROFILE_FAILING])),
     Event.PROFILES_HEALTHY: (_ANY, _e(recover=[C.PROFILE_FAILING])),
+    Event.CLOCK_STEP_REFUSED: (_ANY, _e(degrade=[C.CLOCK_STEP_REFUSED])),
+    Event.CLOCK_STEP_SETTLED: (_ANY, _e(recover=[C.CLOCK_STEP_REFUSED])),
     Event.STOP: (_ANY, _e(done=[S.STOPPED])),
 }
 

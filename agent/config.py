@@ -86,6 +86,8 @@ class TimeSettings:
     broadcast_discovery: bool = False
     broadcast_window: float = 5.0
     step_threshold_ms: float = 128.0
+    step_updates: int = 3  # clock updates after start that may step (chrony's makestep)
+    step_limit_s: float = 1000.0  # a larger correction after sync needs 3 agreeing servers
     chrony_sourcedir: Path = Path("/run/chrony-dhcp")
     chronyc_socket: Path = Path("/run/chrony/chronyd.sock")
 
@@ -425,6 +427,8 @@ def _time(t: _Table) -> TimeSettings:
         broadcast_discovery=t.value("broadcast_discovery", "bool", d.broadcast_discovery),
         broadcast_window=t.value("broadcast_window", "number", d.broadcast_window, positive),
         step_threshold_ms=t.value("step_threshold_ms", "number", d.step_threshold_ms, positive),
+        step_updates=t.value("step_updates", "int", d.step_updates, _in_range(0, 1000)),
+        step_limit_s=t.value("step_limit_s", "number", d.step_limit_s, positive),
         chrony_sourcedir=t.path_value("chrony_sourcedir", d.chrony_sourcedir),
         chronyc_socket=t.path_value("chronyc_socket", d.chronyc_socket),
     )

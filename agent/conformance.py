@@ -70,6 +70,15 @@ def statement(config: Config) -> str:
            "Secure transactions: "
            + ("NTS when chronyd is configured for it (chrony mode)." if t.mode == "chrony"
               else "not supported (SNTP has none)."),
+           ("Clock corrections (sntp): a step only in the first "
+            f"{t.step_updates} updates after start, slewing after; after the first sync a "
+            f"correction over {t.step_limit_s:g} s needs three agreeing servers, and no step "
+            "sets the clock before the agent's installation or its last saved report "
+            "(an operator may accept a refused one); samples with a root distance over "
+            "1.5 s are not used; request nonces are unpredictable (secrets)."
+            if t.mode == "sntp" else "Clock corrections: " + (
+                "chronyd's own policy (makestep, maxchange)." if t.mode == "chrony"
+                else "none (observe).")),
            "This device is not an NTP server.",
            f"UTC offset: option 101, else 100, else 2, else the preset {t.utc_offset} s; the "
            "system clock stays UTC.", "",
@@ -80,6 +89,12 @@ def statement(config: Config) -> str:
                 "2782 order, then "
                 + (", ".join(d.servers) if d.servers else "no manual servers") + ".",
                 f"Security: {pattern}. Update LDAP Server option: {updates}.",
+                "Credentials (bind DN and password, or a client certificate) are sent "
+                "only to servers named in the configuration or to SRV targets inside the "
+                "configured domain"
+                + (f" ({d.domain})" if d.domain else " (none configured: named servers only)")
+                + ", over TLS checked against the configured CA; other servers are read "
+                "anonymously. Referrals are not followed.",
                 "Queries made: the root DSE's namingContexts; "
                 "(objectClass=dicomConfigurationRoot) in each; the two roots below it; "
                 "(&(objectClass=dicomDevice)(dicomDeviceName=<name>)) (else by serial "

@@ -100,7 +100,8 @@ class Agent:
         self.auto_ip: str | None = None
         self._last_address: str | None = None
         self.timekeeping = Timekeeping(config.time, config.time.mode,
-                                       config.network.interface, self.rng)
+                                       config.network.interface, self.rng,
+                                       config.agent.state_dir)
         self.ntp_updates: asyncio.Queue[list[str]] = asyncio.Queue()
         self.directory: DirectoryService | None = None
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
@@ -113,7 +114,8 @@ class Agent:
         self.status_server = StatusServer(
             config.agent.status_socket, self.snapshot,
             {"lookup": self._op_lookup, "query": self._op_query, "renew": self._op_renew,
-             "reload": self._op_reload, "purge-cache": self._op_purge},
+             "reload": self._op_reload, "purge-cache": self._op_purge,
+             "accept-time-step": self._op_accept_time_step},
             config.agent.status_group, on_error=self._status_error)
         self._ready_once = False
         self._stop = asyncio.Event()
@@ -304,6 +306,8 @@ class Agent:
         except OSError as exc:
             log.warning("time.json not saved: %s", exc)
         await self._event(Event.TIME_SYNCED if synced else Event.TIME_INTERNAL)
+        refused = self.timekeeping.report.get("correction") == "refused"
+        await self._event(Event.CLOCK_STEP_REFUSED if refused else Event.CLOCK_STEP_SETTLED)
         self._changed()
         if synced and first:
             self._hook("time-synced")
@@ -416,6 +420,13 @@ class Agent:
         self.address_changed.set()
         self.announce_wanted.set()
         return {"v": 1, "ok": True, "restart_needed": restart}
+
+    async def _op_accept_time_step(self, req: dict) -> dict:
+        """An operator accepts the correction the step policy refused (issue 11): the
+        next round applies it once."""
+        self.timekeeping.policy.accept()
+        return {"v": 1, "ok": True,
+                "refused": self.timekeeping.report.get("correction_refused")}
 
     async def _op_purge(self, req: dict) -> dict:
         if self.directory is not None:

@@ -21,14 +21,16 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from agent.address import dns_of
 from agent.config import TimeSettings
+from profiles import statefile
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import ResolveError, Resolver
 from profiles.time_sync import chrony
 from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
-from profiles.time_sync.sntp import RoundResult, SntpClient
+from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
 from profiles.time_sync.sources import choose_servers, offset_and_control
 
 log = logging.getLogger(__name__)
@@ -81,13 +83,29 @@ def chrony_fields(state: dict) -> dict:
 def sntp_fields(result: RoundResult) -> dict:
     return {"servers": list(result.servers), "selected": result.selected,
             "offset_ms": None if result.offset is None else round(result.offset * 1000, 3),
-            "synced": result.synced, "correction": result.correction}
+            "synced": result.synced, "correction": result.correction,
+            "correction_refused": result.refused}
+
+
+def clock_floor(state_dir: Path | None) -> float:
+    """The wall time the clock is never stepped before (as systemd-timesyncd does): when
+    the agent was installed, or the last saved time report, whichever is later."""
+    floor = Path(__file__).stat().st_mtime
+    if state_dir is not None:
+        saved = statefile.read_json(state_dir / "time.json")
+        wall = saved.get("saved_wall") if isinstance(saved, dict) else None
+        if isinstance(wall, int | float) and not isinstance(wall, bool) and wall < 1e11:
+            floor = max(floor, float(wall))
+    return floor
 
 
 class Timekeeping:
     def __init__(self, settings: TimeSettings, mode: str, interface: str,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, state_dir: Path | None = None):
         self.settings = settings
+        # One policy for the life of the process: a restarted time task keeps its count.
+        self.policy = StepPolicy(settings.step_updates, settings.step_limit_s,
+                                 clock_floor(state_dir))
         self.mode = mode
         self.interface = interface
         self.rng = rng or random.Random(os.urandom(16))
@@ -143,7 +161,8 @@ class Timekeeping:
             return self.report
         self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
                                SystemClock(),
-                               may_adjust=self.report["clock_control"]["allowed"])
+                               may_adjust=self.report["clock_control"]["allowed"],
+                               policy=self.policy)
         result = await SntpDriver(self.core).round(addresses)
         self.rounds += 1
         self.report.update(sntp_fields(result))
@@ -178,7 +197,8 @@ class Timekeeping:
             return
         self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
                                SystemClock(),
-                               may_adjust=self.report["clock_control"]["allowed"])
+                               may_adjust=self.report["clock_control"]["allowed"],
+                               policy=self.policy)
         updates.put_nowait(addresses)  # a later lease may bring others
 
         async def on_round(result: RoundResult) -> None:

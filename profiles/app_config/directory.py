@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 ENTRY_ALREADY_EXISTS = 68
 NO_SUCH_OBJECT = 32
 SIZE_LIMIT_EXCEEDED = 4
+SIZE_LIMIT = 2000  # entries one search may return
+PAGE_SIZE = 200  # entries per page of a query (RFC 2696)
 MAX_TEXT = 1024  # characters of any one value we use
 REFUSALS = {8: "strongerAuthRequired", 50: "insufficientAccess", 53: "unwillingToPerform"}
 TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
@@ -190,9 +192,29 @@ def close(conn: Connection) -> None:
 
 
 def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
-            attributes: list[str] | None = None) -> list[dict]:
+            attributes: list[str] | None = None, paged: bool = False) -> list[dict]:
+    """Entries found, bounded by SIZE_LIMIT entries and TIMEOUT seconds on the server;
+    `paged` asks for them PAGE_SIZE at a time (RFC 2696) up to SIZE_LIMIT."""
+    if paged:
+        out: list[dict] = []
+        cookie = None
+        while len(out) < SIZE_LIMIT:
+            out += _search_once(conn, base, flt, scope, attributes, PAGE_SIZE, cookie)
+            cookie = (conn.result or {}).get("controls", {}).get(
+                "1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+            if not cookie:
+                break
+        return out[:SIZE_LIMIT]
+    return _search_once(conn, base, flt, scope, attributes)
+
+
+def _search_once(conn: Connection, base: str, flt: str, scope: Any,
+                 attributes: list[str] | None, page: int = 0,
+                 cookie: bytes | None = None) -> list[dict]:
     try:
-        ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [])
+        ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [],
+                         size_limit=SIZE_LIMIT, time_limit=TIMEOUT,
+                         paged_size=page or None, paged_cookie=cookie)
     except LDAPException as exc:
         raise _failed(f"search {flt} under {base}", exc) from None
     if not ok:
@@ -504,7 +526,7 @@ class Directory:
         flt = "(objectClass=dicomNetworkAE)"
         if cluster:
             flt = f"(&{flt}{plan.eq('dicomApplicationCluster', cluster)})"
-        aes = _search(self.conn, plan.devices_dn(self.base), flt, SUBTREE, ["*"])
+        aes = _search(self.conn, plan.devices_dn(self.base), flt, SUBTREE, ["*"], paged=True)
         answers = []
         for ae in aes:
             try:

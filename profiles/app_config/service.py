@@ -85,6 +85,7 @@ class DirectoryService:
         self.adopted = False  # the last registration took over an entry made elsewhere
         self.on_state: OnState | None = None
         self._dir: Directory | None = None
+        self._lock = asyncio.Lock()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -107,7 +108,13 @@ class DirectoryService:
         return self._dir
 
     async def call(self, operation: Callable[..., object], *args: object) -> object:
-        """Run `operation(directory, *args)` in a thread; reconnect once if it dropped."""
+        """Run `operation(directory, *args)` in a thread; reconnect once if it dropped.
+        One operation at a time: the worker threads share one ldap3 connection, which is
+        not safe for concurrent use."""
+        async with self._lock:
+            return await self._call(operation, *args)
+
+    async def _call(self, operation: Callable[..., object], *args: object) -> object:
         for attempt in (1, 2):
             directory = self._dir or await self.locate()
             try:
@@ -148,7 +155,8 @@ class DirectoryService:
         previous_dn = self.saved.get("device_dn")
         try:
             if self._dir is None:
-                await self.locate()
+                async with self._lock:
+                    await self.locate()
             if self.state in ("locating", "unavailable", "cached"):
                 await self._set_state("registering")
             result: Registration = await self.call(
@@ -197,10 +205,10 @@ class DirectoryService:
     # -- lookups ---------------------------------------------------------------------------
 
     async def lookup(self, title: str, refresh: bool = False) -> dict:
-        """H.1.4.2 by AE title; the cache (marked stale) when the directory is away. With
-        `refresh` the cached entry is dropped first (H.1.6: after a failed association)."""
-        if refresh:
-            self.cache.drop(title)
+        """H.1.4.2 by AE title; the cache (marked stale) when the directory is away.
+        Every lookup asks the directory first, so `refresh` (H.1.6: after a failed
+        association) needs no more: the cached entry is replaced only when a fresh answer
+        arrives, and stays the offline fallback during an outage."""
         try:
             answer = await self.call(lambda d: d.lookup(title))
         except DirectoryError as exc:

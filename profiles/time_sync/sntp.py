@@ -8,12 +8,23 @@ as its origin timestamp: an off-path forger cannot). Replies are checked (RFC 43
 mode 4, origin matches, stratum 1-15, leap != 3, non-zero transmit time; stratum 0 is a
 kiss-o'-death: RATE backs that server off, DENY and RSTR drop it). Of each server's
 good samples the lowest-delay one counts. When every request is answered or timed out
-the round is judged: with three or more servers, Marzullo's interval intersection keeps
-the majority that agrees and names the others falsetickers; the truechimer with the
-smallest root distance is selected. Then, if the core may adjust the clock, it steps
-(|offset| > step threshold) or slews through the injected actuator. The poll interval
-doubles from 64 s to 1024 s while the clock stays within the threshold and falls back
-to 64 s when it does not; no server is asked more often than every 15 s.
+the round is judged: with two or more servers, Marzullo's interval intersection keeps
+the majority that agrees and names the others falsetickers (two that disagree: no
+majority, not synchronized); the truechimer with the smallest root distance is selected.
+A sample whose root distance exceeds MAX_DISTANCE (1.5 s, as chrony's maxdistance) is
+not used. Nonces come from `secrets`, not from the injected Random whose DHCP xids are
+on the wire.
+
+Then, if the core may adjust the clock, the StepPolicy (after chrony's makestep and
+maxchange) decides: a step (|offset| > step threshold) only during the first
+`step_updates` clock updates since the process started, a slew after; after the first
+sync, a correction over `step_limit` needs at least three agreeing servers; no step ever
+sets the clock before `floor` (the build, or the last saved report). A correction the
+policy refuses is reported (`correction: "refused"`) until an operator accepts it
+(`accept()`). The policy object outlives the core, so a crash loop of the time task
+cannot become a step loop. The poll interval doubles from 64 s to 1024 s while the clock
+stays within the threshold and falls back to 64 s when it does not; no server is asked
+more often than every 15 s.
 
 `now` is CLOCK_BOOTTIME (scheduling); `wall` is the clock being measured (CLOCK_REALTIME,
 timestamps T1 and T4).
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +49,7 @@ BURST_SPACING = 0.25  # s between requests to one server
 REPLY_TIMEOUT = 1.0  # s
 POLL_MIN, POLL_MAX = 64.0, 1024.0  # s
 SERVER_MIN_INTERVAL = 15.0  # s: never a round to one server more often
+MAX_DISTANCE = 1.5  # s: a sample with a larger root distance is not used
 NTP_PORT = 123
 
 
@@ -91,7 +104,45 @@ class RoundResult:
     selected: str | None
     offset: float | None  # s
     synced: bool
-    correction: str | None  # "step", "slew" or None
+    correction: str | None  # "step", "slew", "refused" or None
+    agreeing: int = 0  # servers whose intervals hold the selected one's
+    refused: str | None = None  # why the policy refused the correction
+
+
+@dataclass
+class StepPolicy:
+    """When the clock may be stepped (kept for the life of the process)."""
+
+    step_updates: int = 3
+    step_limit: float = 1000.0  # s
+    floor: float = 0.0  # wall-clock seconds the clock is never stepped before
+    updates: int = 0  # clock corrections made since the process started
+    synced_once: bool = False
+    accepted: bool = False  # an operator accepted the refused correction
+    refused: int = 0
+
+    def decide(self, offset: float, agreeing: int, threshold: float, wall: float
+               ) -> tuple[str, str | None]:
+        """("step" | "slew" | "refused", why refused)."""
+        why = None
+        if abs(offset) > self.step_limit and self.synced_once and agreeing < 3:
+            why = (f"a correction of {offset:+.0f} s after the first sync needs three "
+                   f"agreeing servers, {agreeing} agree")
+        elif wall + offset < self.floor:
+            why = f"it would set the clock before {self.floor:.0f} (the floor)"
+        if why is not None and not self.accepted:
+            self.refused += 1
+            return "refused", why
+        self.accepted = False
+        self.synced_once = True
+        kind = "step" if abs(offset) > threshold and self.updates < self.step_updates \
+            else "slew"
+        self.updates += 1
+        return kind, None
+
+    def accept(self) -> None:
+        """An operator's `accept-time-step`: the next refused correction is applied."""
+        self.accepted = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +154,10 @@ class Datagram:
 
 class SntpClient:
     def __init__(self, rng: random.Random, step_threshold: float = 0.128,
-                 actuator: ClockActuator | None = None, may_adjust: bool = False):
+                 actuator: ClockActuator | None = None, may_adjust: bool = False,
+                 policy: StepPolicy | None = None):
         self.rng = rng
+        self.policy = policy or StepPolicy()
         self.step_threshold = step_threshold
         self.actuator = actuator
         self.may_adjust = may_adjust and actuator is not None
@@ -116,6 +169,7 @@ class SntpClient:
         self._in_round = False
         self._outbox: list[Datagram] = []
         self._events: deque[RoundResult] = deque()
+        self._wall = 0.0  # the clock's reading at the last input
 
     # -- driver interface --------------------------------------------------------------
 
@@ -144,6 +198,7 @@ class SntpClient:
         return self._events.popleft() if self._events else None
 
     def handle_timer(self, now: float, wall: float) -> None:
+        self._wall = wall
         if not self._in_round and self._round_due is not None and now >= self._round_due:
             self._start_round(now)
         for s in self.servers.values():
@@ -157,6 +212,7 @@ class SntpClient:
         self._maybe_finish(now)
 
     def receive_datagram(self, data: bytes, source: str, now: float, wall: float) -> None:
+        self._wall = wall
         s = self.servers.get(source)
         if s is None:
             return self._count("unknown-source")
@@ -198,7 +254,7 @@ class SntpClient:
             s.not_before = now + max(SERVER_MIN_INTERVAL, s.rate_backoff)
 
     def _send(self, s: ServerState, now: float, wall: float) -> None:
-        nonce = self.rng.getrandbits(64) | 1
+        nonce = secrets.randbits(64) | 1  # unpredictable: the rng's xids are on the wire
         s.pending[nonce] = wall
         s.deadlines[nonce] = now + REPLY_TIMEOUT
         self._outbox.append(Datagram(packet.request(nonce), s.address))
@@ -231,6 +287,9 @@ class SntpClient:
             return "unsynchronized (leap indicator 3)"
         if pkt.transmit == 0:
             return "zero transmit timestamp"
+        distance = pkt.root_delay / 2 + pkt.root_dispersion
+        if distance > MAX_DISTANCE:
+            return f"root distance {distance:.2f} s over {MAX_DISTANCE} s"
         return None
 
     def _maybe_finish(self, now: float) -> None:
@@ -241,12 +300,16 @@ class SntpClient:
         self._in_round = False
         result = self._judge()
         if result.synced and self.may_adjust and result.offset is not None:
-            if abs(result.offset) > self.step_threshold:
+            kind, why = self.policy.decide(result.offset, result.agreeing,
+                                           self.step_threshold, self._wall)
+            if kind == "step":
                 self.actuator.step(result.offset)
-                result = _with_correction(result, "step")
-            else:
+            elif kind == "slew":
                 self.actuator.slew(result.offset)
-                result = _with_correction(result, "slew")
+            else:
+                self._count("correction-refused")
+                log.warning("clock correction of %+.3f s refused: %s", result.offset, why)
+            result = _with_correction(result, kind, why)
         stable = result.synced and abs(result.offset) <= self.step_threshold
         self.poll = min(self.poll * 2, POLL_MAX) if stable else POLL_MIN
         self._round_due = now + self.poll
@@ -255,7 +318,7 @@ class SntpClient:
 
     def _judge(self) -> RoundResult:
         good = [s for s in self.servers.values() if s.best is not None]
-        truechimers = marzullo(good) if len(good) >= 3 else good
+        truechimers = marzullo(good) if len(good) >= 2 else good
         for s in good:
             s.accepted = s in truechimers
             if not s.accepted:
@@ -265,7 +328,12 @@ class SntpClient:
         reports = tuple(s.report() for s in self.servers.values())
         if selected is None:
             return RoundResult(reports, None, None, False, None)
-        return RoundResult(reports, selected.address, selected.best.offset, True, None)
+        low = selected.best.offset - selected.best.root_distance
+        high = selected.best.offset + selected.best.root_distance
+        agreeing = sum(1 for s in good if s.best.offset - s.best.root_distance <= high
+                       and s.best.offset + s.best.root_distance >= low)
+        return RoundResult(reports, selected.address, selected.best.offset, True, None,
+                           agreeing)
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -293,5 +361,6 @@ def marzullo(servers: list[ServerState]) -> list[ServerState]:
             and s.best.offset + s.best.root_distance >= low]
 
 
-def _with_correction(result: RoundResult, kind: str) -> RoundResult:
-    return RoundResult(result.servers, result.selected, result.offset, result.synced, kind)
+def _with_correction(result: RoundResult, kind: str, why: str | None = None) -> RoundResult:
+    return RoundResult(result.servers, result.selected, result.offset, result.synced, kind,
+                       result.agreeing, why)

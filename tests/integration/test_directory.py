@@ -477,3 +477,34 @@ def test_awaiting_manual_registration_is_checked_every_refresh_interval(lab, hos
         if proc.poll() is None:
             proc.kill()
         remove_device(host, name, [f"{name}_SCU"])
+
+
+def test_credentials_never_go_to_a_server_found_only_through_dhcp(lab, host):
+    # The registrar's credentials are configured with a named server (dead here) and no
+    # domain: the SRV target found under the DHCP-supplied domain gets an anonymous
+    # connection — it still answers reads, and an update is refused for want of a bind.
+    secret = host.run_dir / "registrar.pw"
+    secret.write_text("registrarpw\n")
+    secret.chmod(0o600)
+    directory = "\n".join([
+        'security = "tls"', f'ca_file = "{lab.run / "tls" / "ca.pem"}"',
+        f'bind_dn = "{REGISTRAR_DN}"', f'password_file = "{secret}"',
+        'servers = ["ldap://192.0.2.2:389"]'])
+    name = f"NOCRED{host.index}"
+    lease = json.dumps({"boot_id": "x", "lease": {
+        "address": "192.0.2.20", "prefix": 24, "broadcast": "192.0.2.255",
+        "server_id": "192.0.2.1", "lease_time": 3600, "t1": 1800.0, "t2": 3150.0,
+        "bound_at": 1.0, "bound_wall": time.time(), "dns": ["192.0.2.1"],
+        "domain": "hospital.test"}})
+    config = write_config(host, network=f'hostname = "{name.lower()}"', directory=directory,
+                          device_section=default_device(host.index, name))
+    (host.run_dir / "agent-state").mkdir(exist_ok=True)
+    (host.run_dir / "agent-state" / "lease-eth0.json").write_text(lease)
+    rc, found = run_json(host, "directory", "find", "--config", config)
+    assert rc == 0 and found["server"].startswith("ldap://ldap.hospital.test")
+    assert found["tried"][-1]["result"] == \
+        "ok (anonymous: credentials only go to configured servers)"
+    rc, reg = run_json(host, "directory", "register", "--config", config)
+    assert rc == 3 and reg["state"] == "awaiting-manual-registration"
+    assert "strongerAuthRequired" in reg["reason"]
+    assert not ldap(host, "-b", f"dicomDeviceName={name},{DEVICES}").stdout.strip()

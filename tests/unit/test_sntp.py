@@ -14,6 +14,7 @@ from profiles.time_sync.sntp import (
     POLL_MIN,
     RoundResult,
     SntpClient,
+    StepPolicy,
 )
 
 WALL_2026 = 1_795_000_000.0
@@ -32,6 +33,7 @@ class FakeNtp:
     answer: bool = True
     zero_transmit: bool = False
     wrong_origin: bool = False
+    root_dispersion: float = 0.0002
 
     def reply(self, request: bytes, true_time: float) -> bytes | None:
         if not self.answer:
@@ -41,7 +43,7 @@ class FakeNtp:
         stratum = 0 if self.kiss else self.stratum
         refid = self.kiss.encode() if self.kiss else b"GPS\x00"
         return packet.NtpPacket(
-            self.leap, 4, self.mode, stratum, 6, -20, 0.0001, 0.0002, refid,
+            self.leap, 4, self.mode, stratum, 6, -20, 0.0001, self.root_dispersion, refid,
             packet.from_unix(t - 10), req.transmit ^ (1 if self.wrong_origin else 0),
             packet.from_unix(t), 0 if self.zero_transmit else packet.from_unix(t + 0.00005),
         ).to_bytes()
@@ -232,3 +234,89 @@ def test_packet_era_conversion_round_trips():
     for unix in (0.5, WALL_2026 + 0.25, 2_085_978_496.0 - 1, 2_085_978_496.0 + 1, WALL_2040):
         assert packet.to_unix(packet.from_unix(unix), unix + 1000) == pytest.approx(unix,
                                                                                    abs=1e-6)
+
+
+# -- the clock step policy (issue 11) ------------------------------------------------------
+
+YEARS_5 = -157_680_000.0
+ADDRS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+
+
+def adjusting(policy: StepPolicy, servers: list[str]) -> tuple[SntpClient, Recorder]:
+    recorder = Recorder()
+    c = SntpClient(random.Random(7), 0.128, recorder, may_adjust=True, policy=policy)
+    c.set_servers(servers, 0.0)
+    return c, recorder
+
+
+def test_one_lying_server_cannot_step_the_clock_by_years():
+    policy = StepPolicy(floor=WALL_2026 - 86400)
+    c, recorder = adjusting(policy, ADDRS[:1])
+    result, now = run_round(c, [FakeNtp(ADDRS[0])], 0.0, WALL_2026, our_error=0.0)
+    assert result.correction == "slew"  # the first sync, honest
+    liar = [FakeNtp(ADDRS[0], lie=YEARS_5)]
+    result, _ = run_round(c, liar, now + 1, WALL_2026, our_error=0.0)
+    assert result.correction == "refused" and "needs three agreeing servers" in result.refused
+    assert recorder.calls[1:] == [] and c.counters["correction-refused"] == 1
+    # An operator who knows better accepts it (accept-time-step): applied once.
+    policy.accept()
+    result, _ = run_round(c, liar, now + 2000, WALL_2026, our_error=0.0)
+    assert result.correction == "step" and recorder.calls[-1][1] == pytest.approx(YEARS_5)
+    assert not policy.accepted
+
+
+def test_a_step_to_before_the_floor_is_refused_even_at_the_first_sync():
+    c, recorder = adjusting(StepPolicy(floor=WALL_2026 - 86400), ADDRS[:1])
+    result, _ = run_round(c, [FakeNtp(ADDRS[0], lie=YEARS_5)], 0.0, WALL_2026, 0.0)
+    assert result.correction == "refused" and "before" in result.refused
+    assert recorder.calls == []
+
+
+def test_two_servers_that_disagree_are_no_majority():
+    c, recorder = adjusting(StepPolicy(), ADDRS[:2])
+    liar = FakeNtp(ADDRS[1], lie=YEARS_5, root_dispersion=0.0)
+    result, _ = run_round(c, [FakeNtp(ADDRS[0]), liar], 0.0, WALL_2026, 0.0)
+    assert not result.synced and recorder.calls == []
+
+
+def test_three_agreeing_servers_may_correct_beyond_the_limit():
+    c, recorder = adjusting(StepPolicy(), ADDRS)
+    honest = [FakeNtp(a) for a in ADDRS]
+    _, now = run_round(c, honest, 0.0, WALL_2026, 0.0)
+    result, _ = run_round(c, honest, now + 1, WALL_2026, our_error=-2000.0)
+    assert result.agreeing == 3 and result.correction == "step"
+    assert recorder.calls[-1] == ("step", pytest.approx(2000.0, abs=0.01))
+
+
+def test_steps_only_in_the_first_updates_since_the_process_started():
+    policy = StepPolicy(step_updates=3)
+    c, recorder = adjusting(policy, ADDRS[:1])
+    now = 0.0
+    for _ in range(2):
+        _, now = run_round(c, [FakeNtp(ADDRS[0])], now, WALL_2026, our_error=-0.5)
+        now += 1
+    # The time task restarts: a new core, the same policy (counted from process start).
+    c2, recorder2 = adjusting(policy, ADDRS[:1])
+    for _ in range(2):
+        _, now = run_round(c2, [FakeNtp(ADDRS[0])], now, WALL_2026, our_error=-0.5)
+        now += 1
+    kinds = [k for k, _ in recorder.calls + recorder2.calls]
+    assert kinds == ["step", "step", "step", "slew"]
+
+
+def test_a_sample_with_a_root_distance_over_1_5_s_is_not_used():
+    c = client()
+    c.set_servers(ADDRS[:1], 0.0)
+    result, _ = run_round(c, [FakeNtp(ADDRS[0], root_dispersion=2.0)], 0.0, WALL_2026, 0.0)
+    assert not result.synced
+    assert result.servers[0]["reason"] == "root distance 2.00 s over 1.5 s"
+
+
+def test_nonces_do_not_come_from_the_injected_random():
+    a, b = client(), client()  # the same seed
+    for c in (a, b):
+        c.set_servers(ADDRS[:1], 0.0)
+        c.handle_timer(0.0, WALL_2026)
+    nonce_a = packet.parse(a.datagrams_to_send()[0].payload).transmit
+    nonce_b = packet.parse(b.datagrams_to_send()[0].payload).transmit
+    assert nonce_a != nonce_b

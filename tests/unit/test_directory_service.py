@@ -1,0 +1,62 @@
+"""The daemon's directory service without a server: a refresh during an outage keeps the
+offline answer (issue 11), and operations on the one connection never overlap."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from profiles.app_config.cache import LookupCache
+from profiles.app_config.directory import Security
+from profiles.app_config.model import Device
+from profiles.app_config.service import DirectoryService
+
+ANSWER = {"v": 1, "aet": "ARCHIVE", "found": True, "stale": False, "source": "directory",
+          "device": "PACS1", "installed": True,
+          "connections": [{"hostname": "pacs1.hospital.test", "port": 11112,
+                           "tls_cipher_suites": []}]}
+
+
+async def unreachable() -> tuple[list, list]:
+    return [], []  # no server to try: the directory is away
+
+
+def service(tmp_path) -> DirectoryService:
+    return DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,
+                            tmp_path, 10, 60)
+
+
+def test_a_refresh_during_an_outage_keeps_the_cached_answer(tmp_path):
+    LookupCache(tmp_path / "cache").put(ANSWER)
+    s = service(tmp_path)
+
+    async def main() -> list[dict]:
+        return await asyncio.gather(s.lookup("ARCHIVE", refresh=True),
+                                    *(s.lookup("ARCHIVE") for _ in range(5)))
+
+    answers = asyncio.run(main())
+    assert all(a["found"] and a["stale"] and a["source"] == "cache" for a in answers)
+    assert LookupCache(tmp_path / "cache").get("ARCHIVE") is not None
+
+
+def test_operations_on_the_connection_never_overlap(tmp_path):
+    s = service(tmp_path)
+    s._dir = type("Conn", (), {"odd_entries": 0})()  # a connection is up
+    inside, most = 0, 0
+    guard = threading.Lock()
+
+    def operation(directory) -> None:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.02)
+        with guard:
+            inside -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(s.call(operation) for _ in range(8)))
+
+    asyncio.run(main())
+    assert most == 1
