@@ -36,10 +36,10 @@ from profiles.network_address.driver import (
     boottime,
     load_or_make_client_id,
     load_saved_lease,
-    write_resolv_conf,
 )
 from profiles.network_address.lease import Lease
 from profiles.network_address.netlink import Netlink
+from profiles.network_address.resolvconf import DnsApplier
 
 log = logging.getLogger(__name__)
 EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",
@@ -77,6 +77,9 @@ class Address:
         self.release_on_stop = release_on_stop
         self.rng = rng or random.Random(os.urandom(16))
         self.paths = Paths(agent.state_dir, agent.runtime_dir, network.interface)
+        # F.1.3.4: the lease's DNS applied to the device's resolver, as [network] resolver
+        # says; one applier for the life of the process (it remembers what it replaced).
+        self.dns = DnsApplier(network.resolver, network.interface, self.paths.resolv_conf)
         self.client: DhcpClient | None = None
         self.driver: DhcpDriver | None = None
         self._counters: Counter[str] = Counter()  # of earlier runs
@@ -119,7 +122,7 @@ class Address:
                 n, await netlink.mac(), client_id, self.preset_offset), self.rng)
             self.driver = DhcpDriver(self.client, self.paths, netlink, self.on_event,
                                      self.grace, self.rng,
-                                     release_on_stop=self.release_on_stop)
+                                     release_on_stop=self.release_on_stop, dns=self.dns)
             await self.on_event(CarrierChanged(self.driver.carrier()))
             saved, same_boot = load_saved_lease(self.paths)
             await self.driver.run(saved=saved, same_boot=same_boot)
@@ -142,7 +145,7 @@ class Address:
             await netlink.remove(lease)
         finally:
             netlink.close()
-        write_resolv_conf(self.paths, None)
+        self.dns.withdraw()
         self.paths.lease_file.unlink(missing_ok=True)
         log.warning("lease for %s expired while the address task was down: removed",
                     lease.address)

@@ -61,6 +61,7 @@ class NetworkSettings:
     server_allowlist: tuple[str, ...] = ()
     offer_window: float = 0.0
     release_on_stop: bool = False
+    resolver: str = "auto"  # auto | file | none (profiles.network_address.resolvconf)
 
 
 def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
@@ -412,6 +413,7 @@ def _network(t: _Table) -> NetworkSettings:
         server_allowlist=t.values("server_allowlist", "str", ipv4_problem),
         offer_window=t.value("offer_window", "number", d.offer_window, non_negative),
         release_on_stop=t.value("release_on_stop", "bool", d.release_on_stop),
+        resolver=t.value("resolver", "str", d.resolver, _one_of(("auto", "file", "none"))),
     )
     t.finish()
     return settings

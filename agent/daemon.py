@@ -40,7 +40,7 @@ from agent.hooks import Hooks
 from agent.sdnotify import Notifier
 from agent.status import StatusServer
 from agent.supervise import Supervisor
-from agent.timekeeping import Timekeeping
+from agent.timekeeping import Timekeeping, next_offset_change
 from profiles import statefile
 from profiles.app_config.directory import DirectoryError
 from profiles.app_config.service import DirectoryService
@@ -61,6 +61,7 @@ from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import Resolver
 
 log = logging.getLogger("dicom-agent")
+DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
 DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                     "registered": Event.DIRECTORY_REGISTERED,
                     "awaiting-manual-registration": Event.DIRECTORY_AWAITING,
@@ -111,6 +112,7 @@ class Agent:
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
         self.time_settled = asyncio.Event()
         self.addressed = asyncio.Event()
+        self._offset_rules = asyncio.Event()  # the lease (and its tz options) changed
         self.status_server = StatusServer(
             config.agent.status_socket, self.snapshot,
             {"lookup": self._op_lookup, "query": self._op_query, "renew": self._op_renew,
@@ -240,7 +242,7 @@ class Agent:
                 self._last_address = lease.address
                 self.lease, self.auto_ip = lease, None
                 self.resolver.configure(*dns_of(lease))
-                self.ntp_updates.put_nowait(list(lease.ntp))
+                await self._lease_changed_time()
                 self.addressed.set()
                 await self._event(Event.LEASE_BOUND)
                 if not resumed:
@@ -252,6 +254,7 @@ class Agent:
                 self.announce_wanted.set()
             case LeaseRenewed(lease):
                 self.lease = lease
+                await self._lease_changed_time()
                 self._changed()
                 self._hook("lease-renewed")
             case LeaseExpiring():
@@ -284,6 +287,7 @@ class Agent:
         self.lease = None
         self.addressed.clear()
         await self._event(Event.LEASE_LOST)
+        await self._lease_changed_time()
 
     # -- time -------------------------------------------------------------------------------
 
@@ -295,6 +299,36 @@ class Agent:
         await self.timekeeping.keep(lambda: self.lease, lambda: self.resolver
                                     if self.lease is not None and self.lease.dns else None,
                                     self.ntp_updates, self._time_result)
+
+    async def _lease_changed_time(self) -> None:
+        """Every lease event: G.1.1's server order and the UTC offset evaluated again
+        (a rebind without option 42 falls back to the manual servers; a new option 2,
+        100 or 101 changes the offset at once)."""
+        lease = self.lease
+        resolver = self.resolver if lease is not None and lease.dns else None
+        addresses = await self.timekeeping.follow(lease, resolver)
+        self.ntp_updates.put_nowait(addresses)
+        if not addresses and self.time_settled.is_set():
+            await self._time_result(False)  # G.1.1.5: nothing left but the internal clock
+        self._offset_rules.set()
+        if self.timekeeping.refresh_offset(lease):
+            self._hook("time-offset-changed")
+        self._changed()
+
+    async def _offset(self) -> None:
+        """The UTC offset across DST transitions: a timer to the next transition of the
+        rule in force (option 101's zone or option 100's rule), re-armed on lease events."""
+        while True:
+            self._offset_rules.clear()
+            when = next_offset_change(self.lease, time.time())
+            wait = DAY if when is None else min(max(when - time.time(), 0.0) + 0.5, DAY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._offset_rules.wait(), wait)
+                continue  # a new lease: compute again
+            if self.timekeeping.refresh_offset(self.lease):
+                log.info("UTC offset now %+d s", self.timekeeping.report["utc_offset_s"])
+                self._hook("time-offset-changed")
+                self._changed()
 
     async def _time_result(self, synced: bool) -> None:
         first = not self.time_settled.is_set()
@@ -479,7 +513,8 @@ class Agent:
                                       cap=self._address_cap, while_down=self._address_down),
                                name="address")
                 for name, job in (("time", self._time), ("directory", self._directory),
-                                  ("announce", self._announce), ("hooks", self.hooks.serve)):
+                                  ("announce", self._announce), ("hooks", self.hooks.serve),
+                                  ("offset", self._offset)):
                     tg.create_task(sv.run(name, faults(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")

@@ -101,7 +101,10 @@ def credentials_may_go_to(config: Config) -> Callable[[str], bool]:
 def service_for(config: Config, lease: Callable[[], Lease | None],
                 resolver: Callable[[], Resolver]) -> DirectoryService:
     d = config.directory
+    async def resolve(name: str) -> list[str]:
+        return await resolver().addresses(name)
+
     return DirectoryService(config.device, security_for(config),
                             candidates_for(config, lease, resolver), config.agent.state_dir,
                             d.title_attempts, d.refresh_interval,
-                            credentials_may_go_to(config))
+                            credentials_may_go_to(config), resolve)

@@ -15,23 +15,30 @@ both run it: one adapter, so the two cannot disagree.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import random
 import socket
 import time
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.address import dns_of
 from agent.config import TimeSettings
-from profiles import statefile
+from profiles import posix_tz, statefile
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import ResolveError, Resolver
 from profiles.time_sync import chrony
 from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
 from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
-from profiles.time_sync.sources import choose_servers, offset_and_control
+from profiles.time_sync.sources import (
+    ZONEINFO,
+    choose_servers,
+    offset_and_control,
+    utc_offset_why,
+)
 
 log = logging.getLogger(__name__)
 CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
@@ -110,6 +117,7 @@ class Timekeeping:
         self.interface = interface
         self.rng = rng or random.Random(os.urandom(16))
         self.rounds = 0
+        self.heard: list[str] = []  # servers autodiscovery heard
         self.source = "internal"
         self.core: SntpClient | None = None
         self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
@@ -128,8 +136,32 @@ class Timekeeping:
         if manual:
             return "manual", manual
         t = self.settings
-        heard = await hear_broadcasts(t.broadcast_window) if t.broadcast_discovery else []
-        return choose_servers(heard, lease.ntp if lease else (), t.servers)
+        if t.broadcast_discovery:
+            self.heard = await hear_broadcasts(t.broadcast_window)
+        return choose_servers(self.heard, lease.ntp if lease else (), t.servers)
+
+    async def follow(self, lease: Lease | None, resolver: Resolver | None) -> list[str]:
+        """A lease event: G.1.1's order evaluated again — servers heard, else option 42,
+        else the manual servers (an empty option 42 never leaves nothing), else the
+        internal clock — and the addresses to use now. `time.source` says which."""
+        source, names = choose_servers(self.heard, lease.ntp if lease else (),
+                                       self.settings.servers)
+        addresses, failed = await resolve(names, resolver)
+        self.source = source if addresses else "internal"
+        self.report.update(source=self.source, unresolved=failed)
+        if not addresses:
+            self.report.update(synced=False, selected=None)
+        return addresses
+
+    def refresh_offset(self, lease: Lease | None, now: float | None = None) -> bool:
+        """The UTC offset again (a lease event, a DST transition); True when it changed."""
+        before = (self.report.get("utc_offset_s"), self.report.get("tz"))
+        allowed = self.report.get("clock_control", {}).get("allowed")
+        self.report.update(offset_and_control(lease, self.settings.utc_offset, self.mode,
+                                              time.time() if now is None else now))
+        if self.mode == "chrony" and allowed is not None:
+            self.report["clock_control"]["allowed"] = allowed
+        return (self.report["utc_offset_s"], self.report["tz"]) != before
 
     def begin(self, source: str, lease: Lease | None) -> None:
         self.source = source
@@ -245,3 +277,37 @@ class Timekeeping:
                 reported = True
                 await on_report(fields["synced"])
             await asyncio.sleep(0.5 if not reported else 10 if not fields["synced"] else 64)
+
+
+def next_offset_change(lease: Lease | None, now: float, zoneinfo_dir: Path = ZONEINFO
+                       ) -> float | None:
+    """When the UTC offset in force next changes (a DST transition of option 101's zone or
+    option 100's rule), within a year; None when it never does. Computed, not polled."""
+    if lease is None:
+        return None
+    _, tz, source, _ = utc_offset_why(lease.tz_name, lease.tz_posix, None, 0, now,
+                                      zoneinfo_dir)
+    if source == "dhcp-tz-name":
+        with (zoneinfo_dir / tz).open("rb") as fh:
+            zone = zoneinfo.ZoneInfo.from_file(fh, key=tz)
+
+        def offset(at: float) -> int:
+            return int(dt.datetime.fromtimestamp(at, dt.UTC).astimezone(zone)
+                       .utcoffset().total_seconds())
+    elif source == "dhcp-posix-tz":
+        def offset(at: float) -> int:
+            return posix_tz.offset_at(tz, at)
+    else:
+        return None  # option 2 and the preset never change by themselves
+    here = offset(now)
+    step, horizon = 3600.0, now + 366 * 86400
+    at = now + step
+    while at < horizon:
+        if offset(at) != here:
+            low, high = at - step, at  # the change lies between: bisect to the second
+            while high - low > 1:
+                mid = (low + high) / 2
+                low, high = (mid, high) if offset(mid) == here else (low, mid)
+            return high
+        at += step
+    return None

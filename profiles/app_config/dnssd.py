@@ -157,4 +157,6 @@ class Advertiser:
         return {"v": 1, "aet": title, "found": True, "stale": False, "source": "dnssd",
                 "device": None, "installed": True,
                 "connections": [{"hostname": host, "port": entry["port"],
-                                 "tls_cipher_suites": ["(TLS)"] if entry["tls"] else []}]}
+                                 "tls_cipher_suites": ["(TLS)"] if entry["tls"] else [],
+                                 "addresses": [a for a in entry["addresses"]
+                                               if a.count(".") == 3]}]}

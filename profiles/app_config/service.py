@@ -63,7 +63,8 @@ def read_directory_record(state_dir: Path) -> dict:
 class DirectoryService:
     def __init__(self, device: Device, security: Security, candidates: Candidates,
                  state_dir: Path, attempts: int, refresh_interval: float,
-                 trusted: Callable[[str], bool] = lambda url: True):
+                 trusted: Callable[[str], bool] = lambda url: True,
+                 resolve: Callable[[str], Awaitable[list[str]]] | None = None):
         self.device = device
         self.security = security
         self.candidates = candidates
@@ -71,6 +72,7 @@ class DirectoryService:
         self.attempts = attempts
         self.refresh_interval = refresh_interval
         self.trusted = trusted  # which URLs may receive credentials
+        self.resolve = resolve  # host name -> IPv4 addresses (the F.1.1 resolver)
         self.cache = LookupCache(state_dir / "cache")
         self.saved = read_directory_record(state_dir)
         self.state = "locating"
@@ -216,13 +218,27 @@ class DirectoryService:
             return self.cache.get(title) or {"v": 1, "aet": title, "found": False,
                                              "stale": True, "source": "cache"}
         if answer["found"]:
+            await self._addresses(answer)
             self.cache.put(answer)
         else:
             self.cache.drop(title)
         return answer
 
+    async def _addresses(self, answer: dict) -> None:
+        """Each connection's `addresses` (IPv4, [] when unresolvable), so an application
+        can connect even where the system resolver is not the agent's."""
+        for conn in answer.get("connections", []):
+            addresses: list[str] = []
+            if self.resolve is not None:
+                try:
+                    addresses = list(await self.resolve(conn["hostname"]))
+                except Exception as exc:  # unresolvable: said by an empty list
+                    log.debug("%s: %s", conn["hostname"], exc)
+            conn["addresses"] = addresses
+
     async def query(self, cluster: str | None, device_type: str | None) -> list[dict]:
         answers = await self.call(lambda d: d.query(cluster, device_type))
         for answer in answers:
+            await self._addresses(answer)
             self.cache.put(answer)
         return answers

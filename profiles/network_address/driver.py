@@ -43,6 +43,7 @@ from profiles.network_address.client import (
 )
 from profiles.network_address.lease import Lease
 from profiles.network_address.netlink import Netlink
+from profiles.network_address.resolvconf import DnsApplier
 
 log = logging.getLogger(__name__)
 CLIENT_PORT = 68
@@ -120,20 +121,15 @@ def save_lease(paths: Paths, lease: Lease) -> None:
         "saved_wall": time.time(), "lease": lease.to_record()})
 
 
+def lease_search(lease: Lease) -> list[str]:
+    """The search list a lease gives (option 119, else option 15)."""
+    return list(lease.search) or ([lease.domain] if lease.domain else [])
+
+
 def write_resolv_conf(paths: Paths, lease: Lease | None) -> None:
-    lines = ["# written by dicom-agent from the DHCP lease; do not edit"]
-    if lease is not None:
-        lines += [f"nameserver {server}" for server in lease.dns[:3]]
-        search = list(lease.search) or ([lease.domain] if lease.domain else [])
-        if search:
-            lines.append("search " + " ".join(search[:6]))
-    data = ("\n".join(lines) + "\n").encode()
-    try:
-        if paths.resolv_conf.read_bytes() == data:
-            return  # a renewal with the same servers: nothing to write (or fsync)
-    except OSError:
-        pass
-    statefile.atomic_write(paths.resolv_conf, data)
+    """The agent's own record, `<runtime_dir>/resolv.conf` (the `file` mode)."""
+    DnsApplier("file", paths.interface, paths.resolv_conf).apply(
+        lease.dns if lease else (), lease_search(lease) if lease else [])
 
 
 def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
@@ -154,7 +150,8 @@ class DhcpDriver:
 
     def __init__(self, client: DhcpClient, paths: Paths, netlink: Netlink,
                  on_event: Callable[[DhcpEvent], Awaitable[None]], grace: float,
-                 rng: random.Random, release_on_stop: bool = False):
+                 rng: random.Random, release_on_stop: bool = False,
+                 dns: DnsApplier | None = None):
         self.client = client
         self.paths = paths
         self.netlink = netlink
@@ -162,6 +159,7 @@ class DhcpDriver:
         self.grace = grace
         self.rng = rng
         self.release_on_stop = release_on_stop
+        self.dns = dns or DnsApplier("file", paths.interface, paths.resolv_conf)
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=256)
         self._udp: socket.socket | None = None
         self._arp: socket.socket | None = None
@@ -295,8 +293,11 @@ class DhcpDriver:
             if self.client.state is not DhcpState.STOPPED:
                 # RELEASE only on a stop asked for: a run ended by a fault is restarted
                 # and resumes from the saved lease.
-                self.client.stop(boottime(), release=self.release_on_stop and asked_to_stop)
+                release = self.release_on_stop and asked_to_stop
+                self.client.stop(boottime(), release=release)
                 self._send_datagrams()
+                if release:  # the lease is given back: its DNS goes with it
+                    self.dns.withdraw()
             self._close_prober()
             for sock in (self._udp, monitor):
                 loop.remove_reader(sock.fileno())
@@ -391,11 +392,14 @@ class DhcpDriver:
                     log.warning("lease not saved: %s", exc)
                 for failure in await self.netlink.apply(lease, now, self.grace):
                     self.apply_failures["apply-" + failure.split(":")[0].split(" ")[0]] += 1
-                try:
-                    write_resolv_conf(self.paths, lease)
+                failures = self.dns.failures
+                try:  # resolvectl or resolvconf may take a moment: off the loop
+                    await asyncio.to_thread(self.dns.apply, lease.dns, lease_search(lease))
                 except OSError as exc:
                     self.apply_failures["resolv-conf"] += 1
                     log.warning("resolv.conf not written: %s", exc)
+                if self.dns.failures > failures:
+                    self.apply_failures["dns"] += 1
                 await self.on_event(event)
             case LeaseLost(lease, _):
                 try:
@@ -403,7 +407,7 @@ class DhcpDriver:
                 except TimeoutError:
                     log.warning("lease-lost handlers took over %.1f s", self.grace)
                 await self.netlink.remove(lease)
-                write_resolv_conf(self.paths, None)
+                await asyncio.to_thread(self.dns.withdraw)
                 self.paths.lease_file.unlink(missing_ok=True)
             case _:
                 await self.on_event(event)

@@ -41,5 +41,5 @@ def test_what_was_browsed_answers_a_lookup_the_directory_could_not():
         "v": 1, "aet": "WS07", "found": True, "stale": False, "source": "dnssd",
         "device": None, "installed": True,
         "connections": [{"hostname": "192.0.2.150", "port": 2762,
-                         "tls_cipher_suites": ["(TLS)"]}]}
+                         "tls_cipher_suites": ["(TLS)"], "addresses": ["192.0.2.150"]}]}
     assert adv.lookup("NOPE") is None

@@ -1,0 +1,63 @@
+"""What the agent learns is applied to the device (issue 15, part 1): its own resolver
+gets the site DNS, so a DICOM application using the system resolver reaches the archive
+the directory names (DCMTK echoscu, a real peer); lookups carry addresses; the UTC
+offset follows a DST rule's transition as it happens."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agent_helpers import agent, default_device, write_config
+from test_agent import ask, sock, start, stop, wait_for
+
+FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
+
+
+def rule_switching_in(seconds: int) -> str:
+    """A POSIX TZ whose daylight time (+1 h) begins `seconds` from now: standard time is
+    UTC, so the rule's local time is UTC; it ends next month."""
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    weekday = (at.weekday() + 1) % 7  # POSIX: 0 is Sunday
+    week = (at.day - 1) // 7 + 1
+    start = f"M{at.month}.{week}.{weekday}/{at.hour}:{at.minute:02d}:{at.second:02d}"
+    return f"UTC0DST-1,{start},M{at.month % 12 + 1}.1.0"
+
+
+def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device):
+    lab.device_options(device.mac, {100: f'"{rule_switching_in(25)}"'})
+    scp = lab.srv_popen(["storescp", "-aet", "ARCHIVE", "11112"])
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    seen = device.run_dir / "hook-events"
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_UTC_OFFSET" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
+    config = write_config(device, network=FAST, agent_section=f'hooks_dir = "{hooks}"',
+                          directory='domain = "hospital.test"',
+                          device_section=default_device(device.index))
+    proc = start(device, config)
+    try:
+        snap = wait_for(device, lambda s: s["network"]["state"] == "bound"
+                        and s["directory"]["state"] != "locating")
+        # F.1.3.4: the device's own /etc/resolv.conf (bind-mounted in the lab) has the
+        # lease's DNS, not only the agent's record in its runtime directory.
+        system = (device.run_dir / "resolv.conf").read_text()
+        assert "nameserver 192.0.2.1" in system and "search hospital.test" in system
+        answer = ask(device, {"v": 1, "op": "lookup", "aet": "ARCHIVE", "refresh": False})
+        assert answer["connections"][0]["hostname"] == "pacs1.hospital.test"
+        assert answer["connections"][0]["addresses"] == ["198.51.100.10"]
+        # A real DICOM peer on the device, through the system resolver, by host name.
+        echo = device.run(["echoscu", "-aet", f"DEV{device.index}", "-aec", "ARCHIVE",
+                           "pacs1.hospital.test", "11112"], timeout=30)
+        assert echo.returncode == 0, echo.stderr
+        cli = agent(device, "lookup", "ARCHIVE", "--json", "--socket", str(sock(device)))
+        assert '"addresses": ["198.51.100.10"]' in cli.stdout
+        # Option 100's rule: standard time now, daylight time in a few seconds.
+        assert snap["time"]["utc_offset_s"] == 0
+        after = wait_for(device, lambda s: s["time"]["utc_offset_s"] == 3600, 60)
+        assert after["time"]["utc_offset_source"] == "dhcp-posix-tz"
+        assert "time-offset-changed 3600" in seen.read_text()
+    finally:
+        err = stop(proc)
+        scp.terminate()
+        scp.wait(10)
+    assert proc.returncode == 0 and "failed (restart" not in err, err
