@@ -113,6 +113,7 @@ class Agent:
         self.time_settled = asyncio.Event()
         self.addressed = asyncio.Event()
         self._offset_rules = asyncio.Event()  # the lease (and its tz options) changed
+        self._offset_known = False
         self.status_server = StatusServer(
             config.agent.status_socket, self.snapshot,
             {"lookup": self._op_lookup, "query": self._op_query, "renew": self._op_renew,
@@ -311,8 +312,9 @@ class Agent:
         if not addresses and self.time_settled.is_set():
             await self._time_result(False)  # G.1.1.5: nothing left but the internal clock
         self._offset_rules.set()
-        if self.timekeeping.refresh_offset(lease):
+        if self.timekeeping.refresh_offset(lease) and self._offset_known:
             self._hook("time-offset-changed")
+        self._offset_known = True  # the first lease sets it; later ones change it
         self._changed()
 
     async def _offset(self) -> None:

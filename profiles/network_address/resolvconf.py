@@ -16,6 +16,7 @@ A failure to apply is logged and reported, never raised: the lease still stands.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -124,8 +125,8 @@ class DnsApplier:
         try:
             statefile.atomic_write(self.etc, text)
         except OSError as exc:
-            if exc.errno not in (16, 18):  # EBUSY (a bind mount), EXDEV
-                raise
+            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EROFS):
+                raise  # EBUSY: a bind mount; EROFS: /etc read-only but the file writable
             # A bind-mounted file cannot be replaced by rename: write it in place.
             fd = os.open(self.etc, os.O_WRONLY | os.O_TRUNC)
             try:

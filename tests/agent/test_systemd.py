@@ -18,7 +18,7 @@ def test_the_unit_is_hardened_and_every_capability_is_explained():
     d = directives(text)
     assert d["Type"] == "notify" and d["ProtectSystem"] == "strict"
     assert d["StateDirectory"] == "dicom-agent" and d["RuntimeDirectory"] == "dicom-agent"
-    assert d["ReadWritePaths"] == "-/run/chrony-dhcp"
+    assert d["ReadWritePaths"] == "-/run/chrony-dhcp -/etc/resolv.conf"
     caps = d["CapabilityBoundingSet"].split()
     assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW",
                             "CAP_SYS_TIME"]
