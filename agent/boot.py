@@ -64,6 +64,7 @@ class Condition(enum.StrEnum):
     PROFILE_FAILING = "profile-failing"
     NO_TITLE = "no-title"
     CLOCK_STEP_REFUSED = "clock-step-refused"
+    DIRECTORY_CONFLICT = "directory-conflict"
 
 
 class Event(enum.StrEnum):
@@ -81,6 +82,7 @@ class Event(enum.StrEnum):
     DIRECTORY_AWAITING = "directory-awaiting-manual-registration"
     DIRECTORY_UNAVAILABLE = "directory-unavailable"
     DIRECTORY_CACHED = "directory-cached"  # unavailable, lookups served from the cache
+    DIRECTORY_CONFLICT = "directory-conflict"  # whose entry it is is not clear
     DIRECTORY_DISABLED = "directory-disabled"
     TITLES_MISSING = "titles-missing"  # an AE has no title and none can be had now
     TITLES_KNOWN = "titles-known"
@@ -119,7 +121,8 @@ _ANY = frozenset(BootState) - {BootState.STOPPING}
 _RUNNING = _ANY - {BootState.STARTING}
 _ADDRESSED = frozenset({BootState.SYNCING_TIME, BootState.LOCATING_DIRECTORY,
                         BootState.REGISTERING, BootState.ANNOUNCING, BootState.READY})
-_DIRECTORY = (C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE, C.AWAITING_MANUAL_REGISTRATION)
+_DIRECTORY = (C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE, C.AWAITING_MANUAL_REGISTRATION,
+              C.DIRECTORY_CONFLICT)
 
 # event -> (states it is accepted in, its effect)
 TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
@@ -141,7 +144,12 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
                                               recover=_DIRECTORY)),
     Event.DIRECTORY_AWAITING: (_RUNNING, _e(
         done=[S.LOCATED, S.REGISTERED], degrade=[C.AWAITING_MANUAL_REGISTRATION],
-        recover=[C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE])),
+        recover=[C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE, C.DIRECTORY_CONFLICT])),
+    Event.DIRECTORY_CONFLICT: (_RUNNING, _e(
+        done=[S.LOCATED, S.REGISTERED], degrade=[C.DIRECTORY_CONFLICT],
+        recover=[C.DIRECTORY_CACHED, C.DIRECTORY_UNAVAILABLE,
+                 C.AWAITING_MANUAL_REGISTRATION])),
+    # Unreachable: a conflict seen before stays until the directory says otherwise.
     Event.DIRECTORY_UNAVAILABLE: (_RUNNING, _e(
         done=[S.LOCATED, S.REGISTERED], degrade=[C.DIRECTORY_UNAVAILABLE],
         recover=[C.AWAITING_MANUAL_REGISTRATION, C.DIRECTORY_CACHED])),

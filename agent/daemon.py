@@ -65,6 +65,7 @@ DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
 DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                     "registered": Event.DIRECTORY_REGISTERED,
                     "awaiting-manual-registration": Event.DIRECTORY_AWAITING,
+                    "conflict": Event.DIRECTORY_CONFLICT,
                     "unavailable": Event.DIRECTORY_UNAVAILABLE,
                     "cached": Event.DIRECTORY_CACHED}
 

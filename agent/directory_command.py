@@ -27,7 +27,7 @@ from agent.directory import (
 )
 from profiles.app_config import plan
 from profiles.app_config.directory import manual_ldif_path
-from profiles.app_config.service import DirectoryService
+from profiles.app_config.service import DirectoryService, load_or_make_device_id
 from profiles.errors import ConfigError
 from profiles.network_address.driver import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
@@ -131,13 +131,15 @@ def cmd_register(args: argparse.Namespace) -> int:
         state = asyncio.run(service.register(names))
     finally:
         service.close()
-    if state == "awaiting-manual-registration":
+    if state in ("awaiting-manual-registration", "conflict"):
         path = manual_ldif_path(ctx.state_dir, ctx.config.device)
         out = {"state": state, "reason": service.last_error, "ldif": str(path),
                "server": service.server, "base_dn": service.base}
-        _emit(out, args.json, f"refused by {service.server}: {service.last_error}\n"
+        why = "conflict" if state == "conflict" else f"refused by {service.server}"
+        _emit(out, args.json, f"{why}: {service.last_error}\n"
                               f"LDIF for an administrator: {path}")
-        return EXIT_REFUSED
+        # A conflict is a failure (exit 1) whose reason names it; a refusal exits 3.
+        return EXIT_REFUSED if state != "conflict" else EXIT_FAILED
     if state != "registered":
         print(f"directory register: {service.last_error}", file=sys.stderr)
         return EXIT_FAILED
@@ -185,7 +187,8 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     if isinstance(names, str):
         print(f"ldif: {names}", file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(plan.registration_ldif(ctx.config.device,
+    device = plan.with_marker(ctx.config.device, load_or_make_device_id(ctx.state_dir))
+    sys.stdout.write(plan.registration_ldif(device,
                                             ctx.config.directory.title_attempts, base, names,
                                             saved.get("titles", [])))
     return EXIT_OK

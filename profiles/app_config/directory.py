@@ -83,6 +83,12 @@ class OddEntry(DirectoryError):
     (a directory edited by hand): that entry cannot be used."""
 
 
+class Conflict(DirectoryError):
+    """The device's identity is not clear (an entry of its name belongs to another device,
+    or two unclaimed pre-configurations match): nothing is adopted or advertised as ours;
+    an administrator decides (PS3.15 H.1.4.4)."""
+
+
 class Refused(DirectoryError):
     """The server refused an update (Table H.1-15 "-Manual" patterns apply)."""
 
@@ -395,15 +401,51 @@ class Directory:
 
     # -- reading ------------------------------------------------------------------------
 
-    def find_device(self, device: Device) -> dict | None:
-        devices = plan.devices_dn(self.base)
-        found = _search(self.conn, devices, f"(&(objectClass=dicomDevice)"
-                        f"{plan.eq('dicomDeviceName', device.name)})", LEVEL, ["*"])
-        if not found and device.serial_number:
-            found = _search(self.conn, devices, f"(&(objectClass=dicomDevice)"
-                            f"{plan.eq('dicomDeviceSerialNumber', device.serial_number)})",
-                            LEVEL, ["*"])
-        return found[0] if found else None
+    def _devices(self, flt: str) -> list[dict]:
+        return _search(self.conn, plan.devices_dn(self.base),
+                       f"(&(objectClass=dicomDevice){flt})", LEVEL, ["*"])
+
+    def find_device(self, device: Device, device_id: str | None = None
+                    ) -> tuple[dict | None, bool]:
+        """(the entry this device may use, whether it is its own already); Conflict when
+        its identity is not clear. In order (issue 13):
+        - the entry carrying this device's marker: its own, even renamed (H.1.4.4);
+        - the entry of its name, unless another device's marker is on it (a conflict);
+        - an administrator's pre-configuration matched by serial number together with
+          manufacturer and model, exactly one that no device has claimed (two: conflict);
+          entries other devices claimed are theirs, not candidates;
+        - none: the device registers an entry of its own."""
+        if device_id is not None:
+            mine = self._devices(plan.eq("dicomSoftwareVersion", plan.marker(device_id)))
+            if len(mine) > 1:
+                raise Conflict(f"{len(mine)} device entries carry this device's marker: "
+                               + ", ".join(e["dn"] for e in mine))
+            if mine:
+                return mine[0], True
+        by_name = self._devices(plan.eq("dicomDeviceName", device.name))
+        if by_name:
+            entry = by_name[0]
+            if device_id is not None and self._claimed(entry):
+                raise Conflict(f"device {device.name} in the directory belongs to another "
+                               "device (it carries another agent's identity marker)")
+            return entry, False
+        if device.serial_number and device.manufacturer and device.model_name:
+            found = self._devices(
+                plan.eq("dicomDeviceSerialNumber", device.serial_number)
+                + plan.eq("dicomManufacturer", device.manufacturer)
+                + plan.eq("dicomManufacturerModelName", device.model_name))
+            unclaimed = [e for e in found if device_id is None or not self._claimed(e)]
+            if len(unclaimed) > 1:
+                raise Conflict(f"{len(unclaimed)} unclaimed devices match serial number "
+                               f"{device.serial_number!r}, manufacturer and model: "
+                               + ", ".join(_one(e, "dicomDeviceName", required=False) or
+                                           e["dn"] for e in unclaimed))
+            if unclaimed:
+                return unclaimed[0], False
+        return None, False
+
+    def _claimed(self, entry: dict) -> bool:
+        return bool(plan.markers_in(_many(entry, "dicomSoftwareVersion")))
 
     def registered_titles(self) -> set[str]:
         """Every title reserved; an odd registry entry is kept as its raw text (it still
@@ -430,10 +472,14 @@ class Directory:
     # -- registering --------------------------------------------------------------------
 
     def register(self, device: Device, hostnames: dict[str, str], owned: list[str],
-                 attempts: int) -> Registration:
-        existing = self.find_device(device)
+                 attempts: int, device_id: str | None = None) -> Registration:
+        """Register or adopt (find_device says which); with `device_id`, the entry made
+        or adopted carries this device's identity marker."""
+        existing, _ = self.find_device(device, device_id)
+        if device_id is not None:
+            device = plan.with_marker(device, device_id)
         if existing is not None:
-            return self._adopt(existing, device, hostnames)
+            return self._adopt(existing, device, hostnames, device_id)
         added: list[str] = []  # DNs this attempt created, to roll back
         try:
             titles = [self._reserve(ae, i, owned, attempts, added)
@@ -473,12 +519,18 @@ class Directory:
         raise DirectoryError(f'no free AE title from template "{ae.title_template}" in '
                              f"{attempts} attempts")
 
-    def _adopt(self, existing: dict, device: Device, hostnames: dict[str, str]
-               ) -> Registration:
-        """Pre-configured by an administrator: keep everything, change only what the
-        device owns — its connections' hostnames and ports, and dicomInstalled."""
+    def _adopt(self, existing: dict, device: Device, hostnames: dict[str, str],
+               device_id: str | None = None) -> Registration:
+        """Pre-configured by an administrator (or ours already): keep everything, change
+        only what the device owns — its connections' hostnames and ports, dicomInstalled
+        — and claim it with the device's marker."""
         dn = existing["dn"]
         changed = []
+        if device_id is not None and plan.marker(device_id).lower() not in [
+                v.lower() for v in _many(existing, "dicomSoftwareVersion")]:
+            self._modify(dn, {"dicomSoftwareVersion": [("MODIFY_ADD",
+                                                        [plan.marker(device_id)])]})
+            changed.append(dn)
         for entry in _search(self.conn, dn, "(objectClass=dicomNetworkConnection)", LEVEL,
                              ["cn", "dicomHostname", "dicomPort", "dicomInstalled"]):
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
@@ -89,6 +89,35 @@ def rdn_value(dn: str) -> str:
 def tc_name(tc: TransferCapability) -> str:
     """The cn of a transfer capability: its configured name, else role and SOP class."""
     return tc.name or f"{tc.role} {tc.sop_class}"
+
+
+# -- the device's identity in the directory (issue 13) ------------------------------------
+#
+# A device owns the entry it created or adopted, and knows it: a random 128-bit id, kept
+# in `<state_dir>/device-id`, is stored in the entry as one value of dicomSoftwareVersion,
+# "dicom-agent-id <32 hex digits>". Why that attribute: it is the one dicomDevice attribute
+# of H.1.3 that is multi-valued, device-side (administrators do not edit software
+# versions), and searchable by equality (caseIgnoreMatch) on every server that loads the
+# schema; the agent is software on the device, so the value is true as well. Another
+# device cannot produce the value by accident; a renamed entry is still found by it.
+MARKER_PREFIX = "dicom-agent-id "
+
+
+def marker(device_id: str) -> str:
+    return MARKER_PREFIX + device_id
+
+
+def with_marker(device: Device, device_id: str) -> Device:
+    """The device as registered: its software versions plus its identity marker."""
+    mark = marker(device_id)
+    if mark in device.software_versions:
+        return device
+    return replace(device, software_versions=(*device.software_versions, mark))
+
+
+def markers_in(values: list[str]) -> list[str]:
+    """The identity markers among an entry's dicomSoftwareVersion values (any device's)."""
+    return [v for v in values if v.lower().startswith(MARKER_PREFIX)]
 
 
 def eq(attribute: str, value: str) -> str:

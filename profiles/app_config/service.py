@@ -3,8 +3,9 @@ registration kept up to date, lookups answered (from the cache when the director
 away). ldap3 is synchronous, so every operation runs in a thread, never on the loop.
 
 States (CONTRACTS.md): locating, registering (a server with the DICOM root was found),
-registered, awaiting-manual-registration, unavailable, cached (unavailable, lookups
-served from the cache), disabled. `on_state(new, old)` hears every change, and every
+registered, awaiting-manual-registration, conflict (the device's identity is not clear:
+an administrator decides, from the LDIF written), unavailable, cached (unavailable,
+lookups served from the cache), disabled. `on_state(new, old)` hears every change, and every
 successful registration (titles may have changed).
 
 The daemon and the standalone `directory` commands both run this class.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from profiles import statefile
 from profiles.app_config import plan
 from profiles.app_config.cache import LookupCache
 from profiles.app_config.directory import (
+    Conflict,
     ConnectionLost,
     Directory,
     DirectoryError,
@@ -56,6 +59,20 @@ def directory_record(value: object) -> dict:
     return value
 
 
+def load_or_make_device_id(state_dir: Path) -> str:
+    """This device's identity in the directory (plan.marker): 32 hex digits, made once."""
+    path = state_dir / "device-id"
+    try:
+        value = path.read_text().strip()
+        if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+            return value
+    except OSError:
+        pass
+    value = secrets.token_hex(16)
+    statefile.atomic_write(path, (value + "\n").encode())
+    return value
+
+
 def read_directory_record(state_dir: Path) -> dict:
     return statefile.read_json(state_dir / "directory.json", directory_record) or {}
 
@@ -75,6 +92,7 @@ class DirectoryService:
         self.resolve = resolve  # host name -> IPv4 addresses (the F.1.1 resolver)
         self.cache = LookupCache(state_dir / "cache")
         self.saved = read_directory_record(state_dir)
+        self.device_id = load_or_make_device_id(state_dir)
         self.state = "locating"
         self.server: str | None = self.saved.get("server")
         self.base: str | None = self.saved.get("base_dn")
@@ -163,14 +181,17 @@ class DirectoryService:
                 await self._set_state("registering")
             result: Registration = await self.call(
                 lambda d: d.register(self.device, hostnames, self.saved.get("titles", []),
-                                     self.attempts))
-        except Refused as exc:
+                                     self.attempts, self.device_id))
+        except (Refused, Conflict) as exc:
+            # An administrator takes it from here: the entries as LDIF, marker included.
             path = manual_ldif_path(self.state_dir, self.device)
             statefile.atomic_write(path, plan.registration_ldif(
-                self.device, self.attempts, self.base, hostnames,
-                self.saved.get("titles", [])).encode())
+                plan.with_marker(self.device, self.device_id), self.attempts, self.base,
+                hostnames, self.saved.get("titles", [])).encode())
             self.last_error = str(exc)
-            return await self._set_state("awaiting-manual-registration")
+            log.warning("directory: %s; LDIF for an administrator: %s", exc, path)
+            return await self._set_state("conflict" if isinstance(exc, Conflict)
+                                         else "awaiting-manual-registration")
         except DirectoryError as exc:
             self.last_error = str(exc)
             return await self._set_state("cached" if self._has_cache() else "unavailable")

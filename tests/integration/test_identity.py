@@ -1,0 +1,177 @@
+"""Device identity that cannot be hijacked (issue 13, part 1), on the lab's real slapd:
+devices sharing a serial number keep their own entries and titles; a pre-configuration
+is adopted by name or by serial number with manufacturer and model; an entry of our name
+claimed by another device is a conflict, never adopted; a renamed entry is still ours."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from agent_helpers import AGENT, write_config
+from lab import ADMIN_DN, ADMIN_PASSWORD, CONFIG_ROOT_DN
+from test_directory import ldap, registrar, run_json
+
+DEVICES = f"cn=Devices,{CONFIG_ROOT_DN}"
+REGISTRY = f"cn=Unique AE Titles Registry,{CONFIG_ROOT_DN}"
+ADMIN = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+
+
+def device(name: str, serial: str, title: str, extra: str = "") -> str:
+    return f"""[device]
+name = "{name}"
+serial_number = "{serial}"
+manufacturer = "Example Medical"
+model_name = "Scanner 9000"
+{extra}
+
+[[device.connection]]
+name = "dicom"
+port = 11112
+
+[[device.ae]]
+title_template = "{title}"
+connections = ["dicom"]
+
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.1.1"
+role = "SCP"
+transfer_syntaxes = ["1.2.840.10008.1.2"]
+"""
+
+
+def cleanup(lab, names: list[str], titles: list[str]) -> None:
+    for name in names:
+        lab.srv_exec(["ldapdelete", *ADMIN, "-r", f"dicomDeviceName={name},{DEVICES}"])
+    for title in titles:
+        lab.srv_exec(["ldapdelete", *ADMIN, f"dicomAETitle={title},{REGISTRY}"])
+
+
+def test_devices_sharing_a_serial_number_keep_their_own_entries(lab, host):
+    serial = f"SHARED-{host.index}"
+    names = [f"SER{host.index}X{i}" for i in range(6)]
+    configs = [write_config(host, network=f'hostname = "{n.lower()}"',
+                            directory=registrar(lab, host),
+                            device_section=device(n, serial, f"SR{host.index}X{{n}}"),
+                            name=f"{n}.toml", state_dir=str(host.run_dir / f"state-{n}"))
+               for n in names]
+    procs = [host.popen([AGENT, "directory", "register", "--config", c, "--json"])
+             for c in configs]  # a boot storm: all at once
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    titles = [r["titles"][0] for r in results]
+    try:
+        assert [r["device_dn"] for r in results] == [
+            f"dicomDeviceName={n},{DEVICES}" for n in names]  # each its own entry
+        assert len(set(titles)) == 6 and not any(r["adopted"] for r in results)
+        markers = re.findall(r"dicomSoftwareVersion: (dicom-agent-id \w+)", ldap(
+            host, "-b", DEVICES, f"(dicomDeviceSerialNumber={serial})",
+            "dicomSoftwareVersion").stdout)
+        assert len(set(markers)) == 6  # six devices, six identities
+    finally:
+        cleanup(lab, names, titles)
+
+
+def test_a_preconfiguration_is_adopted_by_serial_manufacturer_and_model(lab, host):
+    name, pre = f"NEW{host.index}", f"PRE{host.index}"
+    serial = f"SN-{host.index}"
+    dn = f"dicomDeviceName={pre},{DEVICES}"
+    ldif = f"""dn: dicomAETitle={pre}_A,{REGISTRY}
+objectClass: dicomUniqueAETitle
+dicomAETitle: {pre}_A
+
+dn: {dn}
+objectClass: dicomDevice
+dicomDeviceName: {pre}
+dicomDeviceSerialNumber: {serial}
+dicomManufacturer: Example Medical
+dicomManufacturerModelName: Scanner 9000
+dicomInstalled: TRUE
+
+dn: cn=dicom,{dn}
+objectClass: dicomNetworkConnection
+cn: dicom
+dicomHostname: old.hospital.test
+dicomPort: 104
+
+dn: dicomAETitle={pre}_A,{dn}
+objectClass: dicomNetworkAE
+dicomAETitle: {pre}_A
+dicomNetworkConnectionReference: cn=dicom,{dn}
+dicomAssociationInitiator: TRUE
+dicomAssociationAcceptor: TRUE
+"""
+    assert lab.srv_exec(["ldapadd", *ADMIN], input=ldif).returncode == 0
+    config = write_config(host, network=f'hostname = "{name.lower()}"',
+                          directory=registrar(lab, host),
+                          device_section=device(name, serial, f"{name}_{{n}}"))
+    try:
+        rc, reg = run_json(host, "directory", "register", "--config", config)
+        assert rc == 0 and reg["adopted"] and reg["device_dn"] == dn
+        assert reg["titles"] == [f"{pre}_A"]
+        claimed = ldap(host, "-b", dn, "-s", "base", "dicomSoftwareVersion").stdout
+        assert "dicomSoftwareVersion: dicom-agent-id " in claimed
+        # The administrator renames the entry (H.1.4.4): the device still finds its own.
+        moved = lab.srv_exec(["ldapmodrdn", *ADMIN, "-r", dn, f"dicomDeviceName={pre}-R"])
+        assert moved.returncode == 0, moved.stderr
+        rc, again = run_json(host, "directory", "register", "--config", config)
+        assert rc == 0 and again["device_dn"] == f"dicomDeviceName={pre}-R,{DEVICES}"
+        assert again["titles"] == [f"{pre}_A"]
+    finally:
+        cleanup(lab, [pre, f"{pre}-R"], [f"{pre}_A"])
+
+
+def test_an_entry_of_our_name_claimed_by_another_device_is_a_conflict(lab, host):
+    name = f"TWIN{host.index}"
+    first = write_config(host, network=f'hostname = "{name.lower()}"',
+                         directory=registrar(lab, host), name="first.toml",
+                         device_section=device(name, "S1", f"{name}_{{n}}"),
+                         state_dir=str(host.run_dir / "state-first"))
+    second = write_config(host, network=f'hostname = "{name.lower()}b"',
+                          directory=registrar(lab, host), name="second.toml",
+                          device_section=device(name, "S2", f"{name}_{{n}}"),
+                          state_dir=str(host.run_dir / "state-second"))
+    rc, one = run_json(host, "directory", "register", "--config", first)
+    try:
+        assert rc == 0
+        # A second device configured with the same name (a copied configuration).
+        rc, two = run_json(host, "directory", "register", "--config", second)
+        assert rc == 1 and two["state"] == "conflict"
+        assert "belongs to another device" in two["reason"]
+        ldif = (host.run_dir / "state-second" / "manual" / f"{name}.ldif").read_text()
+        assert "dicomSoftwareVersion: dicom-agent-id " in ldif
+        # The first device's entry is untouched and still the first's.
+        rc, again = run_json(host, "directory", "register", "--config", first)
+        assert rc == 0 and again["titles"] == one["titles"] and not again["changed"]
+    finally:
+        cleanup(lab, [name], one["titles"])
+
+
+def test_the_daemon_reports_a_conflict_and_advertises_no_title_of_another(lab, host):
+    from test_agent import start, stop, wait_for
+
+    name = f"DUP{host.index}"
+    first = write_config(host, network=f'hostname = "{name.lower()}"',
+                         directory=registrar(lab, host), name="first.toml",
+                         device_section=device(name, "S1", f"{name}_{{n}}"),
+                         state_dir=str(host.run_dir / "state-first"))
+    rc, one = run_json(host, "directory", "register", "--config", first)
+    assert rc == 0
+    second = write_config(host, network=f'hostname = "{name.lower()}b"\narp_probe = false\n'
+                                        "initial_delay = [0.0, 0.0]",
+                          directory=registrar(lab, host),
+                          device_section=device(name, "S2", f"{name}_{{n}}"))
+    proc = start(host, second)
+    try:
+        snap = wait_for(host, lambda s: s["state"] == "ready", 60)
+        assert snap["directory"]["state"] == "conflict"
+        assert {"directory-conflict", "no-title"} <= set(snap["degraded"])
+        assert snap["directory"]["ae_titles"] == []
+        assert snap["dnssd"]["services"] == []  # nothing advertised as ours
+        assert "belongs to another device" in snap["directory"]["last_error"]
+    finally:
+        stop(proc)
+        cleanup(lab, [name], one["titles"])
