@@ -252,6 +252,7 @@ class DhcpClient:
         """The link may now be another network: confirm the lease (RFC 2131 3.2)."""
         if self.state is not DhcpState.NO_CARRIER:
             return
+        self.auto_ip_forbidden = False  # another network: its servers say again (RFC 2563)
         if self.lease is not None and self.lease.remaining(now) > 0:
             self._requested_address = self.lease.address
             self._enter_init_reboot(now)
@@ -475,6 +476,7 @@ class DhcpClient:
         old = self.lease
         self.lease = lease
         self._naks = 0
+        self.auto_ip_forbidden = False  # a new lease: a later loss starts the question again
         self._auto_ip_due = None
         self.auto_ip_address = None  # the lease replaces it; the driver removes it
         self._enter_bound(now)
@@ -559,6 +561,10 @@ class DhcpClient:
         extra = {}
         if self._requested_address:
             extra[o.REQUESTED_ADDRESS] = _ip(self._requested_address)
+        if self.s.auto_ip:
+            # RFC 2563 2.2: a client that may auto-configure says so (AutoConfigure = 1);
+            # a server answers "do not" (0) only to clients that sent the option.
+            extra[o.AUTO_CONFIGURE] = b"\x01"
         msg = self._message(MessageType.DISCOVER, extra=extra, now=now)
         self._outbox.append(Datagram(build(msg), BROADCAST))
         self._timer = now + self._backoff()

@@ -266,6 +266,28 @@ def test_capture_shows_what_the_agent_puts_on_the_wire(lab, device):
     assert fqdn.startswith("05") and "0463743031" in fqdn  # S|E flags, partial name ct01
 
 
+def test_a_device_that_may_auto_configure_says_so_in_discover(lab, device):
+    """RFC 2563 2.2: option 116 = 1 in DISCOVER (a server may then answer "do not")."""
+    pcap = lab.run / f"capture-{device.index}.pcap"
+    dump = lab.srv_popen(["tcpdump", "-i", "eth0", "-U", "-w", str(pcap),
+                          f"udp port 67 and ether src {device.mac}"])
+    config = write_config(device, network="auto_ip = true\narp_probe = false\n"
+                                          "initial_delay = [0.0, 0.0]")
+    try:
+        assert "listening on" in dump.stderr.readline()
+        proc = agent(device, "dhcp", "--config", config, "--once", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert wait_until(lambda: pcap_records(pcap) >= 1)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    (lab.run / "read_capture.py").write_text(CAPTURE)
+    read = lab.srv_exec([PYTHON, str(lab.run / "read_capture.py"), str(pcap)])
+    discover = json.loads(read.stdout)[0]
+    assert discover["options"]["message-type"] == [1]
+    assert discover["options"]["auto-config"] == [1]
+
+
 RESOLVE = r'''
 import asyncio, dataclasses, json
 from profiles.network_address.resolver import Resolver, ResolveError

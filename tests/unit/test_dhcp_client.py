@@ -561,6 +561,23 @@ def test_auto_ip_needs_permission_and_no_server_saying_no():
     assert events(c) == []
 
 
+def test_discover_carries_option_116_only_with_the_permission_and_a_new_link_asks_again():
+    for permitted in (True, False):
+        c = client(auto_ip=permitted, discover_timeout=5.0)
+        c.start(0.0)
+        c.handle_timer(0.0)
+        (discover,) = c.datagrams_to_send()
+        assert parse(discover.payload).options.get(116) == (b"\x01" if permitted else None)
+    c = client(auto_ip=True, discover_timeout=5.0)
+    c.start(0.0)
+    c.handle_timer(0.0)
+    c.receive_datagram(no_address_offer(c), 0.5)
+    assert c.auto_ip_forbidden
+    c.carrier_lost(1.0)
+    c.carrier_regained(2.0)  # maybe another network, whose servers may say otherwise
+    assert not c.auto_ip_forbidden
+
+
 def test_a_server_outside_the_allowlist_cannot_forbid_auto_ip():
     c = client(auto_ip=True, discover_timeout=5.0, server_allowlist=("192.0.2.250",))
     c.start(0.0)
