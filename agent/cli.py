@@ -241,16 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     actions = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("find", "SRV result in the order tried, server chosen, base DN"),
                          ("register", "register or adopt; prints device DN and titles owned"),
+                         ("unregister", "take this device out of the directory (its own "
+                                        "entries only)"),
                          ("lookup", "a remote AE straight from the directory (or cache)")):
         p = actions.add_parser(action, help=text, description=text)
         if action == "lookup":
             p.add_argument("aet", metavar="AET")
+        if action == "unregister":
+            p.add_argument("--keep-titles", action="store_true",
+                           help="keep entries and titles, set dicomInstalled FALSE (out of "
+                                "service, not gone)")
         p.add_argument("--config", metavar="FILE", required=True)
         p.add_argument("--json", action="store_true")
     directory.set_defaults(func=cmd_directory)
 
     ldif = sub.add_parser("ldif", help="RFC 2849 LDIF registering this device")
     ldif.add_argument("--config", metavar="FILE", required=True)
+    ldif.add_argument("--title", metavar="AET", action="append", default=[],
+                      help="the title for a templated AE (one per templated AE, in order)")
     ldif.set_defaults(func=cmd_ldif)
 
     conf = sub.add_parser("conformance", help="the PS3.15 conformance statement (Markdown)")

@@ -26,7 +26,8 @@ from agent.directory import (
     service_for,
 )
 from profiles.app_config import plan
-from profiles.app_config.directory import manual_ldif_path
+from profiles.app_config.directory import DirectoryError, Refused, manual_ldif_path
+from profiles.app_config.model import ae_title_problem
 from profiles.app_config.service import DirectoryService, load_or_make_device_id
 from profiles.errors import ConfigError
 from profiles.network_address.driver import Paths, load_saved_lease
@@ -151,6 +152,31 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_unregister(args: argparse.Namespace) -> int:
+    """Take this device out of the directory: its own entries only (issue 13)."""
+    ctx = _context(args)
+    if isinstance(ctx, int):
+        return ctx
+    service = ctx.service()
+    try:
+        out = asyncio.run(service.unregister(args.keep_titles))
+    except Refused as exc:
+        path = getattr(exc, "ldif", None)
+        _emit({"state": "refused", "reason": str(exc), "ldif": str(path)}, args.json,
+              f"refused by {service.server}: {exc}\nLDIF for an administrator: {path}")
+        return EXIT_REFUSED
+    except DirectoryError as exc:
+        print(f"directory unregister: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        service.close()
+    text = (f"{out['device_dn']}: set not installed (entries and titles kept)"
+            if out["kept"] else f"removed {out['device_dn']}; titles released: "
+                                f"{', '.join(out['titles_released']) or '-'}")
+    _emit({"state": "unregistered", **out}, args.json, text)
+    return EXIT_OK
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     ctx = _context(args)
     if isinstance(ctx, int):
@@ -187,8 +213,26 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     if isinstance(names, str):
         print(f"ldif: {names}", file=sys.stderr)
         return EXIT_USAGE
+    for title in args.title:
+        if (problem := ae_title_problem(title)) is not None:
+            print(f"ldif: --title {title!r}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     device = plan.with_marker(ctx.config.device, load_or_make_device_id(ctx.state_dir))
+    taken = None
+    if any(ae.title is None for ae in device.aes) and not args.title:
+        taken = _registered_titles(ctx)  # say what is free now; reserve nothing
     sys.stdout.write(plan.registration_ldif(device,
                                             ctx.config.directory.title_attempts, base, names,
-                                            saved.get("titles", [])))
+                                            saved.get("titles", []), args.title, taken))
     return EXIT_OK
+
+
+def _registered_titles(ctx: Context) -> set[str] | None:
+    service = ctx.service()
+    try:
+        return asyncio.run(service.call(lambda d: d.registered_titles()))
+    except Exception as exc:  # an LDIF is wanted precisely when the directory is away
+        logging.getLogger(__name__).info("registry not read: %s", exc)
+        return None
+    finally:
+        service.close()

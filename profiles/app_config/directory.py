@@ -563,6 +563,48 @@ class Directory:
             self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
         return Registration(dn, titles, adopted=True, changed=changed)
 
+    # -- decommissioning (issue 13) ------------------------------------------------------
+
+    def unregister(self, device: Device, device_id: str, keep_titles: bool
+                   ) -> tuple[str, list[str], list[str]]:
+        """Take this device out: (its DN, the DNs removed or changed, the titles
+        released). Only an entry carrying this device's marker is touched (Conflict
+        otherwise; DirectoryError when there is none). With `keep_titles` the entries and
+        titles stay and the device is set `dicomInstalled: FALSE` (out of service)."""
+        entry, mine = self.find_device(device, device_id)
+        if entry is None:
+            raise DirectoryError(f"no device {device.name} in the directory")
+        if not mine:
+            raise Conflict(f"{entry['dn']} is not this device's (it does not carry its "
+                           "identity marker): not touched")
+        dn = entry["dn"]
+        if keep_titles:
+            self._modify(dn, {"dicomInstalled": [("MODIFY_REPLACE", ["FALSE"])]})
+            return dn, [dn], []
+        below = _search(self.conn, dn, "(objectClass=*)", SUBTREE, ["dicomAETitle",
+                                                                    "objectClass"])
+        titles = [_title(e) for e in below
+                  if "dicomnetworkae" in [str(o).lower() for o in _many(e, "objectClass")]]
+        removed = []
+        for child in sorted(below, key=lambda e: e["dn"].count(","), reverse=True):
+            self._remove(child["dn"])
+            removed.append(child["dn"])
+        for title in titles:  # released: the device owned them
+            self._remove(plan.title_dn(self.base, title))
+            removed.append(plan.title_dn(self.base, title))
+        return dn, removed, titles
+
+    def _remove(self, dn: str) -> None:
+        try:
+            self.conn.delete(dn)
+        except LDAPException as exc:
+            raise _failed(f"delete {dn}", exc) from None
+        code = self.conn.result.get("result")
+        if code in REFUSALS:
+            raise Refused(code, f"delete {dn}")
+        if code not in (0, NO_SUCH_OBJECT):
+            raise DirectoryError(f"delete {dn}: {self.conn.result.get('description')}")
+
     # -- lookups (H.1.4.2) ------------------------------------------------------------------
 
     def lookup(self, title: str) -> dict:

@@ -240,24 +240,42 @@ def device_entries(base: str, device: Device, titles: list[str],
 
 
 def registration_ldif(device: Device, attempts: int, base: str, hostnames: dict[str, str],
-                      owned: list[str]) -> str:
+                      owned: list[str], chosen: list[str] | None = None,
+                      taken: set[str] | None = None) -> str:
     """Title reservations and device entries, as an administrator would load them (the
-    "-Manual" patterns of Table H.1-15, `dicom-agent ldif`). Template titles are chosen
-    offline: those this device already owns, else the template's first."""
-    titles, entries = [], []
+    "-Manual" patterns of Table H.1-15, `dicom-agent ldif`). A templated AE gets the title
+    this device already owns, else the next of `chosen` (the operator's --title), else a
+    title it reserves nothing for: the template's first not in `taken` (the registry as
+    read when the LDIF was written; None: not read) — and the comment says so, listing the
+    free ones, for the administrator to pick."""
+    titles, entries, notes = [], [], []
+    chosen = list(chosen or [])
     for i, ae in enumerate(device.aes):
         if ae.title is not None:
             title = ae.title
         else:
             mine = [t for t in owned if any(ae.title_template.format(n=n) == t
                                             for n in range(1, attempts + 1))]
-            title = mine[i] if i < len(mine) else ae.title_template.format(n=1)
+            if i < len(mine):
+                title = mine[i]
+            elif chosen:
+                title = chosen.pop(0)
+            else:
+                free = [t for t in candidate_titles(ae.title_template, attempts, taken or set())]
+                title = free[0] if free else ae.title_template.format(n=1)
+                notes.append(
+                    f"AE {i + 1} (template {ae.title_template!r}): {title} is only a "
+                    "suggestion; nothing is reserved. "
+                    + (f"Free in the registry when this was written: {', '.join(free[:5])}."
+                       if taken is not None else "The registry could not be read.")
+                    + " Pick one (dicom-agent ldif --title) before loading.")
         titles.append(title)
         entries.append(title_entry(base, title))
     entries += device_entries(base, device, titles, hostnames)
-    return to_ldif(entries, comment=(
-        f"PS3.15 H.1 registration of device {device.name}, written by dicom-agent.\n"
-        "Load with: ldapadd -x -D <an account that may write the DICOM subtree> -W -f FILE"))
+    return to_ldif(entries, comment="\n".join([
+        f"PS3.15 H.1 registration of device {device.name}, written by dicom-agent.",
+        "Load with: ldapadd -x -D <an account that may write the DICOM subtree> -W -f FILE",
+        *notes]))
 
 
 # -- RFC 2849 --------------------------------------------------------------------------

@@ -204,6 +204,24 @@ class DirectoryService:
         self.last_error = None
         return await self._set_state("registered")
 
+    async def unregister(self, keep_titles: bool) -> dict:
+        """`dicom-agent directory unregister`: this device's own entries removed and its
+        titles released (or, keeping them, set not installed). A refusal writes the
+        change as LDIF for an administrator (Refused is raised with `ldif` set)."""
+        try:
+            dn, changed, titles = await self.call(
+                lambda d: d.unregister(self.device, self.device_id, keep_titles))
+        except Refused as exc:
+            path = manual_ldif_path(self.state_dir, self.device).with_suffix(".remove.ldif")
+            statefile.atomic_write(path, _removal_ldif(self, keep_titles).encode())
+            exc.ldif = path
+            raise
+        if not keep_titles:
+            (self.state_dir / "directory.json").unlink(missing_ok=True)
+            self.saved = {}
+        return {"device_dn": dn, "changed": changed, "titles_released": titles,
+                "kept": keep_titles}
+
     async def maintain(self, hostnames: Callable[[], dict[str, str]],
                        changed: asyncio.Event | None = None) -> None:
         """Keep the registration: retry while unavailable (backing off), check every
@@ -263,3 +281,18 @@ class DirectoryService:
             await self._addresses(answer)
             self.cache.put(answer)
         return answers
+
+
+def _removal_ldif(service: DirectoryService, keep_titles: bool) -> str:
+    """What unregister would have done, for an administrator's ldapmodify."""
+    dn = service.saved.get("device_dn") or plan.device_dn(service.base, service.device.name)
+    if keep_titles:
+        return (f"# dicom-agent: device {service.device.name} out of service\n"
+                f"dn: {dn}\nchangetype: modify\nreplace: dicomInstalled\n"
+                "dicomInstalled: FALSE\n-\n")
+    lines = [f"# dicom-agent: remove device {service.device.name} and release its titles",
+             "# (ldapdelete -r the device entry, then the titles below)"]
+    lines += [f"dn: {dn}", "changetype: delete", ""]
+    for title in service.saved.get("titles", []):
+        lines += [f"dn: {plan.title_dn(service.base, title)}", "changetype: delete", ""]
+    return "\n".join(lines)

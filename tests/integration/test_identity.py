@@ -175,3 +175,57 @@ def test_the_daemon_reports_a_conflict_and_advertises_no_title_of_another(lab, h
     finally:
         stop(proc)
         cleanup(lab, [name], one["titles"])
+
+
+def test_unregister_takes_only_its_own_device_out(lab, host):
+    name = f"OUT{host.index}"
+    mine = write_config(host, network=f'hostname = "{name.lower()}"',
+                        directory=registrar(lab, host), name="mine.toml",
+                        device_section=device(name, "S1", f"{name}_{{n}}"),
+                        state_dir=str(host.run_dir / "state-mine"))
+    other = write_config(host, network=f'hostname = "{name.lower()}x"',
+                         directory=registrar(lab, host), name="other.toml",
+                         device_section=device(name, "S2", f"{name}_{{n}}"),
+                         state_dir=str(host.run_dir / "state-other"))
+    rc, reg = run_json(host, "directory", "register", "--config", mine)
+    assert rc == 0
+    (title,) = reg["titles"]
+    dn = reg["device_dn"]
+    try:
+        # Another device of the same name may not take it out.
+        rc, refused = run_json(host, "directory", "unregister", "--config", other)
+        assert rc == 1 and "belongs to another device" in refused["stderr"]
+        assert ldap(host, "-b", dn, "-s", "base", "dn").stdout.strip()
+        # Out of service: entries and title kept, the device not installed.
+        rc, kept = run_json(host, "directory", "unregister", "--config", mine,
+                            "--keep-titles")
+        assert rc == 0 and kept["kept"] and kept["titles_released"] == []
+        assert "dicomInstalled: FALSE" in ldap(host, "-b", dn, "-s", "base",
+                                               "dicomInstalled").stdout
+        # Gone: no entry of the device, no title in the registry.
+        rc, gone = run_json(host, "directory", "unregister", "--config", mine)
+        assert rc == 0 and gone["titles_released"] == [title]
+        assert ldap(host, "-b", dn, "-s", "base", "dn").returncode == 32  # noSuchObject
+        assert ldap(host, "-b", REGISTRY, f"(dicomAETitle={title})", "dn").stdout.strip() \
+            == ""
+        assert not (host.run_dir / "state-mine" / "directory.json").exists()
+    finally:
+        cleanup(lab, [name], [title])
+
+
+def test_ldif_for_a_templated_ae_reserves_nothing_and_says_what_is_free(lab, host):
+    name = f"LDIF{host.index}"
+    config = write_config(host, network=f'hostname = "{name.lower()}"',
+                          directory='domain = "hospital.test"',
+                          device_section=device(name, "S9", "ARCHIVE{n}"))
+    registry_before = ldap(host, "-b", REGISTRY, "-s", "one", "dn").stdout
+    proc = host.run([AGENT, "ldif", "--config", config])
+    assert proc.returncode == 0, proc.stderr
+    assert "# AE 1 (template 'ARCHIVE{n}'): ARCHIVE1 is only a suggestion" in proc.stdout
+    assert "Free in the registry when this was written: ARCHIVE1, ARCHIVE2" in proc.stdout
+    assert "dicomSoftwareVersion: dicom-agent-id " in proc.stdout
+    assert ldap(host, "-b", REGISTRY, "-s", "one", "dn").stdout == registry_before
+    chosen = host.run([AGENT, "ldif", "--config", config, "--title", "ARCHIVE7"])
+    assert "dicomAETitle: ARCHIVE7" in chosen.stdout and "suggestion" not in chosen.stdout
+    bad = host.run([AGENT, "ldif", "--config", config, "--title", "BAD\\TITLE"])
+    assert bad.returncode == 2 and "--title" in bad.stderr
