@@ -65,6 +65,7 @@ class Condition(enum.StrEnum):
     NO_TITLE = "no-title"
     CLOCK_STEP_REFUSED = "clock-step-refused"
     DIRECTORY_CONFLICT = "directory-conflict"
+    NOT_INSTALLED = "not-installed"
 
 
 class Event(enum.StrEnum):
@@ -86,6 +87,8 @@ class Event(enum.StrEnum):
     DIRECTORY_DISABLED = "directory-disabled"
     TITLES_MISSING = "titles-missing"  # an AE has no title and none can be had now
     TITLES_KNOWN = "titles-known"
+    NOT_INSTALLED = "not-installed"  # the directory says an AE or the device is not installed
+    ALL_INSTALLED = "all-installed"
     ANNOUNCED = "announced"
     WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, conflict)
     PROFILE_FAILING = "profile-failing"  # a supervised task died and waits to restart
@@ -161,6 +164,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
                                             recover=_DIRECTORY)),
     Event.TITLES_MISSING: (_ANY, _e(degrade=[C.NO_TITLE])),
     Event.TITLES_KNOWN: (_ANY, _e(recover=[C.NO_TITLE])),
+    Event.NOT_INSTALLED: (_ANY, _e(degrade=[C.NOT_INSTALLED])),
+    Event.ALL_INSTALLED: (_ANY, _e(recover=[C.NOT_INSTALLED])),
     Event.ANNOUNCED: (_ADDRESSED, _e(done=[S.ANNOUNCED])),
     Event.WITHDRAWN: (_ANY, _e(undone=[S.ANNOUNCED])),
     Event.PROFILE_FAILING: (_ANY, _e(degrade=[C.PROFILE_FAILING])),

@@ -149,7 +149,8 @@ class Agent:
                      "base_dn": d.base if d else None,
                      "device_dn": d.saved.get("device_dn") if d else None,
                      "ae_titles": [t for t in self.titles if t is not None],
-                     "last_error": d.last_error if d else None}
+                     "last_error": d.last_error if d else None,
+                     "effective": self._effective()}
         time_report = {k: v for k, v in self.timekeeping.report.items() if k != "chrony"}
         if "chrony" in self.timekeeping.report:
             time_report["chrony"] = self.timekeeping.report["chrony"]
@@ -159,6 +160,34 @@ class Agent:
                 "dnssd": self.announcer.to_json(),
                 "supervision": self.supervisor.snapshot(),
                 "counters": self.counters()}
+
+    def _effective(self) -> list[dict]:
+        """Per AE, what is in force: the directory's word on the directory-side attributes
+        once read back (an administrator's edit wins), else the configuration's."""
+        read = self.directory.effective if self.directory is not None else None
+        out = []
+        for ae, title in zip(self.config.device.aes, self.titles, strict=False):
+            if title is None:
+                continue
+            there = (read or {}).get("aes", {}).get(title)
+            if there is not None:
+                installed = there["installed"]
+                clusters = there["application_cluster"]
+                called = there["preferred_called_ae_title"]
+            else:
+                installed = self.config.device.installed if ae.installed is None \
+                    else ae.installed
+                clusters = sorted(ae.application_cluster)
+                called = sorted(ae.preferred_called_ae_title)
+            out.append({"aet": title, "installed": bool(installed),
+                        "application_cluster": list(clusters),
+                        "preferred_called_ae_title": list(called), "health": "unchecked"})
+        return out
+
+    def _advertised_titles(self) -> list[str | None]:
+        """The titles to announce: an AE the directory says is not installed is not."""
+        installed = {e["aet"]: e["installed"] for e in self._effective()}
+        return [t if t is not None and installed.get(t, True) else None for t in self.titles]
 
     def counters(self) -> dict:
         return {"dhcp": self.address.counters(), "validation": self.address.validation(),
@@ -381,6 +410,10 @@ class Agent:
         await self._event(DIRECTORY_EVENTS[state])
         if state == "registered" and old != "registered":
             self._hook("registered")
+        changes = self.directory.effective_changes if self.directory else []
+        if state == "registered" and changes:
+            # Administrators' edits flow back (issue 13): the applications are told.
+            self.hooks.post("config-changed", {**self._hook_values(), "changed": changes})
         self.announce_wanted.set()  # titles known, or known to be missing
         self._changed()
 
@@ -399,13 +432,16 @@ class Agent:
             missing = None in self.titles
             if missing and self.directory_state in ("locating", "registering"):
                 continue  # the directory may still reserve the title
+            advertise = self._advertised_titles()
             # Announce again only for something new: a refresh of the directory must
             # not make the names be probed again.
-            wanted = (address, tuple(self.titles), id(self.announcer.device))
+            wanted = (address, tuple(advertise), id(self.announcer.device))
             if wanted != announced or self.announcer.advertiser.address != address:
-                await self.announcer.announce(self.titles, address)
+                await self.announcer.announce(advertise, address)
                 announced = wanted
             await self._event(Event.TITLES_MISSING if missing else Event.TITLES_KNOWN)
+            not_installed = any(not e["installed"] for e in self._effective())
+            await self._event(Event.NOT_INSTALLED if not_installed else Event.ALL_INSTALLED)
             await self._event(Event.ANNOUNCED)
             self._changed()
 
@@ -436,6 +472,7 @@ class Agent:
 
     async def _op_renew(self, req: dict) -> dict:
         self.address.renew()
+        self.address_changed.set()  # and read the directory's word on this device again
         return {"v": 1, "ok": True}
 
     async def _op_reload(self, req: dict) -> dict:

@@ -8,8 +8,8 @@ answers:
   root DSE's namingContexts are searched for `dicomConfigurationRoot`, accepted only
   with `cn=Devices` (dicomDevicesRoot) and `cn=Unique AE Titles Registry`
   (dicomUniqueAETitlesRegistryRoot) directly below it (H.1.2 note);
-- register (H.1.4.3): adopt a device an administrator configured (found by name, else
-  serial number; only hostnames, ports and dicomInstalled are changed), or reserve
+- register (H.1.4.3): adopt a device an administrator configured (see find_device; only
+  hostnames and ports are changed, the identity marker added), or reserve
   titles (H.1.4.3.5) and create device, connections, AEs and transfer capabilities,
   rolling back on failure everything this attempt added;
 - lookup and query (H.1.4.2).
@@ -521,9 +521,11 @@ class Directory:
 
     def _adopt(self, existing: dict, device: Device, hostnames: dict[str, str],
                device_id: str | None = None) -> Registration:
-        """Pre-configured by an administrator (or ours already): keep everything, change
-        only what the device owns — its connections' hostnames and ports, dicomInstalled
-        — and claim it with the device's marker."""
+        """An existing entry (an administrator's pre-configuration, or ours): keep
+        everything, change only what is device-side — its connections' hostnames and
+        ports — and claim it with the device's marker. dicomInstalled is directory-side
+        (issue 13): an administrator's value wins once the entry exists; the device reads
+        it back (effective())."""
         dn = existing["dn"]
         changed = []
         if device_id is not None and plan.marker(device_id).lower() not in [
@@ -532,7 +534,7 @@ class Directory:
                                                         [plan.marker(device_id)])]})
             changed.append(dn)
         for entry in _search(self.conn, dn, "(objectClass=dicomNetworkConnection)", LEVEL,
-                             ["cn", "dicomHostname", "dicomPort", "dicomInstalled"]):
+                             ["cn", "dicomHostname", "dicomPort"]):
             try:
                 name = _one(entry, "cn")  # MAY in the schema: a hand-made entry may lack it
             except OddEntry as exc:
@@ -542,26 +544,42 @@ class Directory:
             conn = next((c for c in device.connections if c.name == name), None)
             if conn is None:
                 continue
-            wanted = {"dicomHostname": hostnames[name], "dicomPort": conn.port,
-                      "dicomInstalled": None if conn.installed is None
-                      else plan.boolean(conn.installed)}
+            wanted = {"dicomHostname": hostnames[name], "dicomPort": conn.port}
             changes = {}
             for attribute, value in wanted.items():
                 current = _first(entry, attribute)
-                current = None if current in (None, []) else str(current).upper() \
-                    if attribute == "dicomInstalled" else str(current)
+                current = None if current in (None, []) else str(current)
                 if value is not None and current != str(value):
                     changes[attribute] = [("MODIFY_REPLACE", [str(value)])]
             if changes:
                 self._modify(entry["dn"], changes)
                 changed.append(entry["dn"])
-        installed = plan.boolean(device.installed)
-        if str(_first(existing, "dicomInstalled")).upper() != installed:
-            self._modify(dn, {"dicomInstalled": [("MODIFY_REPLACE", [installed])]})
-            changed.append(dn)
         titles = [_title(e) for e in _search(
             self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
         return Registration(dn, titles, adopted=True, changed=changed)
+
+    # -- what the directory says of this device (issue 13: administrators' edits) --------
+
+    def effective(self, device_dn: str) -> dict:
+        """The directory-side attributes of the device's own entry, as they are now:
+        {"installed": bool, "aes": {title: {"installed", "application_cluster",
+        "preferred_called_ae_title"}}}; dicomInstalled of an AE inherits the device's."""
+        dev = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE,
+                      ["dicomInstalled"])
+        if not dev:
+            raise DirectoryError(f"{device_dn}: not found")
+        installed = _boolean(dev[0], "dicomInstalled")
+        installed = True if installed is None else installed
+        aes = {}
+        for ae in _search(self.conn, device_dn, "(objectClass=dicomNetworkAE)", LEVEL,
+                          ["dicomAETitle", "dicomInstalled", "dicomApplicationCluster",
+                           "dicomPreferredCalledAETitle"]):
+            own = _boolean(ae, "dicomInstalled")
+            aes[_title(ae)] = {
+                "installed": installed if own is None else own,
+                "application_cluster": sorted(_many(ae, "dicomApplicationCluster")),
+                "preferred_called_ae_title": sorted(_many(ae, "dicomPreferredCalledAETitle"))}
+        return {"installed": installed, "aes": aes}
 
     # -- decommissioning (issue 13) ------------------------------------------------------
 

@@ -93,6 +93,8 @@ class DirectoryService:
         self.cache = LookupCache(state_dir / "cache")
         self.saved = read_directory_record(state_dir)
         self.device_id = load_or_make_device_id(state_dir)
+        self.effective: dict | None = None  # what the directory says (effective())
+        self.effective_changes: list[str] = []
         self.state = "locating"
         self.server: str | None = self.saved.get("server")
         self.base: str | None = self.saved.get("base_dn")
@@ -202,7 +204,24 @@ class DirectoryService:
         # Found by name but registered by this device before: not an adoption.
         self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
         self.last_error = None
+        await self._read_back(result.device_dn)
         return await self._set_state("registered")
+
+    async def _read_back(self, device_dn: str) -> None:
+        """Administrators' edits flow back (issue 13): the directory-side attributes of
+        the device's own entry, read at each registration (every refresh_interval, on a
+        renew); `effective_changes` names what changed since the last read."""
+        try:
+            effective = await self.call(lambda d: d.effective(device_dn))
+        except DirectoryError as exc:
+            log.warning("reading back %s: %s", device_dn, exc)
+            self.effective_changes = []
+            return
+        self.effective_changes = _changed_attributes(self.effective, effective)
+        for name in self.effective_changes:
+            log.info("directory override: %s of %s changed by the directory", name,
+                     device_dn)
+        self.effective = effective
 
     async def unregister(self, keep_titles: bool) -> dict:
         """`dicom-agent directory unregister`: this device's own entries removed and its
@@ -296,3 +315,23 @@ def _removal_ldif(service: DirectoryService, keep_titles: bool) -> str:
     for title in service.saved.get("titles", []):
         lines += [f"dn: {plan.title_dn(service.base, title)}", "changetype: delete", ""]
     return "\n".join(lines)
+
+
+def _changed_attributes(before: dict | None, after: dict) -> list[str]:
+    """The directory attribute names whose values differ ([] on the first read)."""
+    if before is None:
+        return []
+    changed = set()
+    if before["installed"] != after["installed"]:
+        changed.add("dicomInstalled")
+    for title in set(before["aes"]) | set(after["aes"]):
+        old, new = before["aes"].get(title), after["aes"].get(title)
+        if old is None or new is None:
+            changed.add("dicomAETitle")
+            continue
+        for key, name in (("installed", "dicomInstalled"),
+                          ("application_cluster", "dicomApplicationCluster"),
+                          ("preferred_called_ae_title", "dicomPreferredCalledAETitle")):
+            if old[key] != new[key]:
+                changed.add(name)
+    return sorted(changed)

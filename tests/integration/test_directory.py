@@ -234,7 +234,7 @@ dicomAssociationAcceptor: TRUE
         dev = got[device_dn.lower()]
         assert dev["objectclass"] == ["dicomDevice", "extensibleObject"]
         assert dev["l"] == ["Room 3"] and dev["dicomdescription"] == ["configured by hand"]
-        assert dev["dicominstalled"] == ["TRUE"]  # the device owns this
+        assert dev["dicominstalled"] == ["FALSE"]  # directory-side: the administrator's
         conn = got[f"cn=dicom,{device_dn}".lower()]
         assert conn["dicomhostname"] == [f"{name.lower()}.hospital.test"]
         assert conn["dicomport"] == ["11112"]

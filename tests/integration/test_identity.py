@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 from agent_helpers import AGENT, write_config
 from lab import ADMIN_DN, ADMIN_PASSWORD, CONFIG_ROOT_DN
@@ -229,3 +230,43 @@ def test_ldif_for_a_templated_ae_reserves_nothing_and_says_what_is_free(lab, hos
     assert "dicomAETitle: ARCHIVE7" in chosen.stdout and "suggestion" not in chosen.stdout
     bad = host.run([AGENT, "ldif", "--config", config, "--title", "BAD\\TITLE"])
     assert bad.returncode == 2 and "--title" in bad.stderr
+
+
+def test_an_administrators_edit_flows_back_to_the_device(lab, host):
+    from test_agent import stop, wait_for
+
+    name = f"EDIT{host.index}"
+    hooks = host.run_dir / "hooks"
+    hooks.mkdir()
+    seen = host.run_dir / "hook-events"
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_CHANGED" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
+    config = write_config(host, network=f'hostname = "{name.lower()}"\narp_probe = false\n'
+                                        "initial_delay = [0.0, 0.0]",
+                          agent_section=f'hooks_dir = "{hooks}"',
+                          directory=registrar(lab, host) + "\nrefresh_interval = 2.0",
+                          device_section=device(name, "S7", f"{name}_{{n}}"))
+    proc = host.popen([AGENT, "run", "--config", config], stdout=subprocess.DEVNULL)
+    title = None
+    try:
+        snap = wait_for(host, lambda s: s["state"] == "ready" and s["dnssd"]["services"], 60)
+        (title,) = snap["directory"]["ae_titles"]
+        assert snap["directory"]["effective"] == [{
+            "aet": title, "installed": True, "application_cluster": [],
+            "preferred_called_ae_title": [], "health": "unchecked"}]
+        ae_dn = f"dicomAETitle={title},dicomDeviceName={name},{DEVICES}"
+        change = (f"dn: {ae_dn}\nchangetype: modify\nadd: dicomInstalled\n"
+                  "dicomInstalled: FALSE\n-\nadd: dicomApplicationCluster\n"
+                  "dicomApplicationCluster: night-shift\n")
+        assert lab.srv_exec(["ldapmodify", *ADMIN], input=change).returncode == 0
+        # Within the refresh interval: withdrawn from DNS-SD, said so, the hook told.
+        after = wait_for(host, lambda s: "not-installed" in s["degraded"], 30)
+        assert after["dnssd"]["services"] == []
+        assert after["directory"]["effective"][0]["installed"] is False
+        assert after["directory"]["effective"][0]["application_cluster"] == ["night-shift"]
+        assert wait_for(host, lambda s: seen.exists() and "config-changed" in seen.read_text())
+        line = next(x for x in seen.read_text().splitlines() if x.startswith("config-changed"))
+        assert set(line.split()[1:]) == {"dicomApplicationCluster", "dicomInstalled"}
+    finally:
+        stop(proc)
+        cleanup(lab, [name], [title] if title else [])
