@@ -24,6 +24,53 @@ def load_or_report(path: str) -> Config | None:
         return None
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Until the boot state is at or past STATE (CONTRACTS.md order): 0; 1 on timeout or
+    when no agent answers by then, printing the state and the degraded conditions."""
+    import json
+    import socket
+    import time
+
+    from agent.boot import BootState
+
+    order = [s.value for s in BootState if s is not BootState.STOPPING]
+    if args.state not in order:
+        print(f"wait: --state must be one of {', '.join(order)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = _socket_path(args)
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_USAGE
+    deadline = time.monotonic() + args.timeout
+    last: dict = {}
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(max(left, 0.1))
+                s.connect(str(path))
+                s.sendall(b'{"v":1,"op":"watch"}\n')
+                for line in s.makefile("rb"):
+                    last = json.loads(line)
+                    if last.get("state") in order and \
+                            order.index(last["state"]) >= order.index(args.state):
+                        print(f"{last['state']}" + _degraded(last))
+                        return EXIT_OK
+        except (OSError, ValueError):
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))  # not up yet
+    state = last.get("state", "unreachable")
+    print(f"wait: {state} after {args.timeout:g} s (wanted {args.state})" + _degraded(last),
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _degraded(snap: dict) -> str:
+    return f" (degraded: {', '.join(snap['degraded'])})" if snap.get("degraded") else ""
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_or_report(args.file)
     if config is None:
@@ -187,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="a snapshot per line: now, then one per change")
     where(watch)
     watch.set_defaults(func=cmd_watch)
+    wait = sub.add_parser("wait", help="until the boot state is at or past STATE (ready)")
+    wait.add_argument("--state", default="ready", metavar="STATE")
+    wait.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    where(wait)
+    wait.set_defaults(func=cmd_wait)
     lookup = sub.add_parser("lookup", help="a remote AE through the running agent")
     lookup.add_argument("aet", metavar="AET")
     lookup.add_argument("--json", action="store_true")

@@ -210,12 +210,10 @@ class Agent:
         state = self.machine.state.value
         degraded = ", ".join(sorted(self.machine.degraded))
         status = state + (f" (degraded: {degraded})" if degraded else "")
+        self.notifier.status(status)
         if self.machine.state is BootState.READY and not self._ready_once:
             self._ready_once = True
-            self.notifier.ready(status)
             self._hook("ready")
-        else:
-            self.notifier.status(status)
 
     def _hook_values(self) -> dict[str, object]:
         lease = self.lease
@@ -558,6 +556,10 @@ class Agent:
                     tg.create_task(sv.run(name, faults(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")
+                # READY=1 once the daemon is up — configuration valid, status socket
+                # listening, profiles started — as systemd-networkd does; waiting for the
+                # boot state `ready` is `dicom-agent wait` (dicom-agent-wait-ready.service).
+                self.notifier.ready(self.machine.state.value)
         except* Stopped:
             pass
         finally:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from agent.sdnotify import Notifier
 
-UNIT = Path(__file__).resolve().parents[2] / "agent" / "systemd" / "dicom-agent.service"
+SYSTEMD = Path(__file__).resolve().parents[2] / "agent" / "systemd"
+UNIT = SYSTEMD / "dicom-agent.service"
 
 
 def directives(text: str) -> dict[str, str]:
@@ -26,6 +27,20 @@ def test_the_unit_is_hardened_and_every_capability_is_explained():
     for cap in caps:
         assert f"# {cap}:" in text  # each one justified by a comment
     assert "CAP_SYS_ADMIN" not in d["CapabilityBoundingSet"]
+
+
+def test_ready_is_waited_for_by_its_own_unit_not_by_a_start_timeout():
+    main = directives(UNIT.read_text())
+    assert main["RestartPreventExitStatus"] == "2"  # a bad configuration: no restart loop
+    assert "network-online.target" not in main.get("Before", "")
+    wait = directives((SYSTEMD / "dicom-agent-wait-ready.service").read_text())
+    assert wait["Type"] == "oneshot" and wait["RemainAfterExit"] == "yes"
+    assert "dicom-agent wait --state ready" in wait["ExecStart"]
+    assert wait["Before"].split() == ["network-online.target", "dicom-ready.target"]
+    assert wait["Requires"] == wait["After"] == "dicom-agent.service"
+    assert "network-online.target" in wait["WantedBy"].split()
+    target = directives((SYSTEMD / "dicom-ready.target").read_text())
+    assert target["Requires"] == target["After"] == "dicom-agent-wait-ready.service"
 
 
 def test_notify_sends_datagrams_to_the_notify_socket(tmp_path):
