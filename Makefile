@@ -10,7 +10,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
 	dcmtk
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -68,6 +68,16 @@ fuzz: setup
 soak: setup
 	DICOM_AGENT_SOAK_TRIALS=$(SOAK_TRIALS) \
 	$(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_kill9.py
+
+# systemd-analyze security (offline) of the shipped unit beside the system's own network
+# daemons (the bar: networkd's).
+audit:
+	@for unit in agent/systemd/dicom-agent.service /lib/systemd/system/systemd-networkd.service \
+	    /lib/systemd/system/chrony.service; do \
+	  [ -e $$unit ] || continue; \
+	  printf '%-48s %s\n' "$$unit" "$$(systemd-analyze security --offline=true $$unit 2>/dev/null \
+	    | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"; \
+	done
 
 lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures

@@ -123,6 +123,21 @@ def posix_tz_offset(tz: str, now: float, strict: bool = False) -> int | None:
         return None
 
 
+CAP_SYS_TIME = 25  # linux/capability.h
+
+
+def has_sys_time(proc: Path = Path("/proc")) -> bool:
+    """Whether this process may set the clock (CapEff in /proc/self/status); True when
+    that cannot be read (then the actuator's own error says so)."""
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_TIME & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 def clock_guards(proc: Path = Path("/proc")) -> list[str]:
     """Reasons the clock must be left alone; empty when it may be adjusted."""
     reasons = []
@@ -136,6 +151,8 @@ def clock_guards(proc: Path = Path("/proc")) -> list[str]:
         if comm in OTHER_NTP_CLIENTS:
             reasons.append(f"other-ntp-client: {comm} (pid {entry.name})")
             break
+    if not has_sys_time(proc):
+        reasons.append("no CAP_SYS_TIME (the unit's sntp drop-in grants it)")
     try:
         ours = os.stat(proc / "self" / "ns" / "net").st_ino
     except OSError:

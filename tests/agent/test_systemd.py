@@ -21,12 +21,32 @@ def test_the_unit_is_hardened_and_every_capability_is_explained():
     assert d["StateDirectory"] == "dicom-agent" and d["RuntimeDirectory"] == "dicom-agent"
     assert d["ReadWritePaths"] == "-/run/chrony-dhcp -/etc/resolv.conf"
     caps = d["CapabilityBoundingSet"].split()
-    assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW",
-                            "CAP_SYS_TIME"]
+    assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]
     assert d["AmbientCapabilities"].split() == caps
     for cap in caps:
         assert f"# {cap}:" in text  # each one justified by a comment
     assert "CAP_SYS_ADMIN" not in d["CapabilityBoundingSet"]
+    assert d["ProtectClock"] == "true" and d["UMask"] == "0077"
+    assert "ProtectProc" not in d  # the second-NTP-daemon check reads /proc
+    sntp = (SYSTEMD / "sntp.conf").read_text()
+    drop = directives(sntp)
+    assert drop["AmbientCapabilities"] == drop["CapabilityBoundingSet"] == "CAP_SYS_TIME"
+    assert drop["ProtectClock"] == "false" and "# CAP_SYS_TIME:" in sntp
+
+
+def test_the_unit_scores_as_tight_as_networkd(tmp_path):
+    """systemd-analyze security (offline): at most 3.0, the issue's bar (networkd 2.8)."""
+    import shutil
+    import subprocess
+
+    for name in ("dicom-agent.service",):
+        shutil.copy(SYSTEMD / name, tmp_path / name)
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                          str(tmp_path / "dicom-agent.service")], capture_output=True,
+                         text=True, timeout=60)
+    score = float(out.stdout.split("Overall exposure level for dicom-agent.service: ")[1]
+                  .split()[0])
+    assert score <= 3.0, out.stdout[-2000:]
 
 
 def test_ready_is_waited_for_by_its_own_unit_not_by_a_start_timeout():

@@ -99,6 +99,14 @@ def test_clock_guards(tmp_path):
     assert clock_guards(proc) == ["network-namespace: the clock is the host's"]
 
 
+def test_no_cap_sys_time_is_a_guard(tmp_path):
+    proc = fake_proc(tmp_path / "f", {1: "systemd"}, True)
+    (proc / "self" / "status").write_text("Name:\tdicom-agent\nCapEff:\t0000000000003000\n")
+    assert clock_guards(proc) == ["no CAP_SYS_TIME (the unit's sntp drop-in grants it)"]
+    (proc / "self" / "status").write_text("CapEff:\t0000000002003000\n")  # bit 25 set
+    assert clock_guards(proc) == []
+
+
 def test_guards_see_the_lab_from_here():
     # This test process runs in the machine's own namespace: no namespace guard.
     assert not any(r.startswith("network-namespace") for r in clock_guards())
