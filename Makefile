@@ -8,9 +8,9 @@ APT_STAMP := /var/lib/dicom-agent-lab/apt-packages.stamp
 APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-dnsutils \
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
-	dcmtk
+	dcmtk systemd-container debootstrap
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak audit lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -95,6 +95,14 @@ lab-up: setup
 
 lab-down:
 	python3 netns-fixtures/lab.py down --all
+
+# Install on a device image or this machine: DESTDIR (default /) and PREFIX (default
+# /opt/dicom-agent). The venv is made on the target's own python3 (chroot into DESTDIR).
+DESTDIR ?= /
+PREFIX ?= /opt/dicom-agent
+install: venv
+	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse .
+	python3 agent/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
 
 clean: lab-down
 	rm -rf $(VENV) .pytest_cache .hypothesis
