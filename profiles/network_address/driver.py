@@ -73,6 +73,10 @@ class AutoIpRemoved:
     reason: str  # "lease" (a DHCP lease replaced it) or "conflict" (a defence failed)
 
 
+class AddressRefused(OSError):
+    """The kernel refused the leased address itself (no CAP_NET_ADMIN, say)."""
+
+
 def boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
@@ -390,8 +394,14 @@ class DhcpDriver:
                 except OSError as exc:  # EMFILE, ENOSPC: keep the lease in memory
                     self.apply_failures["save-lease"] += 1
                     log.warning("lease not saved: %s", exc)
-                for failure in await self.netlink.apply(lease, now, self.grace):
+                refused = await self.netlink.apply(lease, now, self.grace)
+                for failure in refused:
                     self.apply_failures["apply-" + failure.split(":")[0].split(" ")[0]] += 1
+                address = [f for f in refused if f.startswith("address:")]
+                if address:
+                    # Without its address the lease is not the device's: never reported
+                    # bound. A fault of this task — the supervisor retries (below T1).
+                    raise AddressRefused(f"{lease.address}: {address[0][9:]}")
                 failures = self.dns.failures
                 try:  # resolvectl or resolvconf may take a moment: off the loop
                     await asyncio.to_thread(self.dns.apply, lease.dns, lease_search(lease))

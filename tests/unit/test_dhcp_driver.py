@@ -49,6 +49,24 @@ def test_a_refused_part_is_counted_and_the_lease_still_reaches_the_handlers(tmp_
     assert d.apply_failures == {"apply-mtu": 1, "apply-route": 1}
 
 
+def test_a_refused_address_is_a_fault_not_a_bound_lease(tmp_path):
+    import pytest
+
+    from profiles.network_address.driver import AddressRefused
+
+    log: list = []
+    lease = acquire(client(), FakeServer())
+
+    async def handler(event):
+        log.append(("handler", type(event).__name__))
+
+    d = driver(tmp_path, log, handler, refuse=["address: NetlinkError: (1, 'Operation "
+                                               "not permitted')"])
+    with pytest.raises(AddressRefused, match="Operation not permitted"):
+        asyncio.run(d._handle(LeaseBound(lease)))
+    assert ("handler", "LeaseBound") not in log  # nobody hears of a lease not applied
+
+
 def test_bound_lease_is_saved_then_applied_then_written_before_handlers_see_it(tmp_path):
     log: list = []
     lease = acquire(client(), FakeServer())
