@@ -32,7 +32,8 @@ def config(lab: Lab, dev: Device) -> Path:
     text = text.replace('hostname = "archive2"', 'hostname = "archive2"\narp_probe = false\n'
                         "initial_delay = [0.0, 0.0]")
     text = text.replace('[directory]\nsecurity = "anonymous"',
-                        f'[directory]\nsecurity = "tls"\nca_file = "{lab.run / "tls/ca.pem"}"\n'
+                        f'[directory]\nsecurity = "tls"\ndomain = "hospital.test"\n'
+                        f'ca_file = "{lab.run / "tls/ca.pem"}"\n'
                         f'bind_dn = "{REGISTRAR_DN}"\npassword_file = "{secret}"')
     path = dev.run_dir / "bench.toml"
     path.write_text(f'[agent]\nstate_dir = "{dev.run_dir / "agent-state"}"\n'

@@ -36,8 +36,9 @@ def config_for(lab: Lab, dev: Device, example: str) -> Path:
     secret.write_text("registrarpw\n")
     secret.chmod(0o600)
     text = (REPO / "agent" / "examples" / example).read_text()
+    # Credentials go only to a configured domain's servers (the Security model).
     text = text.replace('[directory]\nsecurity = "anonymous"', "[directory]\n"
-                        'security = "tls"\n'
+                        'security = "tls"\ndomain = "hospital.test"\n'
                         f'ca_file = "{lab.run / "tls" / "ca.pem"}"\n'
                         f'bind_dn = "{REGISTRAR_DN}"\n'
                         f'password_file = "{secret}"')
@@ -74,12 +75,16 @@ def main() -> int:
                                                                          "archive.toml")
         t0 = time.monotonic()
         agents = [dev.popen([AGENT, "run", "--config", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=open(dev.run_dir / "agent.log", "w"))  # noqa: SIM115
                   for dev, conf in ((ct, ct_conf), (archive, archive_conf))]
 
         step(f"{ct.ns}: dicom-agent watch (the CT booting)")
         sock = ct.run_dir / "agent-run" / "status.sock"
         while not sock.exists() and time.monotonic() - t0 < 10:
+            if agents[0].poll() is not None:  # it ended: say why, do not wait for it
+                print(f"   the agent exited {agents[0].returncode}:\n"
+                      + (ct.run_dir / "agent.log").read_text()[-2000:], file=sys.stderr)
+                return 1
             time.sleep(0.05)
         watch = subprocess.Popen([AGENT, "watch", "--socket", str(sock)],
                                  stdout=subprocess.PIPE, text=True)
