@@ -58,7 +58,8 @@ ENTRY_ALREADY_EXISTS = 68
 NO_SUCH_OBJECT = 32
 SIZE_LIMIT_EXCEEDED = 4
 SIZE_LIMIT = 2000  # entries one search may return
-PAGE_SIZE = 200  # entries per page of a query (RFC 2696)
+PAGE_SIZE = 500  # entries per page of a paged search (RFC 2696)
+REGISTRY_LIMIT = 1_000_000  # titles read from the Unique AE Titles Registry
 MAX_TEXT = 1024  # characters of any one value we use
 REFUSALS = {8: "strongerAuthRequired", 50: "insufficientAccess", 53: "unwillingToPerform"}
 TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
@@ -198,19 +199,20 @@ def close(conn: Connection) -> None:
 
 
 def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
-            attributes: list[str] | None = None, paged: bool = False) -> list[dict]:
+            attributes: list[str] | None = None, paged: bool = False,
+            limit: int = SIZE_LIMIT) -> list[dict]:
     """Entries found, bounded by SIZE_LIMIT entries and TIMEOUT seconds on the server;
-    `paged` asks for them PAGE_SIZE at a time (RFC 2696) up to SIZE_LIMIT."""
+    `paged` asks for them PAGE_SIZE at a time (RFC 2696) up to `limit`."""
     if paged:
         out: list[dict] = []
         cookie = None
-        while len(out) < SIZE_LIMIT:
+        while len(out) < limit:
             out += _search_once(conn, base, flt, scope, attributes, PAGE_SIZE, cookie)
             cookie = (conn.result or {}).get("controls", {}).get(
                 "1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
             if not cookie:
                 break
-        return out[:SIZE_LIMIT]
+        return out[:limit]
     return _search_once(conn, base, flt, scope, attributes)
 
 
@@ -219,7 +221,7 @@ def _search_once(conn: Connection, base: str, flt: str, scope: Any,
                  cookie: bytes | None = None) -> list[dict]:
     try:
         ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [],
-                         size_limit=SIZE_LIMIT, time_limit=TIMEOUT,
+                         size_limit=0 if page else SIZE_LIMIT, time_limit=TIMEOUT,
                          paged_size=page or None, paged_cookie=cookie)
     except LDAPException as exc:
         raise _failed(f"search {flt} under {base}", exc) from None
@@ -451,8 +453,11 @@ class Directory:
         """Every title reserved; an odd registry entry is kept as its raw text (it still
         makes a candidate look taken) and logged."""
         titles = set()
+        # All of them, page by page: a title the read missed would look free, and every
+        # such candidate costs a refused add.
         for e in _search(self.conn, plan.registry_dn(self.base),
-                         "(objectClass=dicomUniqueAETitle)", LEVEL, ["dicomAETitle"]):
+                         "(objectClass=dicomUniqueAETitle)", LEVEL, ["dicomAETitle"],
+                         paged=True, limit=REGISTRY_LIMIT):
             try:
                 titles.add(_title(e))
             except OddEntry as exc:
