@@ -84,11 +84,25 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
         assert '"address": "' in again and again.split('"address": "')[1][:15] == \
             address.split('"address": "')[1][:15]
         assert logged(lab, "DHCPDISCOVER", device.mac) == discovers
-        # systemctl stop: a clean exit.
+        # Exactly the unit's capabilities (root in the container, the bounding set cut):
+        # CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13).
+        main = box.show("dicom-agent", "MainPID")["MainPID"]
+        status = box.run(["cat", f"/proc/{main}/status"]).stdout
+        caps = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith(("CapEff", "CapBnd", "CapAmb"))}
+        assert caps == {"CapEff": 0x3400, "CapBnd": 0x3400, "CapAmb": 0x3400}, caps
+        # An independent browser sees the advertisement; systemctl stop says goodbye.
+        name = "CTSYSD_SCP"
+        seen = lab.avahi_browse("_dicom._tcp", until=lambda f: any(
+            s["name"] == name for s in f))
+        assert any(s["name"] == name for s in seen)
         assert box.run(["systemctl", "stop", "dicom-agent"]).returncode == 0
         stopped = box.show("dicom-agent", "Result", "ExecMainStatus", "ActiveState")
         assert stopped == {"Result": "success", "ExecMainStatus": "0",
                            "ActiveState": "inactive"}, stopped
+        gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
+            s["name"] == name for s in f))
+        assert not any(s["name"] == name for s in gone)  # goodbye packets (RFC 6762 10.1)
     finally:
         lab.start_dhcp_server()
         box.stop()
