@@ -41,6 +41,15 @@ transfer_syntaxes = ["1.2.840.10008.1.2"]
 """
 
 
+def one_of_two(lab, host, name: str, tag: str, serial: str, suffix: str = "") -> str:
+    """A configuration of device `name` with its own file and state directory (`tag`):
+    two of them are two devices that were given the same name."""
+    return write_config(host, network=f'hostname = "{name.lower()}{suffix}"',
+                        directory=registrar(lab, host), name=f"{tag}.toml",
+                        device_section=device(name, serial, f"{name}_{{n}}"),
+                        state_dir=str(host.run_dir / f"state-{tag}"))
+
+
 def cleanup(lab, names: list[str], titles: list[str]) -> None:
     for name in names:
         lab.srv_exec(["ldapdelete", *ADMIN, "-r", f"dicomDeviceName={name},{DEVICES}"])
@@ -127,14 +136,8 @@ dicomAssociationAcceptor: TRUE
 
 def test_an_entry_of_our_name_claimed_by_another_device_is_a_conflict(lab, host):
     name = f"TWIN{host.index}"
-    first = write_config(host, network=f'hostname = "{name.lower()}"',
-                         directory=registrar(lab, host), name="first.toml",
-                         device_section=device(name, "S1", f"{name}_{{n}}"),
-                         state_dir=str(host.run_dir / "state-first"))
-    second = write_config(host, network=f'hostname = "{name.lower()}b"',
-                          directory=registrar(lab, host), name="second.toml",
-                          device_section=device(name, "S2", f"{name}_{{n}}"),
-                          state_dir=str(host.run_dir / "state-second"))
+    first = one_of_two(lab, host, name, "first", "S1")
+    second = one_of_two(lab, host, name, "second", "S2", suffix="b")
     rc, one = run_json(host, "directory", "register", "--config", first)
     try:
         assert rc == 0
@@ -155,10 +158,7 @@ def test_the_daemon_reports_a_conflict_and_advertises_no_title_of_another(lab, h
     from test_agent import start, stop, wait_for
 
     name = f"DUP{host.index}"
-    first = write_config(host, network=f'hostname = "{name.lower()}"',
-                         directory=registrar(lab, host), name="first.toml",
-                         device_section=device(name, "S1", f"{name}_{{n}}"),
-                         state_dir=str(host.run_dir / "state-first"))
+    first = one_of_two(lab, host, name, "first", "S1")
     rc, one = run_json(host, "directory", "register", "--config", first)
     assert rc == 0
     second = write_config(host, network=f'hostname = "{name.lower()}b"\narp_probe = false\n'
@@ -180,14 +180,8 @@ def test_the_daemon_reports_a_conflict_and_advertises_no_title_of_another(lab, h
 
 def test_unregister_takes_only_its_own_device_out(lab, host):
     name = f"OUT{host.index}"
-    mine = write_config(host, network=f'hostname = "{name.lower()}"',
-                        directory=registrar(lab, host), name="mine.toml",
-                        device_section=device(name, "S1", f"{name}_{{n}}"),
-                        state_dir=str(host.run_dir / "state-mine"))
-    other = write_config(host, network=f'hostname = "{name.lower()}x"',
-                         directory=registrar(lab, host), name="other.toml",
-                         device_section=device(name, "S2", f"{name}_{{n}}"),
-                         state_dir=str(host.run_dir / "state-other"))
+    mine = one_of_two(lab, host, name, "mine", "S1")
+    other = one_of_two(lab, host, name, "other", "S2", suffix="x")
     rc, reg = run_json(host, "directory", "register", "--config", mine)
     assert rc == 0
     (title,) = reg["titles"]
