@@ -34,6 +34,7 @@ from profiles.network_address.driver import (
     DhcpDriver,
     Paths,
     boottime,
+    lease_search,
     load_or_make_client_id,
     load_saved_lease,
 )
@@ -52,7 +53,7 @@ def dns_of(lease: Lease | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     else option 15)."""
     if lease is None:
         return (), ()
-    return tuple(lease.dns), tuple(lease.search) or ((lease.domain,) if lease.domain else ())
+    return tuple(lease.dns), tuple(lease_search(lease))
 
 
 def grace_for(agent: AgentSettings) -> float:

@@ -151,12 +151,9 @@ class Agent:
                      "ae_titles": [t for t in self.titles if t is not None],
                      "last_error": d.last_error if d else None,
                      "effective": self._effective()}
-        time_report = {k: v for k, v in self.timekeeping.report.items() if k != "chrony"}
-        if "chrony" in self.timekeeping.report:
-            time_report["chrony"] = self.timekeeping.report["chrony"]
         return {"v": 1, "state": self.machine.state.value,
                 "degraded": sorted(c.value for c in self.machine.degraded),
-                "network": network, "time": time_report, "directory": directory,
+                "network": network, "time": dict(self.timekeeping.report), "directory": directory,
                 "dnssd": self.announcer.to_json(),
                 "supervision": self.supervisor.snapshot(),
                 "counters": self.counters()}
@@ -402,9 +399,7 @@ class Agent:
     async def _on_directory_state(self, state: str, old: str) -> None:
         self.directory_state = state
         if state == "registered":
-            titles = titles_for(self.config.device, self._owned_titles())
-            if titles != self.titles:
-                self.titles = titles
+            self.titles = titles_for(self.config.device, self._owned_titles())
         await self._event(DIRECTORY_EVENTS[state])
         if state == "registered" and old != "registered":
             self._hook("registered")

@@ -145,8 +145,6 @@ class Hooks:
     """The hooks of one daemon: queued events run in order by `serve()`; `run_now()`
     (lease-lost, stopping) waits for the hook running at the moment, then runs at once."""
 
-    HOLDING = ("lease-lost", "stopping")
-
     def __init__(self, directory: Path, timeout: float):
         self.directory = directory
         self.timeout = timeout

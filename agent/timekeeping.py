@@ -156,11 +156,8 @@ class Timekeeping:
     def refresh_offset(self, lease: Lease | None, now: float | None = None) -> bool:
         """The UTC offset again (a lease event, a DST transition); True when it changed."""
         before = (self.report.get("utc_offset_s"), self.report.get("tz"))
-        allowed = self.report.get("clock_control", {}).get("allowed")
         self.report.update(offset_and_control(lease, self.settings.utc_offset, self.mode,
                                               time.time() if now is None else now))
-        if self.mode == "chrony" and allowed is not None:
-            self.report["clock_control"]["allowed"] = allowed
         return (self.report["utc_offset_s"], self.report["tz"]) != before
 
     def begin(self, source: str, lease: Lease | None) -> None:
@@ -189,7 +186,6 @@ class Timekeeping:
                 self.report.update(chrony_fields(await self._chrony_settled()))
             except chrony.ChronyError as exc:
                 self._internal(str(exc))
-            self.report["clock_control"]["allowed"] = False  # chronyd's business
             return self.report
         self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
                                SystemClock(),
@@ -243,7 +239,6 @@ class Timekeeping:
     async def _keep_chrony(self, addresses: list[str], updates: asyncio.Queue[list[str]],
                            on_report: OnReport) -> None:
         t = self.settings
-        self.report["clock_control"]["allowed"] = False  # chronyd's business
         handed: list[str] | None = None
         settle_until = 0.0
         reported = False

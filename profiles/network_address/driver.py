@@ -130,12 +130,6 @@ def lease_search(lease: Lease) -> list[str]:
     return list(lease.search) or ([lease.domain] if lease.domain else [])
 
 
-def write_resolv_conf(paths: Paths, lease: Lease | None) -> None:
-    """The agent's own record, `<runtime_dir>/resolv.conf` (the `file` mode)."""
-    DnsApplier("file", paths.interface, paths.resolv_conf).apply(
-        lease.dns if lease else (), lease_search(lease) if lease else [])
-
-
 def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
     try:
         raw = paths.client_id_file.read_text().strip()

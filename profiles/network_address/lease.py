@@ -222,7 +222,7 @@ class Lease:
         if unknown:
             raise ValueError(f"unknown fields {sorted(unknown)[:5]}")
         try:
-            data = {key: _check_field(key, record[key]) for key in record}
+            data = {key: _FIELD_CHECKS[key](record[key]) for key in record}
             return cls(**data)
         except KeyError as exc:
             raise ValueError(f"field {exc} missing") from None
@@ -356,8 +356,3 @@ _FIELD_CHECKS = {
 }
 _RECORD_FIELDS = frozenset(_FIELD_CHECKS)
 
-
-def _check_field(key: str, value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        raise ValueError(f"{key}: NaN")
-    return _FIELD_CHECKS[key](value)
