@@ -24,6 +24,31 @@ RTPROT_DHCP = 16  # routes we install carry proto "dhcp", as dhcpcd's do
 RT_SCOPE_LINK = 253
 
 
+def route_plan(lease: Lease) -> list[tuple[str, dict]]:
+    """The routes a lease asks for, in the order to install them: option 121/33 routes
+    (a 0.0.0.0 router means on-link, RFC 3442), then the default route; a gateway outside
+    the leased subnet gets an on-link host route before its first use."""
+    network = ipaddress.IPv4Network((lease.address, lease.prefix), strict=False)
+    plan: list[tuple[str, dict]] = []
+    reached: set[str] = set()
+
+    def through(gateway: str, what: str, dst: str) -> None:
+        if gateway not in reached and ipaddress.IPv4Address(gateway) not in network:
+            reached.add(gateway)
+            plan.append((f"host route {gateway}",
+                         {"dst": f"{gateway}/32", "scope": RT_SCOPE_LINK}))
+        plan.append((what, {"dst": dst, "gateway": gateway}))
+
+    for dst, via in lease.routes:
+        if via == ANY:
+            plan.append((f"route {dst}", {"dst": dst, "scope": RT_SCOPE_LINK}))
+        else:
+            through(via, f"route {dst}", dst)
+    if lease.router:
+        through(lease.router[0], "default route", "0.0.0.0/0")
+    return plan
+
+
 class Netlink:
     """Async netlink (pyroute2's AsyncIPRoute: its sync IPRoute runs a loop of its own and
     cannot be used inside ours). Create with `await Netlink.open(interface)`."""
@@ -66,14 +91,12 @@ class Netlink:
         "mtu: ...", "route 198.51.100.0/24: ..."), empty when all of it took."""
         failed: list[str] = []
 
-        async def step(what: str, action) -> bool:
+        async def step(what: str, action) -> None:
             try:
                 await action
-                return True
             except Exception as exc:  # NetlinkError and OSError alike: this part only
                 failed.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
                 log.warning("%s on %s refused: %s", what, self.interface, exc)
-                return False
 
         old = self._applied
         if old is not None and (old.address, old.prefix) != (lease.address, lease.prefix):
@@ -92,44 +115,13 @@ class Netlink:
                 failed.append(f"mtu: {lease.mtu} is above the link's maximum {maximum}")
             else:
                 await step("mtu", self.ipr.link("set", index=self.index, mtu=lease.mtu))
-        network = ipaddress.IPv4Network((lease.address, lease.prefix), strict=False)
-        onlink: set[str] = set()
-        wanted = {dst for dst, _ in lease.routes} | {f"{gw}/32" for gw in
-                                                     [*(v for _, v in lease.routes),
-                                                      *lease.router[:1]]
-                                                     if gw != ANY and
-                                                     ipaddress.IPv4Address(gw) not in network}
-        if lease.router:
-            wanted.add("0.0.0.0/0")
-        await self._delete_routes(self._routes - wanted)  # a new lease no longer has them
-        self._routes = set()
-
-        async def reach(gateway: str) -> None:
-            """An off-link gateway gets an on-link host route first (RFC 3442 note)."""
-            if gateway in onlink or ipaddress.IPv4Address(gateway) in network:
-                return
-            onlink.add(gateway)
-            self._routes.add(f"{gateway}/32")
-            await step(f"host route {gateway}", self.ipr.route(
-                "replace", dst=f"{gateway}/32", oif=self.index, scope=RT_SCOPE_LINK,
-                proto=RTPROT_DHCP))
-
-        for dst, via in lease.routes:
-            self._routes.add(dst)
-            if via == ANY:  # RFC 3442: a router of 0.0.0.0 means the route is on-link
-                await step(f"route {dst}", self.ipr.route(
-                    "replace", dst=dst, oif=self.index, scope=RT_SCOPE_LINK,
-                    proto=RTPROT_DHCP))
-                continue
-            await reach(via)
-            await step(f"route {dst}", self.ipr.route(
-                "replace", dst=dst, gateway=via, oif=self.index, proto=RTPROT_DHCP))
-        if lease.router:
-            self._routes.add("0.0.0.0/0")
-            await reach(lease.router[0])
-            await step("default route", self.ipr.route(
-                "replace", dst="0.0.0.0/0", gateway=lease.router[0], oif=self.index,
-                proto=RTPROT_DHCP))
+        plan = route_plan(lease)
+        wanted = {route["dst"] for _, route in plan}
+        await self._delete_routes(self._routes - wanted)  # an earlier lease's, not wanted now
+        self._routes = wanted
+        for what, route in plan:
+            await step(what, self.ipr.route("replace", oif=self.index, proto=RTPROT_DHCP,
+                                            **route))
         self._applied = lease
         log.info("applied %s/%d on %s (valid %s s)%s", lease.address, lease.prefix,
                  self.interface, lifetimes.get("valid_lft", "forever"),

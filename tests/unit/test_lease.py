@@ -197,3 +197,18 @@ def test_domain_search_compression(data, names):
 def test_bad_names_raise_parse_error(data):
     with pytest.raises(ParseError):
         o.domain_search(data)
+
+
+def test_the_route_plan_reaches_an_off_link_gateway_first_and_only_once():
+    from profiles.network_address.netlink import RT_SCOPE_LINK, route_plan
+
+    got = lease(_121=bytes((24, 198, 51, 100, 198, 51, 100, 99, 24, 203, 0, 113, 0, 0, 0, 0,
+                            0, 198, 51, 100, 99)))
+    assert route_plan(got) == [
+        ("host route 198.51.100.99", {"dst": "198.51.100.99/32", "scope": RT_SCOPE_LINK}),
+        ("route 198.51.100.0/24", {"dst": "198.51.100.0/24", "gateway": "198.51.100.99"}),
+        ("route 203.0.113.0/24", {"dst": "203.0.113.0/24", "scope": RT_SCOPE_LINK}),
+        ("default route", {"dst": "0.0.0.0/0", "gateway": "198.51.100.99"})]
+    on_link = lease(_3=bytes((192, 0, 2, 1)))
+    assert route_plan(on_link) == [("default route", {"dst": "0.0.0.0/0",
+                                                      "gateway": "192.0.2.1"})]
