@@ -165,6 +165,13 @@ class Timekeeping:
         self.report.update(mode=self.mode, source=source, **offset_and_control(
             lease, self.settings.utc_offset, self.mode, time.time()))
 
+    def _sntp_core(self) -> SntpClient:
+        """The SNTP core, adjusting the clock only when the guards allow it, under the
+        process's one step policy."""
+        return SntpClient(self.rng, self.settings.step_threshold_ms / 1000, SystemClock(),
+                          may_adjust=self.report["clock_control"]["allowed"],
+                          policy=self.policy)
+
     def _internal(self, reason: str | None = None) -> None:
         self.report.update(source="internal", synced=False, selected=None,
                            last_error=reason)
@@ -187,10 +194,7 @@ class Timekeeping:
             except chrony.ChronyError as exc:
                 self._internal(str(exc))
             return self.report
-        self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
-                               SystemClock(),
-                               may_adjust=self.report["clock_control"]["allowed"],
-                               policy=self.policy)
+        self.core = self._sntp_core()
         result = await SntpDriver(self.core).round(addresses)
         self.rounds += 1
         self.report.update(sntp_fields(result))
@@ -223,10 +227,7 @@ class Timekeeping:
         if self.mode == "chrony":
             await self._keep_chrony(addresses, updates, on_report)
             return
-        self.core = SntpClient(self.rng, self.settings.step_threshold_ms / 1000,
-                               SystemClock(),
-                               may_adjust=self.report["clock_control"]["allowed"],
-                               policy=self.policy)
+        self.core = self._sntp_core()
         updates.put_nowait(addresses)  # a later lease may bring others
 
         async def on_round(result: RoundResult) -> None:
