@@ -115,6 +115,7 @@ class Agent:
         self.addressed = asyncio.Event()
         self._offset_rules = asyncio.Event()  # the lease (and its tz options) changed
         self._offset_known = False
+        self._offset_rule: tuple | None = None  # (option 101, option 100) the timer is for
         self.status_server = StatusServer(
             config.agent.status_socket, self.snapshot,
             {"lookup": self._op_lookup, "query": self._op_query, "renew": self._op_renew,
@@ -336,7 +337,10 @@ class Agent:
         self.ntp_updates.put_nowait(addresses)
         if not addresses and self.time_settled.is_set():
             await self._time_result(False)  # G.1.1.5: nothing left but the internal clock
-        self._offset_rules.set()
+        rule = (lease.tz_name, lease.tz_posix) if lease is not None else None
+        if rule != self._offset_rule:  # a renewal with the same rule: the timer stands
+            self._offset_rule = rule
+            self._offset_rules.set()
         if self.timekeeping.refresh_offset(lease) and self._offset_known:
             self._hook("time-offset-changed")
         self._offset_known = True  # the first lease sets it; later ones change it

@@ -291,8 +291,7 @@ def next_offset_change(lease: Lease | None, now: float, zoneinfo_dir: Path = ZON
             return int(dt.datetime.fromtimestamp(at, dt.UTC).astimezone(zone)
                        .utcoffset().total_seconds())
     elif source == "dhcp-posix-tz":
-        def offset(at: float) -> int:
-            return posix_tz.offset_at(tz, at)
+        offset = posix_tz.parse(tz).offset_at  # parsed once, evaluated many times
     else:
         return None  # option 2 and the preset never change by themselves
     here = offset(now)

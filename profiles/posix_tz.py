@@ -49,6 +49,15 @@ class PosixTz:
     start: Rule | None
     end: Rule | None
 
+    def offset_at(self, now: float) -> int:
+        """Seconds east of UTC at `now`."""
+        if self.dst is None or self.start is None or self.end is None:
+            return self.std  # no rule given: the zone's rules are unknown, standard time
+        year = dt.datetime.fromtimestamp(now, dt.UTC).year
+        begins, ends = self.start.moment(year, self.std), self.end.moment(year, self.dst)
+        inside = begins <= now < ends if begins < ends else not ends <= now < begins
+        return self.dst if inside else self.std
+
 
 def _seconds(text: str, max_hours: int = 24) -> int:
     sign = -1 if text.startswith("-") else 1
@@ -91,10 +100,4 @@ def parse(tz: str) -> PosixTz:
 
 def offset_at(tz: str, now: float) -> int:
     """Seconds east of UTC at `now`; ValueError when `tz` is refused by parse()."""
-    z = parse(tz)
-    if z.dst is None or z.start is None or z.end is None:
-        return z.std  # no rule given: the zone's rules are unknown here, take standard time
-    year = dt.datetime.fromtimestamp(now, dt.UTC).year
-    begins, ends = z.start.moment(year, z.std), z.end.moment(year, z.dst)
-    inside = begins <= now < ends if begins < ends else not ends <= now < begins
-    return z.dst if inside else z.std
+    return parse(tz).offset_at(now)
