@@ -603,9 +603,17 @@ class Lab:
         """Give `mac` a fixed address from now on (dnsmasq re-reads its hosts file on HUP)."""
         if self.flavour != "dnsmasq":
             raise LabError("reserve needs the dnsmasq flavour")
-        with open(self.run / "dnsmasq" / "hosts", "a") as fh:
+        hosts = self.run / "dnsmasq" / "hosts"
+        with open(hosts, "a") as fh:
             fh.write(f"{mac},{address}\n")
+        marker = f"read {hosts}"
+        before = self.dhcp_log().count(marker)
         self.dhcp_procs[-1].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.dhcp_log().count(marker) == before:  # re-read: the reservation holds now
+            if time.monotonic() > deadline:
+                raise LabError(f"dnsmasq did not re-read {hosts}")
+            time.sleep(0.05)
 
     def device_options(self, mac: str, options: dict[int, str]) -> None:
         """Send `mac` these options from now on, each value as dnsmasq's dhcp-option

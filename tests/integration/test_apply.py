@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent_helpers import agent, default_device, write_config
+from agent_helpers import agent, default_device, wait_until, write_config
 from test_agent import ask, sock, start, stop, wait_for
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
@@ -55,7 +55,8 @@ def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device
         assert snap["time"]["utc_offset_s"] == 0
         after = wait_for(device, lambda s: s["time"]["utc_offset_s"] == 3600, 60)
         assert after["time"]["utc_offset_source"] == "dhcp-posix-tz"
-        assert "time-offset-changed 3600" in seen.read_text()
+        # The hook runs in the background, after the snapshot changed: wait for it.
+        assert wait_until(lambda: "time-offset-changed 3600" in seen.read_text())
     finally:
         err = stop(proc)
         scp.terminate()
