@@ -10,7 +10,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
 	dcmtk systemd-container debootstrap
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -103,6 +103,10 @@ PREFIX ?= /opt/dicom-agent
 install: venv
 	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse .
 	python3 agent/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
+
+# Removes what install made; keeps /etc/dicom-agent, /var/lib/dicom-agent and the user.
+uninstall:
+	python3 agent/install.py --uninstall --root $(DESTDIR) --prefix $(PREFIX)
 
 clean: lab-down
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -438,8 +438,30 @@ def _time(t: _Table) -> TimeSettings:
     return settings
 
 
+CREDENTIAL_PREFIX = "dicom-agent_"  # LoadCredential=dicom-agent:/etc/dicom-agent/credentials/
+
+
+def credential(value: str) -> str:
+    """The copy of a private file that systemd handed over, else the file itself.
+
+    The shipped unit runs as the `dicom-agent` user and loads every file of
+    /etc/dicom-agent/credentials/ (root's, 0700) with `LoadCredential=dicom-agent:<dir>/`;
+    systemd copies each to `$CREDENTIALS_DIRECTORY/dicom-agent_<file name>`, readable by
+    this service only. A configured `password_file` or `client_key` is looked up there by
+    its file name first; run by hand (root, no such variable), the file is read directly.
+    """
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        copy = Path(creds) / f"{CREDENTIAL_PREFIX}{Path(value).name}"
+        if copy.is_file():
+            return str(copy)
+    return value
+
+
 def _file_problem(private: bool) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
+        if private:
+            value = credential(value)
         try:
             st = os.stat(value)
         except OSError as exc:
@@ -462,10 +484,10 @@ def _directory(t: _Table) -> DirectorySettings:
         servers=t.values("servers", "str", ldap_url_problem),
         security=security,
         bind_dn=t.value("bind_dn", "str", None, dn_problem),
-        password_file=_as_path(t.value("password_file", "str", None, _file_problem(True))),
+        password_file=_as_secret(t.value("password_file", "str", None, _file_problem(True))),
         ca_file=_as_path(t.value("ca_file", "str", None, _file_problem(False))),
         client_cert=_as_path(t.value("client_cert", "str", None, _file_problem(False))),
-        client_key=_as_path(t.value("client_key", "str", None, _file_problem(True))),
+        client_key=_as_secret(t.value("client_key", "str", None, _file_problem(True))),
         allow_cleartext_password=t.value("allow_cleartext_password", "bool",
                                          d.allow_cleartext_password),
         title_attempts=t.value("title_attempts", "int", d.title_attempts, _in_range(1, 10000)),
@@ -510,6 +532,10 @@ def _directory(t: _Table) -> DirectorySettings:
 
 def _as_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _as_secret(value: str | None) -> Path | None:
+    return Path(credential(value)) if value else None
 
 
 def _transfer_capability(t: _Table) -> TransferCapability:

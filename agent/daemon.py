@@ -76,10 +76,10 @@ def _fault_injection():
     try:
         import dicom_agent_faults  # type: ignore[import-not-found]
     except ImportError:
-        return lambda name, job: job
+        return None
     log.warning("TEST BUILD: fault injection active (%s)",
                 os.environ.get("DICOM_AGENT_FAULTS", ""))
-    return dicom_agent_faults.wrap
+    return dicom_agent_faults
 
 
 class Stopped(Exception):
@@ -536,8 +536,11 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> None:
-        faults = _fault_injection()
+        injected = _fault_injection()
         loop = asyncio.get_running_loop()
+        faults = injected.wrap if injected else (lambda name, job: job)
+        if injected:
+            injected.arm(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         await self.status_server.start()

@@ -324,6 +324,25 @@ class TestSecurityPatterns:
             tmp_path, bind_dn="cn=r,dc=hospital,dc=test", password_file=pw)))
         assert config.directory.password_file == Path(pw)
 
+    def test_a_credential_systemd_handed_over_is_read_instead_of_the_file(
+            self, tmp_path, monkeypatch):
+        """Under the shipped unit (User=dicom-agent) the configured file is root's and
+        unreadable; systemd's LoadCredential= copy, found by the file's name, is used."""
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        copy = creds / "dicom-agent_ldap.password"
+        copy.write_text("registrarpw\n")
+        copy.chmod(0o400)
+        unseen = tmp_path / "etc" / "ldap.password"  # the agent cannot even stat it
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        config = parse_config(with_("directory", self.named(
+            tmp_path, bind_dn="cn=r,dc=hospital,dc=test", password_file=str(unseen))))
+        assert config.directory.password_file == copy
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")  # run by hand: the file itself
+        assert errors_of(with_("directory", self.named(
+            tmp_path, bind_dn="cn=r,dc=hospital,dc=test", password_file=str(unseen)))) == [
+            f"directory.password_file: cannot read \"{unseen}\": No such file or directory"]
+
     def test_tls_credentials_need_a_ca_and_named_servers(self, tmp_path):
         pw = self.secret(tmp_path, 0o600)
         assert errors_of(with_("directory", {

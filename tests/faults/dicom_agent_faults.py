@@ -5,11 +5,16 @@ DICOM_AGENT_FAULTS="address:2,announce:1" makes the named supervised task raise
 RuntimeError("injected fault") at its first N starts — for the faults that have no real
 trigger left once every input is validated (issue 9: "a test-only fault hook ... off in
 production builds and says so").
+
+SIGUSR2 stalls the event loop (a blocking sleep inside it, as a hung call would): the
+watchdog test (issue 12) sees systemd end and restart the stalled daemon.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 _left: dict[str, int] = {}
 for item in filter(None, os.environ.get("DICOM_AGENT_FAULTS", "").split(",")):
@@ -24,3 +29,12 @@ def wrap(name, job):
             raise RuntimeError(f"injected fault ({name})")
         await job()
     return faulty
+
+
+def stall_the_loop_forever() -> None:
+    while True:
+        time.sleep(3600)  # blocks the loop: no WATCHDOG=1 any more
+
+
+def arm(loop) -> None:
+    loop.add_signal_handler(signal.SIGUSR2, stall_the_loop_forever)

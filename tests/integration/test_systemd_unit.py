@@ -1,14 +1,21 @@
 """The shipped units under a real systemd (issue 12): a minimal Debian root booted with
 systemd-nspawn as PID 1, joined to a lab device's network namespace, the product
-installed with agent/install.py from a wheelhouse."""
+installed with agent/install.py from a wheelhouse. The agent runs as its own user with
+ambient capabilities; its directory password reaches it through LoadCredential=."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from devroot import make, wheelhouse
-from test_agent import logged
+from lab import ADMIN_DN, ADMIN_PASSWORD, REGISTRAR_DN
+from test_agent import DEVICES, REGISTRY, logged
+
+REPO = Path(__file__).resolve().parents[2]
 
 CONFIG = """[network]
 interface = "eth0"
@@ -20,17 +27,22 @@ initial_delay = [0.0, 0.0]
 mode = "observe"
 
 [directory]
-enabled = false
+domain = "hospital.test"
+security = "tls"
+ca_file = "/etc/dicom-agent/ca.pem"
+bind_dn = "{registrar}"
+# root's, 0600, in the credentials directory: handed over by LoadCredential=
+password_file = "/etc/dicom-agent/credentials/registrar.pw"
 
 [device]
-name = "CTSYSD"
+name = "{name}"
 
 [[device.connection]]
 name = "dicom"
 port = 104
 
 [[device.ae]]
-title = "CTSYSD_SCP"
+title = "{name}_SCP"
 connections = ["dicom"]
 
 [[device.ae.transfer_capability]]
@@ -55,8 +67,38 @@ def until(predicate, timeout: float = 60.0):
     raise AssertionError(f"not within {timeout} s")
 
 
+# Test build only: the fault hook (SIGUSR2 stalls the event loop) and a short watchdog.
+TEST_DROPIN = """[Service]
+Environment=PYTHONPATH=/opt/dicom-agent-test
+WatchdogSec=8
+"""
+
+
+def prepare(lab, box) -> None:
+    """The lab's CA, the registrar's password as root's private file, the test drop-in."""
+    etc = box.root / "etc" / "dicom-agent"
+    shutil.copy(lab.run / "tls" / "ca.pem", etc / "ca.pem")
+    secret = etc / "credentials" / "registrar.pw"
+    secret.write_text("registrarpw\n")
+    secret.chmod(0o600)
+    faults = box.root / "opt" / "dicom-agent-test"
+    faults.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "faults" / "dicom_agent_faults.py", faults)
+    dropins = box.root / "etc" / "systemd" / "system" / "dicom-agent.service.d"
+    (dropins / "test.conf").write_text(TEST_DROPIN)
+
+
+def unregister(device, name: str) -> None:
+    admin = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+    device.run(["ldapdelete", *admin, "-r", f"dicomDeviceName={name},{DEVICES}"])
+    device.run(["ldapdelete", *admin, f"dicomAETitle={name}_SCP,{REGISTRY}"])
+
+
 def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, device, wheels):
-    box = make(f"dcmt-sd{device.index}", lab.run, device.ns, CONFIG, wheels)
+    name = f"SD{device.index}"
+    box = make(f"dcmt-sd{device.index}", lab.run, device.ns,
+               CONFIG.format(registrar=REGISTRAR_DN, name=name), wheels)
+    prepare(lab, box)
     lab.stop_dhcp_server()
     try:
         box.boot()
@@ -84,15 +126,38 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
         assert '"address": "' in again and again.split('"address": "')[1][:15] == \
             address.split('"address": "')[1][:15]
         assert logged(lab, "DHCPDISCOVER", device.mac) == discovers
-        # Exactly the unit's capabilities (root in the container, the bounding set cut):
-        # CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13).
+        # Its own user, exactly the unit's capabilities: CAP_NET_BIND_SERVICE (10),
+        # CAP_NET_ADMIN (12), CAP_NET_RAW (13), ambient, so effective for that user.
+        uid = box.run(["id", "-u", "dicom-agent"]).stdout.strip()
+        assert uid.isdigit() and uid != "0"
         main = box.show("dicom-agent", "MainPID")["MainPID"]
         status = box.run(["cat", f"/proc/{main}/status"]).stdout
         caps = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
-                if line.startswith(("CapEff", "CapBnd", "CapAmb"))}
-        assert caps == {"CapEff": 0x3400, "CapBnd": 0x3400, "CapAmb": 0x3400}, caps
+                if line.startswith(("CapEff", "CapPrm", "CapBnd", "CapAmb"))}
+        assert caps == {"CapEff": 0x3400, "CapPrm": 0x3400, "CapBnd": 0x3400,
+                        "CapAmb": 0x3400}, caps
+        assert [line.split()[1:] for line in status.splitlines()
+                if line.startswith("Uid:")] == [[uid] * 4]
+        # Registered over TLS with the password only systemd could read for it.
+        assert box.run(["setpriv", "--reuid=dicom-agent", "--regid=dicom-agent",
+                        "--clear-groups", "cat", "/etc/dicom-agent/credentials/registrar.pw"]
+                       ).returncode != 0
+        snap = box.run(["dicom-agent", "status", "--json"]).stdout
+        assert '"state": "registered"' in snap and f'"{name}_SCP"' in snap, snap[:3000]
+        # The lease's DNS server applied to the device's resolver, by the agent's user.
+        resolv = box.run(["stat", "-c", "%U %a", "/etc/resolv.conf"]).stdout.split()
+        assert resolv == ["dicom-agent", "644"]
+        assert "nameserver 192.0.2.1" in (box.root / "etc" / "resolv.conf").read_text()
+        # A stalled event loop: no WATCHDOG=1, so systemd aborts it (the faulthandler
+        # shows where it hung) and starts it again.
+        assert box.run(["systemctl", "kill", "--kill-who=main", "-s", "USR2",
+                        "dicom-agent"]).returncode == 0
+        until(lambda: box.show("dicom-agent", "NRestarts")["NRestarts"] == "2", timeout=40)
+        journal = box.run(["journalctl", "-u", "dicom-agent", "--no-pager"]).stdout
+        assert "Watchdog timeout" in journal and "stall_the_loop_forever" in journal
+        until(lambda: box.show("dicom-agent", "StatusText")["StatusText"] == "ready")
         # An independent browser sees the advertisement; systemctl stop says goodbye.
-        name = "CTSYSD_SCP"
+        name = f"{name}_SCP"
         seen = lab.avahi_browse("_dicom._tcp", until=lambda f: any(
             s["name"] == name for s in f))
         assert any(s["name"] == name for s in seen)
@@ -103,6 +168,20 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
         gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
             s["name"] == name for s in f))
         assert not any(s["name"] == name for s in gone)  # goodbye packets (RFC 6762 10.1)
+        # make uninstall: what install made goes; configuration, state and user stay.
+        done = subprocess.run(["python3", str(REPO / "agent" / "install.py"), "--uninstall",
+                               "--root", str(box.root)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        for gone_path in ("opt/dicom-agent", "usr/local/bin/dicom-agent",
+                          "etc/systemd/system/dicom-agent.service",
+                          "etc/sysusers.d/dicom-agent.conf",
+                          "etc/systemd/system/multi-user.target.wants/dicom-agent.service"):
+            assert not (box.root / gone_path).exists(), gone_path
+        for kept in ("etc/dicom-agent/agent.toml", "etc/dicom-agent/credentials/registrar.pw",
+                     "var/lib/dicom-agent"):
+            assert (box.root / kept).exists(), kept
+        assert "kept /etc/dicom-agent" in done.stdout
     finally:
         lab.start_dhcp_server()
         box.stop()
+        unregister(device, f"SD{device.index}")
