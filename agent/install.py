@@ -10,8 +10,9 @@ image's own python3, which no /root or /home path can hide from ProtectHome):
   an image being built, or a container in a lab namespace, has none);
 - the units: dicom-agent.service, dicom-agent-wait-ready.service, dicom-ready.target; the
   sntp drop-in as dicom-agent.service.d/sntp.conf.example (copy it to sntp.conf for
-  time.mode = "sntp"); the drop-in chrony.conf (SupplementaryGroups=) when the image
-  has chronyd's group;
+  time.mode = "sntp"); when the image has chronyd, the drop-in chrony.conf
+  (SupplementaryGroups=) and one for chronyd's unit that opens its command socket to
+  its group;
 - the `dicom-agent` system user (sysusers.d) and tmpfiles.d: the credentials directory,
   chronyd's sourcedir, and /etc/resolv.conf owned by the agent when it is a plain file;
 - /etc/dicom-agent/agent.toml from the CT example when none exists, and the hooks
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 UNITS = ("dicom-agent.service", "dicom-agent-wait-ready.service", "dicom-ready.target")
 USER = "dicom-agent"
 CHRONY_GROUPS = ("_chrony", "chrony")  # Debian, Fedora
+CHRONY_UNITS = ("chrony.service", "chronyd.service")  # Debian, Fedora
 SYSUSERS = "etc/sysusers.d/dicom-agent.conf"
 TMPFILES = "etc/tmpfiles.d/dicom-agent.conf"
 DROPINS = "etc/systemd/system/dicom-agent.service.d"
@@ -74,10 +76,29 @@ def tmpfiles_text(resolv_conf_is_file: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chrony_unit(root: Path) -> str | None:
+    """chronyd's unit in the image, if it has one."""
+    for name in CHRONY_UNITS:
+        for base in ("usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system"):
+            if (root / base / name).exists():
+                return name
+    return None
+
+
 def chrony_dropin_text(group: str) -> str:
-    return ("# Written by the install: this image has chronyd's group. time.mode = \"chrony\"\n"
-            "# runs chronyc on chronyd's command socket, which only root and that group use.\n"
+    return ("# Written by the install: this image has chronyd. time.mode = \"chrony\" runs\n"
+            "# chronyc on chronyd's command socket, as a member of chronyd's group.\n"
             f"[Service]\nSupplementaryGroups={group}\n")
+
+
+def chrony_socket_dropin_text() -> str:
+    # chronyd's command socket is 0755 and its directory (the unit's RuntimeDirectory)
+    # 0700: root and chronyd's user only. chronyc binds its own socket in that directory
+    # and connects to chronyd's, so the group needs both; chronyd accepts up to 0770.
+    return ("# Written by the dicom-agent install: chronyd's group may use the command\n"
+            "# socket, so that dicom-agent (a member) can reload DHCP's NTP sources.\n"
+            "[Service]\nRuntimeDirectoryMode=0770\n"
+            "ExecStartPost=/bin/chmod g+w /run/chrony/chronyd.sock\n")
 
 
 def write_system_files(root: Path, prefix: str) -> list[str]:
@@ -95,9 +116,10 @@ def write_system_files(root: Path, prefix: str) -> list[str]:
         put(f"etc/systemd/system/{name}",
             (HERE / "systemd" / name).read_text().replace("/opt/dicom-agent", prefix))
     put(f"{DROPINS}/sntp.conf.example", (HERE / "systemd" / "sntp.conf").read_text())
-    group = chrony_group(root)
-    if group:
+    group, unit = chrony_group(root), chrony_unit(root)
+    if group and unit:
         put(f"{DROPINS}/chrony.conf", chrony_dropin_text(group))
+        put(f"etc/systemd/system/{unit}.d/dicom-agent.conf", chrony_socket_dropin_text())
     put(SYSUSERS, sysusers_text())
     resolv = root / "etc/resolv.conf"
     put(TMPFILES, tmpfiles_text(not resolv.is_symlink()))
@@ -147,14 +169,16 @@ def uninstall(root: Path, prefix: str = "/opt/dicom-agent") -> list[str]:
     if shutil.which("systemctl"):
         subprocess.run(["systemctl", f"--root={root}", "disable", *UNITS],
                        capture_output=True)
+    chrony = [f"etc/systemd/system/{u}.d/dicom-agent.conf" for u in CHRONY_UNITS]
     for rel in (*(f"etc/systemd/system/{u}" for u in UNITS), f"{DROPINS}/sntp.conf.example",
-                f"{DROPINS}/chrony.conf", SYSUSERS, TMPFILES, LINK):
+                f"{DROPINS}/chrony.conf", *chrony, SYSUSERS, TMPFILES, LINK):
         path = root / rel
         if path.is_symlink() or path.exists():
             path.unlink()
-    dropins = root / DROPINS
-    if dropins.is_dir() and not any(dropins.iterdir()):
-        dropins.rmdir()  # a site's own drop-ins (sntp.conf) keep it
+    for rel in (DROPINS, *(str(Path(c).parent) for c in chrony)):
+        dropins = root / rel
+        if dropins.is_dir() and not any(dropins.iterdir()):
+            dropins.rmdir()  # a site's own drop-ins (sntp.conf) keep it
     shutil.rmtree(root / prefix.lstrip("/"), ignore_errors=True)
     return [p for p in ("etc/dicom-agent", "var/lib/dicom-agent", DROPINS)
             if (root / p).exists()]

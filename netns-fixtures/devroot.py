@@ -1,8 +1,8 @@
 """A device with a real systemd as PID 1, for the tests of the shipped units (issue 12).
 
-A minimal Debian root (debootstrap --variant=minbase, systemd, python3-venv, iproute2) is
-built once and cached outside the repository (CACHE, about a minute and 300 MB the first
-time). Each device copies it, installs the product into the copy with agent/install.py
+A minimal Debian root (debootstrap --variant=minbase, systemd, python3-venv, iproute2,
+chrony) is built once and cached outside the repository (CACHE, about a minute and 300 MB
+the first time). Each device copies it, installs the product into the copy with agent/install.py
 from a wheelhouse built on the host (a container joined to a lab namespace has no package
 index), writes the agent's configuration, enables the units and boots the copy with
 systemd-nspawn joined to a lab device's network namespace — so the container's eth0 is
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/dicom-agent-lab")
-INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2"
+INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,chrony"
 MIRROR = "http://deb.debian.org/debian"
 
 

@@ -36,24 +36,32 @@ def test_an_image_gets_units_user_paths_and_an_example_config(tmp_path):
 
 def test_chronys_group_gets_a_dropin_and_resolveds_link_is_left_alone(tmp_path):
     root = image(tmp_path, "root:x:0:\n_chrony:x:112:\n", resolv_link=True)
+    (root / "lib/systemd/system").mkdir(parents=True)
+    (root / "lib/systemd/system/chrony.service").write_text("[Service]\n")
     (root / "etc/dicom-agent").mkdir(parents=True)
     (root / "etc/dicom-agent/agent.toml").write_text("# the site's own\n")
     install.write_system_files(root, "/opt/dicom-agent")
     dropin = root / install.DROPINS / "chrony.conf"
     assert "SupplementaryGroups=_chrony" in dropin.read_text()
+    socket = root / "etc/systemd/system/chrony.service.d/dicom-agent.conf"
+    assert "ExecStartPost=/bin/chmod g+w /run/chrony/chronyd.sock" in socket.read_text()
     assert "/etc/resolv.conf" not in (root / install.TMPFILES).read_text()
     assert (root / "etc/dicom-agent/agent.toml").read_text() == "# the site's own\n"
 
 
 def test_uninstall_removes_what_install_made_and_keeps_the_sites_files(tmp_path):
     root = image(tmp_path, "chrony:x:112:\n")
+    (root / "usr/lib/systemd/system").mkdir(parents=True)
+    (root / "usr/lib/systemd/system/chronyd.service").write_text("[Service]\n")
     install.write_system_files(root, "/opt/dicom-agent")
+    assert (root / "etc/systemd/system/chronyd.service.d/dicom-agent.conf").exists()
     (root / "opt/dicom-agent/.venv/bin").mkdir(parents=True)
     (root / install.DROPINS / "sntp.conf").write_text("[Service]\n")  # the site's
     kept = install.uninstall(root, "/opt/dicom-agent")
     assert not (root / "opt/dicom-agent").exists()
     assert not (root / "etc/systemd/system/dicom-agent.service").exists()
     assert not (root / install.DROPINS / "chrony.conf").exists()
+    assert not (root / "etc/systemd/system/chronyd.service.d").exists()
     assert not (root / install.SYSUSERS).exists() and not (root / install.TMPFILES).exists()
     assert (root / install.DROPINS / "sntp.conf").exists()
     assert kept == ["etc/dicom-agent", install.DROPINS]

@@ -52,6 +52,7 @@ def test_the_unit_scores_as_tight_as_networkd(tmp_path):
 def test_ready_is_waited_for_by_its_own_unit_not_by_a_start_timeout():
     main = directives(UNIT.read_text())
     assert main["RestartPreventExitStatus"] == "2"  # a bad configuration: no restart loop
+    assert "ExecStartPre" not in main  # its exit status is not covered by that
     assert "network-online.target" not in main.get("Before", "")
     wait = directives((SYSTEMD / "dicom-agent-wait-ready.service").read_text())
     assert wait["Type"] == "oneshot" and wait["RemainAfterExit"] == "yes"

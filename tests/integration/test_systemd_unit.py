@@ -5,6 +5,7 @@ ambient capabilities; its directory password reaches it through LoadCredential=.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -57,14 +58,16 @@ def wheels(lab):
     return wheelhouse(lab.run / "wheelhouse")
 
 
-def until(predicate, timeout: float = 60.0):
+def until(predicate, timeout: float = 60.0, box=None):
+    """`predicate()` once truthy; else fail, with the box's journal when given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"not within {timeout} s")
+    journal = box.run(["journalctl", "-b", "--no-pager", "-n", "80"]).stdout if box else ""
+    raise AssertionError(f"not within {timeout} s\n{journal}")
 
 
 # Test build only: the fault hook (SIGUSR2 stalls the event loop) and a short watchdog.
@@ -81,6 +84,9 @@ def prepare(lab, box) -> None:
     secret = etc / "credentials" / "registrar.pw"
     secret.write_text("registrarpw\n")
     secret.chmod(0o600)
+    hook = etc / "hooks.d" / "10-record"  # root's, as an image ships it
+    hook.write_text('#!/bin/sh\necho "$1 $(id -un)" >> /var/lib/dicom-agent/hooks.log\n')
+    hook.chmod(0o755)
     faults = box.root / "opt" / "dicom-agent-test"
     faults.mkdir(parents=True)
     shutil.copy(REPO / "tests" / "faults" / "dicom_agent_faults.py", faults)
@@ -148,6 +154,11 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
         resolv = box.run(["stat", "-c", "%U %a", "/etc/resolv.conf"]).stdout.split()
         assert resolv == ["dicom-agent", "644"]
         assert "nameserver 192.0.2.1" in (box.root / "etc" / "resolv.conf").read_text()
+        # A hook owned by root ran, as the agent's user, in the state directory it owns.
+        log = box.root / "var/lib/dicom-agent/hooks.log"
+        hooks = until(lambda: log.exists() and "ready dicom-agent" in (text := log.read_text())
+                      and text)
+        assert "lease-bound dicom-agent" in hooks
         # A stalled event loop: no WATCHDOG=1, so systemd aborts it (the faulthandler
         # shows where it hung) and starts it again.
         assert box.run(["systemctl", "kill", "--kill-who=main", "-s", "USR2",
@@ -185,3 +196,83 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
         lab.start_dhcp_server()
         box.stop()
         unregister(device, f"SD{device.index}")
+
+
+CHRONY_CONFIG = """[network]
+interface = "eth0"
+arp_probe = false
+initial_delay = [0.0, 0.0]
+
+[time]
+mode = "chrony"
+
+[directory]
+enabled = false
+
+[device]
+name = "SDCHRONY"
+
+[[device.connection]]
+name = "dicom"
+
+[[device.ae]]
+title = "SDCHRONY_SCU"
+connections = ["dicom"]
+"""
+STORAGE_SCU = """
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.5.1.4.1.1.2"
+role = "SCU"
+transfer_syntaxes = ["1.2.840.10008.1.2.1"]
+"""
+
+# Test only: chronyd without the clock (-x), so the container (no CAP_SYS_TIME) starts it.
+CHRONY_TEST_DROPIN = """[Unit]
+ConditionCapability=
+[Service]
+Environment=DAEMON_OPTS="-F 1 -x"
+EnvironmentFile=
+"""
+
+
+def test_a_bad_config_is_not_restarted_and_chrony_mode_feeds_the_images_chronyd(
+        lab, device, wheels):
+    """Exit 2 stops at once. The install's drop-ins (SupplementaryGroups=_chrony;
+    chronyd's socket opened to its group) let the unprivileged agent reload DHCP's NTP
+    servers into a real chronyd."""
+    box = make(f"dcmt-sc{device.index}", lab.run, device.ns, CHRONY_CONFIG, wheels)
+    dropins = box.root / "etc" / "systemd" / "system" / "chrony.service.d"
+    assert (dropins / "dicom-agent.conf").exists()  # made by the install
+    (dropins / "test.conf").write_text(CHRONY_TEST_DROPIN)
+    try:
+        box.boot()
+        # An AE without a transfer capability: exit 2, failed, and not restarted in a loop.
+        failed = until(lambda: (s := box.show("dicom-agent", "ActiveState", "ExecMainStatus",
+                                              "NRestarts"))["ActiveState"] == "failed" and s)
+        assert failed == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}
+        time.sleep(3)  # RestartSec=2 has passed
+        assert box.show("dicom-agent", "NRestarts", "ActiveState") == {
+            "NRestarts": "0", "ActiveState": "failed"}
+        journal = box.run(["journalctl", "-u", "dicom-agent", "--no-pager"]).stdout
+        assert "transfer_capability: at least one" in journal
+        config = box.root / "etc" / "dicom-agent" / "agent.toml"
+        config.write_text(config.read_text() + STORAGE_SCU)
+        assert box.run(["systemctl", "restart", "dicom-agent"]).returncode == 0
+        until(lambda: box.show("dicom-agent", "StatusText")["StatusText"] == "ready",
+              box=box)
+        assert box.run(["systemctl", "is-active", "chrony"]).stdout.strip() == "active"
+        sources = box.run(["stat", "-c", "%U %a", "/run/chrony-dhcp/eth0.sources"]).stdout
+        assert sources.split() == ["dicom-agent", "644"]
+        # chronyd took them (reload sources came from the agent's user) ...
+        listed = until(lambda: "192.0.2.11" in (out := box.run(
+            ["chronyc", "-n", "-c", "sources"]).stdout) and out)
+        assert {"192.0.2.11", "192.0.2.12", "192.0.2.13"} <= set(
+            line.split(",")[2] for line in listed.splitlines())
+        # ... and the agent reads chronyd's state over the same socket, without error.
+        snap = json.loads(box.run(["dicom-agent", "status", "--json"]).stdout)
+        assert snap["time"]["last_error"] is None, snap["time"]
+        assert {s["address"] for s in snap["time"]["servers"]} >= {"192.0.2.11"}
+        groups = box.run(["id", "-nG", "dicom-agent"]).stdout.split()
+        assert "_chrony" not in groups  # a member through the unit only, not in /etc/group
+    finally:
+        box.stop()
