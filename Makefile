@@ -78,6 +78,12 @@ audit:
 	  printf '%-48s %s\n' "$$unit" "$$(systemd-analyze security --offline=true $$unit 2>/dev/null \
 	    | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"; \
 	done
+	@root=$$(mktemp -d) && mkdir -p $$root/etc/systemd/system/dicom-agent.service.d && \
+	  cp agent/systemd/dicom-agent.service $$root/etc/systemd/system/ && \
+	  cp agent/systemd/sntp.conf $$root/etc/systemd/system/dicom-agent.service.d/ && \
+	  printf '%-48s %s\n' "dicom-agent.service + sntp.conf (CAP_SYS_TIME)" "$$(systemd-analyze \
+	    security --offline=true --root=$$root dicom-agent.service 2>/dev/null \
+	    | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"; rm -rf $$root
 
 lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
