@@ -13,13 +13,20 @@ from profiles.app_config import dnssd
 from profiles.app_config.model import Device
 
 
-def titles_for(device: Device, owned: list[str]) -> list[str | None]:
-    """One title per configured AE, None where none is known yet."""
+def titles_for(device: Device, owned: list[str], keys: dict[str, str] | None = None
+               ) -> list[str | None]:
+    """One title per configured AE, None where none is known yet: the title the last
+    registration recorded for the AE's key (a template's reservation, or an
+    administrator's rename), else its fixed title. A record from before keys were kept
+    pairs owned titles with templated AEs by position, once."""
     out: list[str | None] = []
     for i, ae in enumerate(device.aes):
-        if ae.title is not None:
+        title = (keys or {}).get(ae.identity)
+        if isinstance(title, str):
+            out.append(title)
+        elif ae.title is not None:
             out.append(ae.title)
-        elif i < len(owned) and isinstance(owned[i], str):
+        elif not keys and i < len(owned) and isinstance(owned[i], str):
             out.append(owned[i])
         else:
             out.append(None)

@@ -603,6 +603,7 @@ def _ae(t: _Table, connections: dict[str, NetworkConnection], attempts: int) -> 
         supported_character_set=t.values("supported_character_set", "str", ia5_problem),
         installed=t.value("installed", "bool", None),
         transfer_capabilities=tuple(tcs),
+        key=t.value("key", "str", None, text_problem),
     )
     t.finish()
     return ae
@@ -639,6 +640,9 @@ def _device(t: _Table, attempts: int) -> Device:
     if not ae_tables:
         t.error("ae", "at least one [[device.ae]] is needed (Table H.1-3)")
     _no_duplicates(t, "ae", "title", [ae.title for ae in aes], "device.ae")
+    # The key (default: the title or template) matches an AE to its entry across updates.
+    _no_duplicates(t, "ae", "key", [ae.identity if ae.title is None or ae.key else None
+                                    for ae in aes], "device.ae (set distinct keys)")
     device = Device(
         name=t.value("name", "str", _REQUIRED, text_problem) or "",
         description=t.value("description", "str", None, text_problem),

@@ -107,7 +107,7 @@ class Agent:
         self.ntp_updates: asyncio.Queue[list[str]] = asyncio.Queue()
         self.directory: DirectoryService | None = None
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
-        self.titles = titles_for(config.device, self._owned_titles())
+        self.titles = titles_for(config.device, *self._owned_titles())
         self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
@@ -127,11 +127,13 @@ class Agent:
 
     # -- what a snapshot shows ------------------------------------------------------------
 
-    def _owned_titles(self) -> list[str]:
+    def _owned_titles(self) -> tuple[list[str], dict[str, str]]:
+        """(the titles the device holds, the title of each AE key) as last registered."""
         saved = self.directory.saved if self.directory is not None else \
             saved_record(self.config.agent.state_dir)
-        titles = saved.get("titles", [])
-        return titles if isinstance(titles, list) else []
+        titles, keys = saved.get("titles", []), saved.get("keys", {})
+        return (titles if isinstance(titles, list) else [],
+                keys if isinstance(keys, dict) else {})
 
     def snapshot(self) -> dict:
         lease = self.lease
@@ -403,7 +405,7 @@ class Agent:
     async def _on_directory_state(self, state: str, old: str) -> None:
         self.directory_state = state
         if state == "registered":
-            self.titles = titles_for(self.config.device, self._owned_titles())
+            self.titles = titles_for(self.config.device, *self._owned_titles())
         await self._event(DIRECTORY_EVENTS[state])
         if state == "registered" and old != "registered":
             self._hook("registered")
@@ -411,6 +413,10 @@ class Agent:
         if state == "registered" and changes:
             # Administrators' edits flow back (issue 13): the applications are told.
             self.hooks.post("config-changed", {**self._hook_values(), "changed": changes})
+        if state == "registered" and self.directory and self.directory.title_changes:
+            # An administrator renamed one of our AEs: it is ours under the new title
+            # (advertised below); the applications must answer to it.
+            self.hooks.post("title-changed", self._hook_values())
         self.announce_wanted.set()  # titles known, or known to be missing
         self._changed()
 
@@ -487,7 +493,7 @@ class Agent:
         self.announcer.device = config.device
         if self.directory is not None:
             self.directory.device = config.device
-        self.titles = titles_for(config.device, self._owned_titles())
+        self.titles = titles_for(config.device, *self._owned_titles())
         self.address_changed.set()
         self.announce_wanted.set()
         return {"v": 1, "ok": True, "restart_needed": restart}

@@ -8,10 +8,9 @@ answers:
   root DSE's namingContexts are searched for `dicomConfigurationRoot`, accepted only
   with `cn=Devices` (dicomDevicesRoot) and `cn=Unique AE Titles Registry`
   (dicomUniqueAETitlesRegistryRoot) directly below it (H.1.2 note);
-- register (H.1.4.3): adopt a device an administrator configured (see find_device; only
-  hostnames and ports are changed, the identity marker added), or reserve
-  titles (H.1.4.3.5) and create device, connections, AEs and transfer capabilities,
-  rolling back on failure everything this attempt added;
+- register (H.1.4.3), unregister, read back: decided by the sans-IO core
+  (registration.py); `Directory.execute` performs its searches, adds, modifies, deletes
+  and intent records on the connection;
 - lookup and query (H.1.4.2).
 
 Answers are checked for presence and type where they enter (the LDAP boundary): a value
@@ -39,6 +38,9 @@ from ldap3 import (
     BASE,
     EXTERNAL,
     LEVEL,
+    MODIFY_ADD,
+    MODIFY_DELETE,
+    MODIFY_REPLACE,
     NONE,
     SASL,
     SIMPLE,
@@ -49,53 +51,36 @@ from ldap3 import (
 )
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 
-from profiles.app_config import plan
-from profiles.app_config.model import Device, ae_title_problem
+from profiles import statefile
+from profiles.app_config import plan, registration
+from profiles.app_config.model import Device
+from profiles.app_config.registration import (  # noqa: F401 (re-exported)
+    ENTRY_ALREADY_EXISTS,
+    NO_SUCH_OBJECT,
+    REFUSALS,
+    Conflict,
+    ConnectionLost,
+    DirectoryError,
+    OddEntry,
+    Refused,
+    Registration,
+)
 
 log = logging.getLogger(__name__)
 
-ENTRY_ALREADY_EXISTS = 68
-NO_SUCH_OBJECT = 32
 SIZE_LIMIT_EXCEEDED = 4
 SIZE_LIMIT = 2000  # entries one search may return
 PAGE_SIZE = 500  # entries per page of a paged search (RFC 2696)
 REGISTRY_LIMIT = 1_000_000  # titles read from the Unique AE Titles Registry
-MAX_TEXT = 1024  # characters of any one value we use
-REFUSALS = {8: "strongerAuthRequired", 50: "insufficientAccess", 53: "unwillingToPerform"}
 TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
-
-
-class DirectoryError(Exception):
-    """The directory could not be used; the message says why."""
-
-
-class ConnectionLost(DirectoryError):
-    """The connection dropped (server restart, network): reconnect and try again."""
+SCOPES = {registration.BASE: BASE, registration.ONE: LEVEL, registration.SUB: SUBTREE}
+MODIFY_OPS = {"add": MODIFY_ADD, "delete": MODIFY_DELETE, "replace": MODIFY_REPLACE}
 
 
 def _failed(what: str, exc: Exception) -> DirectoryError:
     if isinstance(exc, LDAPCommunicationError):
         return ConnectionLost(f"{what}: connection lost ({exc.__class__.__name__})")
     return DirectoryError(f"{what}: {exc}")
-
-
-class OddEntry(DirectoryError):
-    """An entry the server sent is missing a required value or has one of the wrong type
-    (a directory edited by hand): that entry cannot be used."""
-
-
-class Conflict(DirectoryError):
-    """The device's identity is not clear (an entry of its name belongs to another device,
-    or two unclaimed pre-configurations match): nothing is adopted or advertised as ours;
-    an administrator decides (PS3.15 H.1.4.4)."""
-
-
-class Refused(DirectoryError):
-    """The server refused an update (Table H.1-15 "-Manual" patterns apply)."""
-
-    def __init__(self, code: int, message: str):
-        self.code = code
-        super().__init__(f"{REFUSALS.get(code, code)} ({code}): {message}")
 
 
 @dataclass
@@ -119,14 +104,6 @@ class Security:
         """The same TLS (or none), anonymous: for a server credentials may not go to."""
         return Security("tls" if self.pattern == "tls" else "anonymous",
                         ca_file=self.ca_file)
-
-
-@dataclass
-class Registration:
-    device_dn: str
-    titles: list[str]
-    adopted: bool
-    changed: list[str] = field(default_factory=list)
 
 
 def connect(url: str, security: Security, address: str | None = None,
@@ -294,339 +271,89 @@ def find_directory(urls: list[tuple[str, str | None]], security: Security,
     return None, None, None, tried
 
 
-def _first(entry: dict, name: str) -> Any:
-    value = entry.get(name.lower())
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
-
-
-# -- the LDAP boundary: presence and type of what a server answered ---------------------
-
-def _checked_text(entry: dict, name: str, value: Any) -> str:
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise OddEntry(f"{entry['dn']}: {name} is not UTF-8 text") from None
-    text = str(value)
-    if len(text) > MAX_TEXT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise OddEntry(f"{entry['dn']}: {name} is not a usable value: {text[:40]!r}")
-    return text
-
-
-def _one(entry: dict, name: str, required: bool = True) -> str | None:
-    value = _first(entry, name)
-    if value in (None, [], ""):
-        if required:
-            raise OddEntry(f"{entry['dn']}: no {name}")
-        return None
-    return _checked_text(entry, name, value)
-
-
-def _many(entry: dict, name: str) -> list[str]:
-    value = entry.get(name.lower(), [])
-    values = value if isinstance(value, list) else [value]
-    return [_checked_text(entry, name, v) for v in values[:256]]
-
-
-def _title(entry: dict) -> str:
-    title = _one(entry, "dicomAETitle")
-    problem = ae_title_problem(title)
-    if problem:
-        raise OddEntry(f"{entry['dn']}: dicomAETitle {title[:20]!r}: {problem}")
-    return title
-
-
-def _port(entry: dict) -> int | None:
-    port = _one(entry, "dicomPort", required=False)
-    if port is None:
-        return None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise OddEntry(f"{entry['dn']}: dicomPort {port[:20]!r} is not a port")
-    return int(port)
-
-
-def _boolean(entry: dict, name: str) -> bool | None:
-    value = _one(entry, name, required=False)
-    if value is None:
-        return None
-    if value.upper() not in ("TRUE", "FALSE"):
-        raise OddEntry(f"{entry['dn']}: {name} {value[:20]!r} is not TRUE or FALSE")
-    return value.upper() == "TRUE"
+# The LDAP boundary (presence and type of what a server answered): the core's checks.
+_first, _one, _many = registration.first, registration.one, registration.many
+_title, _port, _boolean = registration.title_of, registration.port_of, registration.boolean_of
 
 
 class Directory:
     """Operations on one connection to one DICOM configuration root."""
 
-    def __init__(self, conn: Connection, base: str):
+    def __init__(self, conn: Connection, base: str, intent_path: Path | None = None):
         self.conn = conn
         self.base = base
+        self.intent_path = intent_path  # the registration core's write-ahead record
         self.odd_entries = 0  # entries skipped at the boundary
 
     def close(self) -> None:
         close(self.conn)
 
-    # -- writing -------------------------------------------------------------------------
+    # -- the registration core's operations, performed (registration.py decides) ------------
 
-    def _add(self, entry: plan.Entry) -> int:
-        """Add an entry; 0, ENTRY_ALREADY_EXISTS, or Refused/DirectoryError raised."""
-        attributes = {k: v for k, v in entry.attributes.items() if k != "objectClass"}
+    def execute(self, op: registration.Op) -> Any:
+        match op:
+            case registration.Search():
+                return _search(self.conn, op.base, op.filter(), SCOPES[op.scope],
+                               list(op.attributes), paged=op.paged,
+                               limit=REGISTRY_LIMIT if op.paged else SIZE_LIMIT)
+            case registration.Add():
+                attrs = {k: v for k, v in op.entry.attributes.items() if k != "objectClass"}
+                return self._result(f"add {op.entry.dn}", lambda: self.conn.add(
+                    op.entry.dn, op.entry.attributes["objectClass"], attrs))
+            case registration.Modify():
+                changes = {attr: [(MODIFY_OPS[kind], list(values))]
+                           for kind, attr, values in op.changes}
+                return self._result(f"modify {op.dn}",
+                                    lambda: self.conn.modify(op.dn, changes))
+            case registration.Delete():
+                return self._result(f"delete {op.dn}", lambda: self.conn.delete(op.dn))
+            case registration.Persist():
+                if self.intent_path is not None:
+                    if op.intent is None:
+                        self.intent_path.unlink(missing_ok=True)
+                    else:
+                        statefile.write_json(self.intent_path, op.intent, mode=0o600)
+                return None
+        raise TypeError(f"not an operation: {op!r}")
+
+    def _result(self, what: str, call: Any) -> int:
         try:
-            self.conn.add(entry.dn, entry.attributes["objectClass"], attributes)
+            call()
         except LDAPException as exc:
-            raise _failed(f"add {entry.dn}", exc) from None
-        code = self.conn.result.get("result")
-        if code in (0, ENTRY_ALREADY_EXISTS):
-            return code
-        if code in REFUSALS:
-            raise Refused(code, f"add {entry.dn}")
-        raise DirectoryError(f"add {entry.dn}: {self.conn.result.get('description')} "
-                             f"({code}) {self.conn.result.get('message', '')}".strip())
+            raise _failed(what, exc) from None
+        if self.conn.closed or not self.conn.result:
+            raise ConnectionLost(f"{what}: connection lost")
+        return int(self.conn.result.get("result", -1))
 
-    def _delete(self, dn: str) -> None:
-        try:
-            self.conn.delete(dn)
-        except LDAPException as exc:
-            log.warning("rollback: cannot delete %s: %s", dn, exc)
-
-    def _modify(self, dn: str, changes: dict) -> None:
-        try:
-            self.conn.modify(dn, changes)
-        except LDAPException as exc:
-            raise _failed(f"modify {dn}", exc) from None
-        code = self.conn.result.get("result")
-        if code in REFUSALS:
-            raise Refused(code, f"modify {dn}")
-        if code != 0:
-            raise DirectoryError(f"modify {dn}: {self.conn.result.get('description')}")
-
-    # -- reading ------------------------------------------------------------------------
-
-    def _devices(self, flt: str) -> list[dict]:
-        return _search(self.conn, plan.devices_dn(self.base),
-                       f"(&(objectClass=dicomDevice){flt})", LEVEL, ["*"])
+    def run(self, operation: registration.Operation) -> Any:
+        return registration.run(operation, self.execute)
 
     def find_device(self, device: Device, device_id: str | None = None
                     ) -> tuple[dict | None, bool]:
-        """(the entry this device may use, whether it is its own already); Conflict when
-        its identity is not clear. In order (issue 13):
-        - the entry carrying this device's marker: its own, even renamed (H.1.4.4);
-        - the entry of its name, unless another device's marker is on it (a conflict);
-        - an administrator's pre-configuration matched by serial number together with
-          manufacturer and model, exactly one that no device has claimed (two: conflict);
-          entries other devices claimed are theirs, not candidates;
-        - none: the device registers an entry of its own."""
-        if device_id is not None:
-            mine = self._devices(plan.eq("dicomSoftwareVersion", plan.marker(device_id)))
-            if len(mine) > 1:
-                raise Conflict(f"{len(mine)} device entries carry this device's marker: "
-                               + ", ".join(e["dn"] for e in mine))
-            if mine:
-                return mine[0], True
-        by_name = self._devices(plan.eq("dicomDeviceName", device.name))
-        if by_name:
-            entry = by_name[0]
-            if device_id is not None and self._claimed(entry):
-                raise Conflict(f"device {device.name} in the directory belongs to another "
-                               "device (it carries another agent's identity marker)")
-            return entry, False
-        if device.serial_number and device.manufacturer and device.model_name:
-            found = self._devices(
-                plan.eq("dicomDeviceSerialNumber", device.serial_number)
-                + plan.eq("dicomManufacturer", device.manufacturer)
-                + plan.eq("dicomManufacturerModelName", device.model_name))
-            unclaimed = [e for e in found if device_id is None or not self._claimed(e)]
-            if len(unclaimed) > 1:
-                raise Conflict(f"{len(unclaimed)} unclaimed devices match serial number "
-                               f"{device.serial_number!r}, manufacturer and model: "
-                               + ", ".join(_one(e, "dicomDeviceName", required=False) or
-                                           e["dn"] for e in unclaimed))
-            if unclaimed:
-                return unclaimed[0], False
-        return None, False
-
-    def _claimed(self, entry: dict) -> bool:
-        return bool(plan.markers_in(_many(entry, "dicomSoftwareVersion")))
+        return self.run(registration.find_device(self.base, device, device_id))
 
     def registered_titles(self) -> set[str]:
-        """Every title reserved; an odd registry entry is kept as its raw text (it still
-        makes a candidate look taken) and logged."""
-        titles = set()
-        # All of them, page by page: a title the read missed would look free, and every
-        # such candidate costs a refused add.
-        for e in _search(self.conn, plan.registry_dn(self.base),
-                         "(objectClass=dicomUniqueAETitle)", LEVEL, ["dicomAETitle"],
-                         paged=True, limit=REGISTRY_LIMIT):
-            try:
-                titles.add(_title(e))
-            except OddEntry as exc:
-                self.odd_entries += 1
-                log.warning("registry: %s", exc)
-                titles.add(str(_first(e, "dicomAETitle")))
-        return titles
+        return self.run(registration.registered_titles(self.base, REGISTRY_LIMIT))
 
     def title_owner(self, title: str) -> str | None:
-        """The device whose Network AE has this title, if any."""
-        found = _search(self.conn, plan.devices_dn(self.base), f"(&(objectClass=dicomNetworkAE)"
-                        f"{plan.eq('dicomAETitle', title)})", SUBTREE, ["dicomAETitle"])
-        if not found:
-            return None
-        return plan.rdn_value(plan.split_rdn(found[0]["dn"])[1])
-
-    # -- registering --------------------------------------------------------------------
+        return self.run(registration.title_owner(self.base, title))
 
     def register(self, device: Device, hostnames: dict[str, str], owned: list[str],
-                 attempts: int, device_id: str | None = None) -> Registration:
-        """Register or adopt (find_device says which); with `device_id`, the entry made
-        or adopted carries this device's identity marker."""
-        existing, _ = self.find_device(device, device_id)
-        if device_id is not None:
-            device = plan.with_marker(device, device_id)
-        if existing is not None:
-            return self._adopt(existing, device, hostnames, device_id)
-        added: list[str] = []  # DNs this attempt created, to roll back
-        try:
-            titles = [self._reserve(ae, i, owned, attempts, added)
-                      for i, ae in enumerate(device.aes)]
-            for entry in plan.device_entries(self.base, device, titles, hostnames):
-                if self._add(entry) == ENTRY_ALREADY_EXISTS:
-                    raise DirectoryError(f"{entry.dn} already exists")
-                added.append(entry.dn)
-        except BaseException:
-            for dn in reversed(added):
-                self._delete(dn)
-            raise
-        return Registration(plan.device_dn(self.base, device.name), titles, adopted=False)
+                 attempts: int, device_id: str | None = None,
+                 keys: dict[str, str] | None = None) -> Registration:
+        known = registration.Known(list(owned), dict(keys or {}))
+        return self.run(registration.register(self.base, device, hostnames, known, attempts,
+                                              device_id, REGISTRY_LIMIT))
 
-    def _reserve(self, ae, index: int, owned: list[str], attempts: int,
-                 added: list[str]) -> str:
-        """H.1.4.3.5: create the title's dicomUniqueAETitle; 68 means taken (by us, if
-        we owned it before a reboot; else by someone else)."""
-        if ae.title is not None:
-            candidates = [ae.title]
-        else:
-            mine = [t for t in owned if _fits(ae.title_template, t, attempts)]
-            candidates = mine[index:index + 1] + list(plan.candidate_titles(
-                ae.title_template, attempts, self.registered_titles()))
-        for title in candidates:
-            code = self._add(plan.title_entry(self.base, title))
-            if code == 0:
-                added.append(plan.title_dn(self.base, title))
-                return title
-            if title in owned and self.title_owner(title) is None:
-                return title  # ours from before (a reboot): reuse it
-            if ae.title is not None:
-                owner = self.title_owner(title)
-                raise DirectoryError(f'AE title "{title}" is taken'
-                                     + (f" by device {owner}" if owner else
-                                        " (reserved in the Unique AE Titles Registry)"))
-        raise DirectoryError(f'no free AE title from template "{ae.title_template}" in '
-                             f"{attempts} attempts")
-
-    def _adopt(self, existing: dict, device: Device, hostnames: dict[str, str],
-               device_id: str | None = None) -> Registration:
-        """An existing entry (an administrator's pre-configuration, or ours): keep
-        everything, change only what is device-side — its connections' hostnames and
-        ports — and claim it with the device's marker. dicomInstalled is directory-side
-        (issue 13): an administrator's value wins once the entry exists; the device reads
-        it back (effective())."""
-        dn = existing["dn"]
-        changed = []
-        if device_id is not None and plan.marker(device_id).lower() not in [
-                v.lower() for v in _many(existing, "dicomSoftwareVersion")]:
-            self._modify(dn, {"dicomSoftwareVersion": [("MODIFY_ADD",
-                                                        [plan.marker(device_id)])]})
-            changed.append(dn)
-        for entry in _search(self.conn, dn, "(objectClass=dicomNetworkConnection)", LEVEL,
-                             ["cn", "dicomHostname", "dicomPort"]):
-            try:
-                name = _one(entry, "cn")  # MAY in the schema: a hand-made entry may lack it
-            except OddEntry as exc:
-                self.odd_entries += 1
-                log.warning("adopting %s: %s: left as it is", dn, exc)
-                continue
-            conn = next((c for c in device.connections if c.name == name), None)
-            if conn is None:
-                continue
-            wanted = {"dicomHostname": hostnames[name], "dicomPort": conn.port}
-            changes = {}
-            for attribute, value in wanted.items():
-                current = _first(entry, attribute)
-                current = None if current in (None, []) else str(current)
-                if value is not None and current != str(value):
-                    changes[attribute] = [("MODIFY_REPLACE", [str(value)])]
-            if changes:
-                self._modify(entry["dn"], changes)
-                changed.append(entry["dn"])
-        titles = [_title(e) for e in _search(
-            self.conn, dn, "(objectClass=dicomNetworkAE)", LEVEL, ["dicomAETitle"])]
-        return Registration(dn, titles, adopted=True, changed=changed)
-
-    # -- what the directory says of this device (issue 13: administrators' edits) --------
+    def recover(self, intent: dict) -> list[str]:
+        return self.run(registration.recover(intent))
 
     def effective(self, device_dn: str) -> dict:
-        """The directory-side attributes of the device's own entry, as they are now:
-        {"installed": bool, "aes": {title: {"installed", "application_cluster",
-        "preferred_called_ae_title"}}}; dicomInstalled of an AE inherits the device's."""
-        dev = _search(self.conn, device_dn, "(objectClass=dicomDevice)", BASE,
-                      ["dicomInstalled"])
-        if not dev:
-            raise DirectoryError(f"{device_dn}: not found")
-        installed = _boolean(dev[0], "dicomInstalled")
-        installed = True if installed is None else installed
-        aes = {}
-        for ae in _search(self.conn, device_dn, "(objectClass=dicomNetworkAE)", LEVEL,
-                          ["dicomAETitle", "dicomInstalled", "dicomApplicationCluster",
-                           "dicomPreferredCalledAETitle"]):
-            own = _boolean(ae, "dicomInstalled")
-            aes[_title(ae)] = {
-                "installed": installed if own is None else own,
-                "application_cluster": sorted(_many(ae, "dicomApplicationCluster")),
-                "preferred_called_ae_title": sorted(_many(ae, "dicomPreferredCalledAETitle"))}
-        return {"installed": installed, "aes": aes}
-
-    # -- decommissioning (issue 13) ------------------------------------------------------
+        return self.run(registration.effective(device_dn))
 
     def unregister(self, device: Device, device_id: str, keep_titles: bool
                    ) -> tuple[str, list[str], list[str]]:
-        """Take this device out: (its DN, the DNs removed or changed, the titles
-        released). Only an entry carrying this device's marker is touched (Conflict
-        otherwise; DirectoryError when there is none). With `keep_titles` the entries and
-        titles stay and the device is set `dicomInstalled: FALSE` (out of service)."""
-        entry, mine = self.find_device(device, device_id)
-        if entry is None:
-            raise DirectoryError(f"no device {device.name} in the directory")
-        if not mine:
-            raise Conflict(f"{entry['dn']} is not this device's (it does not carry its "
-                           "identity marker): not touched")
-        dn = entry["dn"]
-        if keep_titles:
-            self._modify(dn, {"dicomInstalled": [("MODIFY_REPLACE", ["FALSE"])]})
-            return dn, [dn], []
-        below = _search(self.conn, dn, "(objectClass=*)", SUBTREE, ["dicomAETitle",
-                                                                    "objectClass"])
-        titles = [_title(e) for e in below
-                  if "dicomnetworkae" in [str(o).lower() for o in _many(e, "objectClass")]]
-        removed = []
-        for child in sorted(below, key=lambda e: e["dn"].count(","), reverse=True):
-            self._remove(child["dn"])
-            removed.append(child["dn"])
-        for title in titles:  # released: the device owned them
-            self._remove(plan.title_dn(self.base, title))
-            removed.append(plan.title_dn(self.base, title))
-        return dn, removed, titles
-
-    def _remove(self, dn: str) -> None:
-        try:
-            self.conn.delete(dn)
-        except LDAPException as exc:
-            raise _failed(f"delete {dn}", exc) from None
-        code = self.conn.result.get("result")
-        if code in REFUSALS:
-            raise Refused(code, f"delete {dn}")
-        if code not in (0, NO_SUCH_OBJECT):
-            raise DirectoryError(f"delete {dn}: {self.conn.result.get('description')}")
+        return self.run(registration.unregister(self.base, device, device_id, keep_titles))
 
     # -- lookups (H.1.4.2) ------------------------------------------------------------------
 
@@ -687,10 +414,6 @@ class Directory:
                 "application_cluster": _many(ae, "dicomApplicationCluster"),
                 "primary_device_type": _many(dev, "dicomPrimaryDeviceType"),
                 "preferred_called_ae_title": _many(ae, "dicomPreferredCalledAETitle")}
-
-
-def _fits(template: str, title: str, attempts: int) -> bool:
-    return any(template.format(n=n) == title for n in range(1, attempts + 1))
 
 
 def manual_ldif_path(state_dir: Path, device: Device) -> Path:

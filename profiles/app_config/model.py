@@ -56,6 +56,12 @@ class NetworkAE:
     preferred_calling_ae_title: tuple[str, ...] = ()
     supported_character_set: tuple[str, ...] = ()
     installed: bool | None = None  # None: inherited from the device
+    key: str | None = None  # stable identity across updates; None: the title or template
+
+    @property
+    def identity(self) -> str:
+        """What matches this AE to its entry across updates (`[device.ae] key`)."""
+        return self.key or self.title or self.title_template or ""
 
 
 @dataclass(frozen=True, slots=True)

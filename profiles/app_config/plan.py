@@ -158,7 +158,7 @@ def _put(attrs: dict, name: str, value: object) -> None:
         attrs[name] = [str(value)]
 
 
-def device_entry(base: str, device: Device) -> Entry:
+def device_entry(base: str, device: Device, dn: str | None = None) -> Entry:
     a: dict[str, list] = {"objectClass": ["dicomDevice"]}
     _put(a, "dicomDeviceName", device.name)
     _put(a, "dicomInstalled", device.installed)
@@ -180,7 +180,7 @@ def device_entry(base: str, device: Device) -> Entry:
             ("dicomThisNodeCertificateReference", device.this_node_certificate_reference),
             ("dicomVendorData", device.vendor_data)):
         _put(a, attribute, value)
-    return Entry(device_dn(base, device.name), a)
+    return Entry(dn or device_dn(base, device.name), a)
 
 
 def connection_entry(device: str, conn: NetworkConnection, hostname: str) -> Entry:
@@ -217,7 +217,11 @@ def tc_entry(ae: str, tc: TransferCapability) -> Entry:
     _put(a, "dicomSOPClass", tc.sop_class)
     _put(a, "dicomTransferRole", tc.role)
     _put(a, "dicomTransferSyntax", tc.transfer_syntaxes)
-    return Entry(f"cn={escape_rdn(tc_name(tc))},{ae}", a)
+    return Entry(tc_dn(ae, tc), a)
+
+
+def tc_dn(ae: str, tc: TransferCapability) -> str:
+    return f"cn={escape_rdn(tc_name(tc))},{ae}"
 
 
 def title_entry(base: str, title: str) -> Entry:
@@ -226,10 +230,11 @@ def title_entry(base: str, title: str) -> Entry:
 
 
 def device_entries(base: str, device: Device, titles: list[str],
-                   hostnames: dict[str, str]) -> list[Entry]:
+                   hostnames: dict[str, str], dn: str | None = None) -> list[Entry]:
     """The device, its connections, its AEs (titles[i] for device.aes[i]) and their
-    transfer capabilities, parents before children."""
-    dev = device_entry(base, device)
+    transfer capabilities, parents before children; under `dn` when the device's entry
+    has another (an administrator renamed it)."""
+    dev = device_entry(base, device, dn)
     entries = [dev]
     entries += [connection_entry(dev.dn, c, hostnames[c.name]) for c in device.connections]
     for ae, title in zip(device.aes, titles, strict=True):

@@ -56,6 +56,20 @@ def directory_record(value: object) -> dict:
     if not isinstance(titles, list) or len(titles) > 256 or any(
             not isinstance(t, str) or ae_title_problem(t) for t in titles):
         raise ValueError("titles is not a list of AE titles")
+    keys = value.get("keys", {})
+    if not isinstance(keys, dict) or len(keys) > 256 or any(
+            not isinstance(k, str) or len(k) > 1024 or not isinstance(t, str)
+            or ae_title_problem(t) for k, t in keys.items()):
+        raise ValueError("keys is not an object of AE keys to titles")
+    return value
+
+
+def intent_record(value: object) -> dict:
+    """The shape of `registration-intent.json` (registration.py's write-ahead record)."""
+    if not isinstance(value, dict) or not isinstance(value.get("added", []), list) \
+            or not all(isinstance(d, str) and len(d) < 4096 for d in value.get("added", [])) \
+            or not isinstance(value.get("adding"), str | None):
+        raise ValueError("not an intent record")
     return value
 
 
@@ -92,6 +106,9 @@ class DirectoryService:
         self.resolve = resolve  # host name -> IPv4 addresses (the F.1.1 resolver)
         self.cache = LookupCache(state_dir / "cache")
         self.saved = read_directory_record(state_dir)
+        self.intent_path = state_dir / "registration-intent.json"
+        self.recovered: list[str] = []  # DNs a killed registration left, removed
+        self.title_changes: list[tuple[str, str]] = []  # an administrator's, last time
         self.device_id = load_or_make_device_id(state_dir)
         self.effective: dict | None = None  # what the directory says (effective())
         self.effective_changes: list[str] = []
@@ -126,7 +143,7 @@ class DirectoryService:
             raise DirectoryError("no DICOM configuration root: " + "; ".join(
                 f"{t['url']}: {t['result']}" for t in tried))
         self.server, self.base = url, base
-        self._dir = Directory(conn, base)
+        self._dir = Directory(conn, base, self.intent_path)
         return self._dir
 
     async def call(self, operation: Callable[..., object], *args: object) -> object:
@@ -181,9 +198,15 @@ class DirectoryService:
                     await self.locate()
             if self.state in ("locating", "unavailable", "cached"):
                 await self._set_state("registering")
+            intent = statefile.read_json(self.intent_path, intent_record)
+            if intent:  # a registration was cut short (kill -9): undo what it added
+                self.recovered = await self.call(lambda d: d.recover(intent))
+                log.warning("directory: undid an interrupted registration: %s",
+                            ", ".join(self.recovered) or "nothing had been added")
             result: Registration = await self.call(
                 lambda d: d.register(self.device, hostnames, self.saved.get("titles", []),
-                                     self.attempts, self.device_id))
+                                     self.attempts, self.device_id,
+                                     self.saved.get("keys", {})))
         except (Refused, Conflict) as exc:
             # An administrator takes it from here: the entries as LDIF, marker included.
             path = manual_ldif_path(self.state_dir, self.device)
@@ -198,7 +221,12 @@ class DirectoryService:
             self.last_error = str(exc)
             return await self._set_state("cached" if self._has_cache() else "unavailable")
         self.saved = {"server": self.server, "base_dn": self.base,
-                      "device_dn": result.device_dn, "titles": result.titles}
+                      "device_dn": result.device_dn, "titles": result.titles,
+                      "keys": result.keys}
+        self.title_changes = result.title_changes
+        for old, new in result.title_changes:
+            log.info("directory override: AE title %s is now %s (changed in the directory)",
+                     old, new)
         statefile.write_json(self.state_dir / "directory.json", self.saved)
         manual_ldif_path(self.state_dir, self.device).unlink(missing_ok=True)
         # Found by name but registered by this device before: not an adoption.
@@ -317,6 +345,13 @@ def _removal_ldif(service: DirectoryService, keep_titles: bool) -> str:
     return "\n".join(lines)
 
 
+AE_ATTRIBUTES = {"installed": "dicomInstalled",
+                 "application_cluster": "dicomApplicationCluster",
+                 "preferred_called_ae_title": "dicomPreferredCalledAETitle",
+                 "preferred_calling_ae_title": "dicomPreferredCallingAETitle",
+                 "description": "dicomDescription"}
+
+
 def _changed_attributes(before: dict | None, after: dict) -> list[str]:
     """The directory attribute names whose values differ ([] on the first read)."""
     if before is None:
@@ -324,14 +359,15 @@ def _changed_attributes(before: dict | None, after: dict) -> list[str]:
     changed = set()
     if before["installed"] != after["installed"]:
         changed.add("dicomInstalled")
+    for name in set(before.get("device", {})) | set(after.get("device", {})):
+        if before.get("device", {}).get(name) != after.get("device", {}).get(name):
+            changed.add(name)
     for title in set(before["aes"]) | set(after["aes"]):
         old, new = before["aes"].get(title), after["aes"].get(title)
         if old is None or new is None:
             changed.add("dicomAETitle")
             continue
-        for key, name in (("installed", "dicomInstalled"),
-                          ("application_cluster", "dicomApplicationCluster"),
-                          ("preferred_called_ae_title", "dicomPreferredCalledAETitle")):
-            if old[key] != new[key]:
+        for key, name in AE_ATTRIBUTES.items():
+            if old.get(key) != new.get(key):
                 changed.add(name)
     return sorted(changed)
