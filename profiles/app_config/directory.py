@@ -345,7 +345,7 @@ class Directory:
         return self.run(registration.register(self.base, device, hostnames, known, attempts,
                                               device_id, REGISTRY_LIMIT))
 
-    def recover(self, intent: dict) -> list[str]:
+    def recover(self, intent: dict) -> tuple[list[str], str | None]:
         return self.run(registration.recover(intent))
 
     def effective(self, device_dn: str) -> dict:

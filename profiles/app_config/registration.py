@@ -363,10 +363,14 @@ class _Writer:
 
     def __init__(self) -> None:
         self.added: list[str] = []
+        self.adding: str | None = None  # an add whose answer never came (connection lost)
 
     def add(self, entry: plan.Entry, ok: tuple[int, ...] = (0,)) -> Operation:
         yield Persist({"added": list(self.added), "adding": entry.dn})
-        code = _checked((yield Add(entry)), f"add {entry.dn}", ok)
+        self.adding = entry.dn
+        code = yield Add(entry)
+        self.adding = None
+        code = _checked(code, f"add {entry.dn}", ok)
         if code == 0:
             self.added.append(entry.dn)
         return code
@@ -386,22 +390,40 @@ class _Writer:
                 left.remove(dn)
             else:
                 log.warning("rollback: cannot delete %s: result %s", dn, code)
-        # What could not be undone stays recorded for the next start.
-        yield Persist({"added": left, "adding": None} if left else None)
+        # What could not be undone (or may have been done) stays recorded for the next
+        # start.
+        yield Persist({"added": left, "adding": self.adding}
+                      if left or self.adding else None)
 
 
-def recover(intent: dict) -> Operation:
-    """After a kill (the intent record survived): undo the adds it lists, newest first.
-    An add that was in flight is not undone — it may not have been ours (a title another
-    device reserved at the same moment) — and is only named in the log."""
+def _registry_title(dn: str) -> str | None:
+    """The title of a Unique AE Titles Registry entry's DN; None for any other DN."""
+    parent = plan.split_rdn(dn)[1]
+    if plan.split_rdn(parent)[0].strip().lower() != plan.REGISTRY.lower():
+        return None
+    return plan.rdn_value(dn)
+
+
+def recover(intent: dict) -> Generator[Op, Any, tuple[list[str], str | None]]:
+    """After a kill (the intent record survived): undo its adds, newest first, and
+    return (the DNs undone, the title whose reservation was in flight). An entry of the
+    device's own subtree that was in flight is undone too (its parent was ours); a
+    title in flight may have been reserved by this device or refused to it, and nothing
+    in the registry says which: it is returned, for the next registration to reuse only
+    if no device has an AE with it (as after a reboot)."""
     added = [dn for dn in intent.get("added", []) if isinstance(dn, str)]
+    adding = intent.get("adding")
+    in_flight = None
+    if isinstance(adding, str):
+        in_flight = _registry_title(adding)
+        if in_flight is None:
+            added.append(adding)
+        else:
+            log.warning("the reservation of %s was in flight when the agent stopped", adding)
     writer = _Writer()
-    writer.added = added
-    if intent.get("adding"):
-        log.warning("an add was in flight when the agent last stopped: %s (not undone; "
-                    "if it is an orphan, an administrator removes it)", intent["adding"])
-    yield from writer.rollback()
-    return added
+    writer.added = list(added)
+    yield from writer.rollback()  # what it could not undo stays recorded for the next try
+    return added, in_flight
 
 
 # -- registering ---------------------------------------------------------------------------

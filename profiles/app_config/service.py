@@ -108,6 +108,7 @@ class DirectoryService:
         self.saved = read_directory_record(state_dir)
         self.intent_path = state_dir / "registration-intent.json"
         self.recovered: list[str] = []  # DNs a killed registration left, removed
+        self.maybe_ours: list[str] = []  # a title whose reservation a kill cut short
         self.title_changes: list[tuple[str, str]] = []  # an administrator's, last time
         self.device_id = load_or_make_device_id(state_dir)
         self.effective: dict | None = None  # what the directory says (effective())
@@ -200,13 +201,15 @@ class DirectoryService:
                 await self._set_state("registering")
             intent = statefile.read_json(self.intent_path, intent_record)
             if intent:  # a registration was cut short (kill -9): undo what it added
-                self.recovered = await self.call(lambda d: d.recover(intent))
+                self.recovered, in_flight = await self.call(lambda d: d.recover(intent))
+                if in_flight:
+                    self.maybe_ours.append(in_flight)
                 log.warning("directory: undid an interrupted registration: %s",
                             ", ".join(self.recovered) or "nothing had been added")
+            owned = [*self.saved.get("titles", []), *self.maybe_ours]
             result: Registration = await self.call(
-                lambda d: d.register(self.device, hostnames, self.saved.get("titles", []),
-                                     self.attempts, self.device_id,
-                                     self.saved.get("keys", {})))
+                lambda d: d.register(self.device, hostnames, owned, self.attempts,
+                                     self.device_id, self.saved.get("keys", {})))
         except (Refused, Conflict) as exc:
             # An administrator takes it from here: the entries as LDIF, marker included.
             path = manual_ldif_path(self.state_dir, self.device)
@@ -224,6 +227,7 @@ class DirectoryService:
                       "device_dn": result.device_dn, "titles": result.titles,
                       "keys": result.keys}
         self.title_changes = result.title_changes
+        self.maybe_ours = []
         for old, new in result.title_changes:
             log.info("directory override: AE title %s is now %s (changed in the directory)",
                      old, new)
