@@ -6,6 +6,9 @@ RuntimeError("injected fault") at its first N starts — for the faults that hav
 trigger left once every input is validated (issue 9: "a test-only fault hook ... off in
 production builds and says so").
 
+"ldap-kill-after-add:N" ends the process with SIGKILL right after its Nth successful
+LDAP add (a kill -9 between a title's reservation and the device's entries, issue 13).
+
 SIGUSR2 stalls the event loop (a blocking sleep inside it, as a hung call would): the
 watchdog test (issue 12) sees systemd end and restart the stalled daemon.
 """
@@ -36,5 +39,25 @@ def stall_the_loop_forever() -> None:
         time.sleep(3600)  # blocks the loop: no WATCHDOG=1 any more
 
 
+def kill_after_ldap_add(n: int) -> None:
+    from profiles.app_config import directory, registration
+
+    original = directory.Directory.execute
+    done = 0
+
+    def execute(self, op):
+        nonlocal done
+        result = original(self, op)
+        if isinstance(op, registration.Add) and result == 0:
+            done += 1
+            if done == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    directory.Directory.execute = execute
+
+
 def arm(loop) -> None:
     loop.add_signal_handler(signal.SIGUSR2, stall_the_loop_forever)
+    if _left.get("ldap-kill-after-add"):
+        kill_after_ldap_add(_left.pop("ldap-kill-after-add"))
