@@ -88,7 +88,11 @@ def two_templated_acceptors(name: str) -> str:
                                        for letter in "AB"))
 
 
-def test_an_adopted_entry_with_fewer_aes_announces_what_has_a_title(lab, device):
+def test_an_adopted_entry_with_fewer_aes_gets_the_configured_aes_added(lab, device):
+    """Issue 9 found a crash here (the entry had fewer AEs than the file); since the full
+    update (issue 13) the configured AEs the entry lacks are added with their own titles
+    — the administrator's single AE pairs with neither (two candidates, same connection),
+    so it is left as it is, not taken over."""
     name = f"ADP{device.index}"
     device_dn = f"dicomDeviceName={name},{DEVICES}"
     ldif = f"""dn: dicomAETitle={name}_ADM,{REGISTRY}
@@ -124,10 +128,14 @@ dicomAssociationAcceptor: TRUE
         snap = wait_for(device, lambda s: s["state"] == "ready")
         assert proc.poll() is None
         assert snap["directory"]["state"] == "registered"
-        assert snap["directory"]["ae_titles"] == [f"{name}_ADM"]
-        assert "no-title" in snap["degraded"]
-        names = [s["name"] for s in snap["dnssd"]["services"]]
-        assert names == [f"{name}_ADM._dicom._tcp.local."]
+        titles = snap["directory"]["ae_titles"]
+        assert len(titles) == 2 and f"{name}_ADM" not in titles
+        assert snap["degraded"] == []
+        assert wait_for(device, lambda s: sorted(x["txt"]["AET"] for x in s["dnssd"][
+            "services"]) == sorted(titles))
+        kept = lab.srv_exec(["ldapsearch", "-x", "-LLL", "-H", "ldap://192.0.2.1", "-b",
+                             f"dicomAETitle={name}_ADM,{device_dn}", "-s", "base", "dn"])
+        assert kept.returncode == 0 and f"{name}_ADM" in kept.stdout  # the administrator's
         assert all(r["restarts"] == 0 for r in snap["supervision"].values())
     finally:
         err = stop(proc)
@@ -138,7 +146,8 @@ dicomAssociationAcceptor: TRUE
 def cleanup_adopted(lab, name: str) -> None:
     admin = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
     lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName={name},{DEVICES}"])
-    lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={name}_ADM,{REGISTRY}"])
+    for title in (f"{name}_ADM", f"{name}_A1", f"{name}_B1", f"{name}_1", f"{name}_2"):
+        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY}"])
 
 
 def test_an_off_link_gateway_gets_an_on_link_host_route_first(lab, device):
