@@ -91,6 +91,8 @@ class TimeSettings:
     step_limit_s: float = 1000.0  # a larger correction after sync needs 3 agreeing servers
     chrony_sourcedir: Path = Path("/run/chrony-dhcp")
     chronyc_socket: Path = Path("/run/chrony/chronyd.sock")
+    nts: bool = False  # G.1.3 secure time through chronyd (NTS, RFC 8915)
+    nts_ca_file: Path | None = None  # the CA the NTS servers' certificates chain to
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +435,14 @@ def _time(t: _Table) -> TimeSettings:
         step_limit_s=t.value("step_limit_s", "number", d.step_limit_s, positive),
         chrony_sourcedir=t.path_value("chrony_sourcedir", d.chrony_sourcedir),
         chronyc_socket=t.path_value("chronyc_socket", d.chronyc_socket),
+        nts=t.value("nts", "bool", d.nts),
+        nts_ca_file=_as_path(t.value("nts_ca_file", "str", None, _file_problem(False))),
     )
+    if settings.nts and settings.mode != "chrony":
+        t.error("nts", 'needs mode = "chrony": the built-in SNTP client has no NTS '
+                       "(chronyd does it)")
+    if settings.nts_ca_file is not None and not settings.nts:
+        t.error("nts_ca_file", "used only with nts = true")
     t.finish()
     return settings
 

@@ -30,7 +30,7 @@ from agent.config import TimeSettings
 from profiles import posix_tz, statefile
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import ResolveError, Resolver
-from profiles.time_sync import chrony
+from profiles.time_sync import chrony, nts
 from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
 from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
 from profiles.time_sync.sources import (
@@ -189,8 +189,9 @@ class Timekeeping:
         if self.mode == "chrony":
             try:
                 await chrony.hand_over(self.settings.chrony_sourcedir, self.interface,
-                                       addresses, self.settings.chronyc_socket)
-                self.report.update(chrony_fields(await self._chrony_settled()))
+                                       addresses, self.settings.chronyc_socket,
+                                       await self._nts_for(addresses))
+                self._chrony_report(await self._chrony_settled())
             except chrony.ChronyError as exc:
                 self._internal(str(exc))
             return self.report
@@ -204,11 +205,34 @@ class Timekeeping:
         """chronyd's state once it has selected a source (or CHRONY_SETTLE has passed)."""
         deadline = time.monotonic() + CHRONY_SETTLE
         while True:
-            state = await chrony.state(self.settings.chronyc_socket)
+            state = await chrony.state(self.settings.chronyc_socket, self.settings.nts)
             if any(s["state"] == "selected" for s in state["sources"]) \
                     or time.monotonic() > deadline:
                 return state
             await asyncio.sleep(0.5)
+
+    async def _nts_for(self, addresses: list[str]) -> set[str]:
+        """With `[time] nts`: the servers whose NTS-KE certificate chronyd will accept
+        (nts.py); each server's finding goes to the report's `nts`."""
+        if not self.settings.nts:
+            return set()
+        problems = await nts.usable(addresses, self.settings.nts_ca_file)
+        for address, problem in problems.items():
+            if problem:
+                log.warning("NTS: %s: %s: using it without NTS", address, problem)
+        self.report["nts"] = {"servers": {
+            a: {"certificate": problem or "ok", "authenticated": False}
+            for a, problem in problems.items()}}
+        return {a for a, problem in problems.items() if problem is None}
+
+    def _chrony_report(self, state: dict) -> None:
+        self.report.update(chrony_fields(state))
+        auth = state.get("authdata")
+        if auth is not None and self.report.get("nts"):
+            for address, entry in self.report["nts"]["servers"].items():
+                data = auth.get(address, {})
+                entry["authenticated"] = data.get("mode") == "NTS" and \
+                    data.get("cookies", 0) > 0
 
     # -- the daemon: for good ----------------------------------------------------------------
 
@@ -252,11 +276,12 @@ class Timekeeping:
             try:
                 if addresses != handed:
                     await chrony.hand_over(t.chrony_sourcedir, self.interface, addresses,
-                                           t.chronyc_socket)
+                                           t.chronyc_socket, await self._nts_for(addresses))
                     handed = addresses
                     # chronyd needs a few samples (iburst) before it selects a source.
                     settle_until = time.monotonic() + CHRONY_SETTLE
-                fields = chrony_fields(await chrony.state(t.chronyc_socket))
+                state = await chrony.state(t.chronyc_socket, t.nts)
+                fields = chrony_fields(state)
             except chrony.ChronyError as exc:
                 handed = None
                 log.warning("chrony: %s", exc)
@@ -266,7 +291,8 @@ class Timekeeping:
                     await on_report(False)
                 await asyncio.sleep(CHRONY_RETRY)
                 continue
-            self.report.update(fields, last_error=None)
+            self._chrony_report(state)
+            self.report["last_error"] = None
             if self.report["source"] == "internal":
                 self.report["source"] = self.source  # chronyc answers again
             if fields["synced"] or time.monotonic() > settle_until:

@@ -220,15 +220,18 @@ class Device:
         (self.run_dir / "resolv.conf").write_text(f"nameserver {SERVER_ADDRESS}\nsearch {DOMAIN}\n")
         return self.static_address
 
-    def start_chronyd(self) -> tuple[Path, Path]:
+    def start_chronyd(self, nts_ca: Path | None = None) -> tuple[Path, Path]:
         """A chronyd client on this device (-x: never touches the clock) reading servers
-        from a sourcedir; returns (sourcedir, command socket)."""
+        from a sourcedir; returns (sourcedir, command socket). `nts_ca`: the CA it trusts
+        for NTS (chronyd reads trust anchors only from its configuration)."""
         sourcedir, sockdir = self.run_dir / "chrony-dhcp", self.run_dir / "chronyd"
         sockdir.mkdir(mode=0o700, exist_ok=True)  # else chronyd has no command socket
         conf = self.run_dir / "chrony-client.conf"
         conf.write_text(f"sourcedir {sourcedir}\ncmdport 0\n"
                         f"bindcmdaddress {sockdir}/chronyd.sock\n"
-                        f"pidfile {sockdir}/chronyd.pid\nuser root\n")
+                        f"pidfile {sockdir}/chronyd.pid\nuser root\n"
+                        + (f"ntstrustedcerts {nts_ca}\nntsdumpdir {sockdir}\n" if nts_ca
+                           else ""))
         proc = self.popen(["chronyd", "-x", "-d", "-f", str(conf)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -438,6 +441,10 @@ class Lab:
             # Subject = the registrar's entry, for SASL EXTERNAL (PS3.15 Table H.1-15).
             "registrar": ("/DC=test/DC=hospital/CN=dicom-registrar",
                           "extendedKeyUsage=clientAuth\n"),
+            # The first NTP server's NTS-KE (RFC 8915): named by its address, as DHCP
+            # option 42 gives it.
+            "ntp1": (f"/CN={NTP_ADDRESSES[0]}", f"subjectAltName=IP:{NTP_ADDRESSES[0]}\n"
+                     "extendedKeyUsage=serverAuth\n"),
         }
         for name, (subject, ext) in leaves.items():
             (tls / f"{name}.ext").write_text(ext)
@@ -457,12 +464,18 @@ class Lab:
             d.mkdir(mode=0o700)  # chronyd wants its command-socket directory private
             # The third server also broadcasts (mode 5): PS3.15 G.1.1.1 autodiscovery.
             broadcast = "broadcast 2 192.0.2.255" if n == len(NTP_ADDRESSES) else ""
+            # The first one also serves NTS (G.1.3), with the lab CA's certificate.
+            tls = self.run / "tls"
+            nts = (f"ntsservercert {tls / 'ntp1.pem'}\nntsserverkey {tls / 'ntp1.key'}\n"
+                   f"ntsdumpdir {d}") if n == 1 else ""
             (d / "chrony.conf").write_text(
-                _template("chrony-server.conf", address=address, dir=d, broadcast=broadcast))
+                _template("chrony-server.conf", address=address, dir=d, broadcast=broadcast,
+                          nts=nts))
             procs.append(self._spawn(f"chronyd{n}", ["chronyd", "-x", "-d", "-f",
                                                      str(d / "chrony.conf")]))
         for n, (address, proc) in enumerate(zip(NTP_ADDRESSES, procs, strict=True), 1):
             self._wait_listening(f"chronyd{n}", proc, "udp", 123, address)
+        self._wait_listening("chronyd1", procs[0], "tcp", 4460, NTP_ADDRESSES[0])  # NTS-KE
         self.timings["ntp"] = time.monotonic() - t0
 
     def _start_ldap(self) -> None:

@@ -22,9 +22,11 @@ class ChronyError(Exception):
     pass
 
 
-def sources_text(servers: list[str]) -> str:
+def sources_text(servers: list[str], nts: frozenset[str] | set[str] = frozenset()) -> str:
+    """The sources file; the servers in `nts` authenticated with NTS (G.1.3)."""
     lines = ["# written by dicom-agent: NTP servers from PS3.15 G.1.1 discovery"]
-    lines += [f"server {address} iburst" for address in servers]
+    lines += [f"server {address} iburst" + (" nts" if address in nts else "")
+              for address in servers]
     return "\n".join(lines) + "\n"
 
 
@@ -43,8 +45,10 @@ async def chronyc(socket: Path, *args: str, timeout: float = 5.0) -> str:
     return out.decode()
 
 
-async def hand_over(sourcedir: Path, interface: str, servers: list[str], socket: Path) -> None:
-    statefile.atomic_write(sourcedir / f"{interface}.sources", sources_text(servers).encode())
+async def hand_over(sourcedir: Path, interface: str, servers: list[str], socket: Path,
+                    nts: frozenset[str] | set[str] = frozenset()) -> None:
+    statefile.atomic_write(sourcedir / f"{interface}.sources",
+                           sources_text(servers, nts).encode())
     reply = await chronyc(socket, "reload", "sources")
     if "200 OK" not in reply:
         raise ChronyError(f"chronyc reload sources: {reply.strip()}")
@@ -74,7 +78,26 @@ def parse_sources(csv: str) -> list[dict]:
     return sources
 
 
-async def state(socket: Path) -> dict:
+def parse_authdata(csv: str) -> dict[str, dict]:
+    """`chronyc -c authdata`: per source its authentication mode, the NTS-KE attempts
+    and NAKs, and the cookies held (a source has NTS working once it holds cookies)."""
+    out = {}
+    for line in csv.strip().splitlines():
+        f = line.split(",")
+        if len(f) < 10:
+            continue
+        try:
+            out[f[0]] = {"mode": f[1], "ke_attempts": int(f[6]), "naks": int(f[7]),
+                         "cookies": int(f[8])}
+        except ValueError:
+            continue
+    return out
+
+
+async def state(socket: Path, authdata: bool = False) -> dict:
     tracking = parse_tracking(await chronyc(socket, "-c", "tracking"))
-    return {"tracking": tracking, "sources": parse_sources(await chronyc(socket, "-c",
-                                                                         "sources"))}
+    out = {"tracking": tracking, "sources": parse_sources(await chronyc(socket, "-c",
+                                                                        "sources"))}
+    if authdata:
+        out["authdata"] = parse_authdata(await chronyc(socket, "-c", "authdata"))
+    return out

@@ -429,3 +429,17 @@ def test_check_config_reports_toml_syntax_and_missing_file(tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip() == (
         f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory")
+
+
+def test_nts_is_chronys_and_its_ca_file_needs_it(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    data = copy.deepcopy(BASE)
+    data["time"] = {"mode": "sntp", "nts": True}
+    assert errors_of(data) == ['time.nts: needs mode = "chrony": the built-in SNTP client '
+                               "has no NTS (chronyd does it)"]
+    data["time"] = {"mode": "chrony", "nts_ca_file": str(ca)}
+    assert errors_of(data) == ["time.nts_ca_file: used only with nts = true"]
+    data["time"] = {"mode": "chrony", "nts": True, "nts_ca_file": str(ca)}
+    config = parse_config(data)
+    assert config.time.nts and config.time.nts_ca_file == ca

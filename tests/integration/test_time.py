@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 import zoneinfo
+from pathlib import Path
 
 from agent_helpers import agent, dhcp_once, write_config
 
@@ -117,6 +119,46 @@ def test_chrony_mode_hands_the_servers_to_a_real_chronyd(device):
     assert {s["address"] for s in report["chrony"]["sources"]} == set(NTP)
     assert report["chrony"]["tracking"]["stratum"] == 9
     assert abs(report["offset_ms"]) < 5
+
+
+
+def test_nts_is_used_where_the_certificate_names_the_server_and_chronyd_authenticates(
+        lab, device):
+    """G.1.3 secure time: the agent writes `nts` only for the server whose NTS-KE
+    certificate names its address under the lab CA (192.0.2.11); the device's chronyd,
+    trusting that CA, authenticates it (chronyc authdata: NTS, cookies held)."""
+    dhcp_once(device)
+    ca = lab.run / "tls" / "ca.pem"
+    sourcedir, sock = device.start_chronyd(nts_ca=ca)
+    config = write_config(device, time_section=f'mode = "chrony"\nnts = true\n'
+                                               f'nts_ca_file = "{ca}"\n'
+                                               f'chrony_sourcedir = "{sourcedir}"\n'
+                                               f'chronyc_socket = "{sock}"')
+    _, report = time_once(device, "--config", config, "--mode", "chrony")
+    assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == [
+        "server 192.0.2.11 iburst nts", "server 192.0.2.12 iburst", "server 192.0.2.13 iburst"]
+    servers = report["nts"]["servers"]
+    assert servers["192.0.2.11"]["certificate"] == "ok"
+    assert servers["192.0.2.12"]["certificate"].startswith("no NTS-KE service on port 4460")
+    auth = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = device.run(["chronyc", "-h", str(sock), "-n", "-c", "authdata"]).stdout
+        auth = {line.split(",")[0]: line.split(",") for line in out.splitlines()}
+        if "192.0.2.11" in auth and int(auth["192.0.2.11"][8]) > 0:
+            break
+        time.sleep(0.5)
+    assert auth["192.0.2.11"][1] == "NTS" and int(auth["192.0.2.11"][8]) > 0, auth
+    assert auth["192.0.2.12"][1] == "-"  # plain NTP for the others
+    # A certificate that does not name the address is refused, said so, and not used
+    # for NTS: another CA stands for a site CA the server's certificate does not chain to.
+    other = device.run_dir / "other-ca.pem"
+    other.write_text((lab.run / "tls" / "registrar.pem").read_text())
+    Path(config).write_text(Path(config).read_text().replace(str(ca), str(other)))
+    _, report = time_once(device, "--config", config, "--mode", "chrony")
+    assert report["nts"]["servers"]["192.0.2.11"]["certificate"].startswith(
+        "certificate not accepted")
+    assert "nts" not in (sourcedir / "eth0.sources").read_text()
 
 
 KEEP_TIME = r'''
