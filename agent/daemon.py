@@ -329,16 +329,29 @@ class Agent:
                                     if self.lease is not None and self.lease.dns else None,
                                     self.ntp_updates, self._time_result)
 
-    async def _lease_changed_time(self) -> None:
-        """Every lease event: G.1.1's server order and the UTC offset evaluated again
-        (a rebind without option 42 falls back to the manual servers; a new option 2,
-        100 or 101 changes the offset at once)."""
+    async def _discovery(self) -> None:
+        """G.1.1.1 autodiscovery for good (`broadcast_discovery`): after the time task's
+        first listening window, servers heard or lost re-evaluate G.1.1's order."""
+        await self.time_settled.wait()
+        await self.timekeeping.autodiscover(self._servers_changed)
+
+    async def _servers_changed(self) -> None:
+        """G.1.1's order evaluated again — autodiscovered > option 42 > manual > internal
+        clock — and what it gives handed to the time task."""
         lease = self.lease
         resolver = self.resolver if lease is not None and lease.dns else None
         addresses = await self.timekeeping.follow(lease, resolver)
         self.ntp_updates.put_nowait(addresses)
         if not addresses and self.time_settled.is_set():
             await self._time_result(False)  # G.1.1.5: nothing left but the internal clock
+        self._changed()
+
+    async def _lease_changed_time(self) -> None:
+        """Every lease event: G.1.1's server order and the UTC offset evaluated again
+        (a rebind without option 42 falls back to the manual servers; a new option 2,
+        100 or 101 changes the offset at once)."""
+        lease = self.lease
+        await self._servers_changed()
         rule = (lease.tz_name, lease.tz_posix) if lease is not None else None
         if rule != self._offset_rule:  # a renewal with the same rule: the timer stands
             self._offset_rule = rule
@@ -560,7 +573,7 @@ class Agent:
                                name="address")
                 for name, job in (("time", self._time), ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve),
-                                  ("offset", self._offset)):
+                                  ("offset", self._offset), ("discovery", self._discovery)):
                     tg.create_task(sv.run(name, faults(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")

@@ -31,7 +31,7 @@ from profiles import posix_tz, statefile
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import ResolveError, Resolver
 from profiles.time_sync import chrony, nts
-from profiles.time_sync.driver import SntpDriver, SystemClock, hear_broadcasts
+from profiles.time_sync.driver import Listener, SntpDriver, SystemClock
 from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
 from profiles.time_sync.sources import (
     ZONEINFO,
@@ -118,6 +118,7 @@ class Timekeeping:
         self.rng = rng or random.Random(os.urandom(16))
         self.rounds = 0
         self.heard: list[str] = []  # servers autodiscovery heard
+        self.listener: Listener | None = None  # G.1.1.1: broadcast and 224.0.1.1
         self.source = "internal"
         self.core: SntpClient | None = None
         self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
@@ -137,8 +138,30 @@ class Timekeeping:
             return "manual", manual
         t = self.settings
         if t.broadcast_discovery:
-            self.heard = await hear_broadcasts(t.broadcast_window)
+            if self.listener is None:
+                self.listener = Listener(self.interface, t.broadcast_window)
+            self.heard = await self.listener.listen(t.broadcast_window)
+            self._heard_report()
         return choose_servers(self.heard, lease.ntp if lease else (), t.servers)
+
+    def _heard_report(self) -> None:
+        self.report["autodiscovery"] = [{"address": a, "via": v}
+                                        for a, v in self.listener.heard.items()]
+
+    async def autodiscover(self, on_change: Callable[[], Awaitable[None]]) -> None:
+        """The daemon's autodiscovery, for good: servers heard or lost (broadcast or
+        224.0.1.1) change `heard`, and `on_change` evaluates G.1.1's order again."""
+        if not self.settings.broadcast_discovery:
+            return
+        if self.listener is None:
+            self.listener = Listener(self.interface, self.settings.broadcast_window)
+
+        async def changed(servers: list[str]) -> None:
+            self.heard = servers
+            self._heard_report()
+            await on_change()
+
+        await self.listener.run(changed)
 
     async def follow(self, lease: Lease | None, resolver: Resolver | None) -> list[str]:
         """A lease event: G.1.1's order evaluated again — servers heard, else option 42,

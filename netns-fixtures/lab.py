@@ -340,6 +340,8 @@ class Lab:
         # devices reach it through the route DHCP gives them (option 121).
         _run(["ip", "-n", srv, "addr", "add", "198.51.100.1/24", "dev", "lo"])
         _run(["ip", "-n", srv, "addr", "add", f"{PACS_ADDRESS}/24", "dev", "lo"])
+        # Multicast leaves by the lab link (NTP servers announce to 224.0.1.1, G.1.1.1).
+        _run(["ip", "-n", srv, "route", "add", "224.0.0.0/4", "dev", "eth0"])
 
     def _plug(self, ns: str, port: str, mac: str) -> None:
         """A veth from the bridge to `ns`, named eth0 there."""
@@ -462,8 +464,10 @@ class Lab:
         for n, address in enumerate(NTP_ADDRESSES, 1):
             d = self.run / f"chrony{n}"
             d.mkdir(mode=0o700)  # chronyd wants its command-socket directory private
-            # The third server also broadcasts (mode 5): PS3.15 G.1.1.1 autodiscovery.
-            broadcast = "broadcast 2 192.0.2.255" if n == len(NTP_ADDRESSES) else ""
+            # PS3.15 G.1.1.1 autodiscovery (mode 5): the third server broadcasts, the
+            # second announces to the NTP multicast group.
+            broadcast = {len(NTP_ADDRESSES): "broadcast 2 192.0.2.255",
+                         2: "broadcast 2 224.0.1.1"}.get(n, "")
             # The first one also serves NTS (G.1.3), with the lab CA's certificate.
             tls = self.run / "tls"
             nts = (f"ntsservercert {tls / 'ntp1.pem'}\nntsserverkey {tls / 'ntp1.key'}\n"
@@ -611,6 +615,25 @@ class Lab:
         if proc.stdout.readline().strip() != "listening":
             raise LabError(f"ntp_liar did not start: {proc.stderr.read()}")
         return proc
+
+    def start_ntp_announcer(self, address: str, destination: str) -> subprocess.Popen:
+        """One more chronyd NTP server on an extra server address, announcing itself
+        (mode 5) to `destination` (a broadcast address or 224.0.1.1) every 2 s; -x: the
+        clock is never touched. Stop it with stop_ntp_announcer (by its PID)."""
+        if address not in self.srv_exec(["ip", "-4", "addr", "show", "dev", "eth0"]).stdout:
+            self.srv_exec(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        d = self.run / f"chrony-{address}"
+        d.mkdir(mode=0o700, exist_ok=True)
+        (d / "chrony.conf").write_text(_template(
+            "chrony-server.conf", address=address, dir=d, nts="",
+            broadcast=f"broadcast 2 {destination}"))
+        proc = self._spawn(f"chronyd-{address}", ["chronyd", "-x", "-d", "-f",
+                                                   str(d / "chrony.conf")])
+        self._wait_listening(f"chronyd-{address}", proc, "udp", 123, address)
+        return proc
+
+    def stop_ntp_announcer(self, proc: subprocess.Popen) -> None:
+        self._stop([proc])
 
     def reserve(self, mac: str, address: str) -> None:
         """Give `mac` a fixed address from now on (dnsmasq re-reads its hosts file on HUP)."""

@@ -247,11 +247,14 @@ class SntpClient:
             s.best, s.accepted = None, False
             if s.dropped:
                 continue
-            if now < s.not_before:
-                s.reason = s.reason or "backing off"
+            if now < s.not_before and s.rate_backoff > SERVER_MIN_INTERVAL:
+                s.reason = s.reason or "backing off"  # a RATE kiss: left out this round
                 continue
-            s.to_send, s.next_send, s.reason = BURST, now, None
-            s.not_before = now + max(SERVER_MIN_INTERVAL, s.rate_backoff)
+            # A round soon after the last (a new server set): this server is asked when
+            # its minimum interval has passed, not left out of the round.
+            start = max(now, s.not_before)
+            s.to_send, s.next_send, s.reason = BURST, start, None
+            s.not_before = start + max(SERVER_MIN_INTERVAL, s.rate_backoff)
 
     def _send(self, s: ServerState, now: float, wall: float) -> None:
         nonce = secrets.randbits(64) | 1  # unpredictable: the rng's xids are on the wire

@@ -62,3 +62,35 @@ def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device
         scp.terminate()
         scp.wait(10)
     assert proc.returncode == 0 and "failed (restart" not in err, err
+
+
+def test_autodiscovery_keeps_listening_and_follows_servers_heard_and_lost(lab, device):
+    """G.1.1 held over time: the daemon hears the lab's announcing servers (broadcast
+    and 224.0.1.1), then a new one, uses them before option 42, and drops the new one
+    once it goes quiet — without a lease event."""
+    config = write_config(device, network=FAST.replace('"auto"', '"file"'),
+                          time_section='mode = "observe"\nbroadcast_discovery = true\n'
+                                       "broadcast_window = 2.0",
+                          directory="enabled = false")
+    proc = start(device, config)
+    extra = None
+    try:
+        def servers(s):
+            return sorted(x["address"] for x in s["time"]["servers"])
+
+        snap = wait_for(device, lambda s: s["time"]["source"] == "autodiscovery"
+                        and servers(s) == ["192.0.2.12", "192.0.2.13"]
+                        and s["time"]["selected"] is not None, 40)
+        assert snap["time"]["selected"] in ("192.0.2.12", "192.0.2.13")
+        extra = lab.start_ntp_announcer("192.0.2.14", "224.0.1.1")
+        heard = wait_for(device, lambda s: "192.0.2.14" in servers(s), 30)
+        assert {"address": "192.0.2.14", "via": "multicast"} in heard["time"]["autodiscovery"]
+        lab.stop_ntp_announcer(extra)
+        # Quiet for 3 of its 2 s intervals (at least the 2 s window): lost.
+        lost = wait_for(device, lambda s: "192.0.2.14" not in servers(s), 30)
+        assert lost["time"]["source"] == "autodiscovery"
+        assert servers(lost) == ["192.0.2.12", "192.0.2.13"]
+    finally:
+        if extra is not None:
+            lab.stop_ntp_announcer(extra)
+        stop(proc)

@@ -16,7 +16,7 @@ NTP = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
 
 def time_once(device, *args: str) -> tuple[int, dict]:
     proc = agent(device, "time", "--once", "--json", *args)
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 1) and proc.stdout.strip(), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -95,13 +95,18 @@ def test_option_101_and_100_from_dhcp_set_the_utc_offset(lab):
     dev.ip("addr", "flush", "dev", "eth0")
 
 
-def test_autodiscovery_hears_the_broadcasting_server_first(device):
+def test_autodiscovery_hears_broadcast_and_multicast_servers_first(device):
+    """G.1.1.1: the lab's third server broadcasts, its second announces to 224.0.1.1
+    (joined on eth0); both are heard, each said how, and used before option 42."""
     dhcp_once(device)
     config = write_config(device, time_section='mode = "observe"\nbroadcast_discovery = true\n'
-                                               "broadcast_window = 3.0")
+                                               "broadcast_window = 5.0")
     rc, report = time_once(device, "--config", config)
     assert rc == 0 and report["source"] == "autodiscovery"
-    assert [s["address"] for s in report["servers"]] == ["192.0.2.13"]
+    assert sorted(s["address"] for s in report["servers"]) == ["192.0.2.12", "192.0.2.13"]
+    assert sorted(report["autodiscovery"], key=lambda h: h["address"]) == [
+        {"address": "192.0.2.12", "via": "multicast"},
+        {"address": "192.0.2.13", "via": "broadcast"}]
 
 
 def test_chrony_mode_hands_the_servers_to_a_real_chronyd(device):

@@ -230,6 +230,23 @@ def test_a_new_server_set_starts_a_round_at_once():
     assert c.get_timer() == now + 1 and list(c.servers) == ["192.0.2.12"]
 
 
+def test_a_server_kept_in_a_new_set_soon_after_a_round_waits_its_interval_not_out():
+    """A server heard by autodiscovery joins the set seconds after a round: the server
+    kept from the last set is asked again once its 15 s minimum interval has passed —
+    not left out of the round as "backing off" until the next poll."""
+    c = client()
+    c.set_servers(["192.0.2.11"], 0.0)
+    _, now = run_round(c, [FakeNtp("192.0.2.11")], 0.0, WALL_2026, 0.0)
+    c.set_servers(["192.0.2.11", "192.0.2.12"], now + 2)
+    sent: list[str] = []
+    result, end = run_round(c, [FakeNtp("192.0.2.11"), FakeNtp("192.0.2.12")], now + 2,
+                            WALL_2026, 0.0, sent)
+    assert {s["address"]: s["accepted"] for s in result.servers} == {
+        "192.0.2.11": True, "192.0.2.12": True}
+    assert end >= now + 15  # 11's minimum interval was kept
+    assert sent.index("192.0.2.12") < sent.index("192.0.2.11")
+
+
 def test_packet_era_conversion_round_trips():
     for unix in (0.5, WALL_2026 + 0.25, 2_085_978_496.0 - 1, 2_085_978_496.0 + 1, WALL_2040):
         assert packet.to_unix(packet.from_unix(unix), unix + 1000) == pytest.approx(unix,
@@ -320,3 +337,16 @@ def test_nonces_do_not_come_from_the_injected_random():
     nonce_a = packet.parse(a.datagrams_to_send()[0].payload).transmit
     nonce_b = packet.parse(b.datagrams_to_send()[0].payload).transmit
     assert nonce_a != nonce_b
+
+
+def test_autodiscovery_forgets_a_server_after_three_of_its_intervals():
+    from profiles.time_sync.driver import Listener
+
+    listener = Listener("eth0", window=2.0)
+    for t in (0.0, 4.0, 8.0):  # a server announcing every 4 s
+        listener._last["192.0.2.14"] = t
+        if t:
+            listener._interval["192.0.2.14"] = 4.0
+    listener.heard["192.0.2.14"] = "multicast"
+    assert not listener.expire(now=8.0 + 11.9)  # three intervals not yet missed
+    assert listener.expire(now=8.0 + 12.1) and listener.heard == {}
