@@ -21,6 +21,7 @@ from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
 from agent.hooks import hooks_in
 from profiles.network_address.client import (
     AddressChanged,
+    AddressConflict,
     AddressDeclined,
     DhcpClient,
     LeaseBound,
@@ -45,7 +46,8 @@ from profiles.network_address.resolvconf import DnsApplier
 log = logging.getLogger(__name__)
 EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",
                LeaseExpiring: "lease-expiring", LeaseLost: "lease-lost",
-               AddressChanged: "address-changed", AddressDeclined: "address-declined"}
+               AddressChanged: "address-changed", AddressDeclined: "address-declined",
+               AddressConflict: "address-conflict"}
 
 
 def dns_of(lease: Lease | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -97,6 +99,7 @@ class Address:
             out.update(self.client.counters)
         if self.driver is not None:
             out["dropped"] += self.driver.dropped
+            out["arp-watched"] += self.driver.arp_watched
         return dict(out)
 
     def validation(self) -> dict[str, int]:

@@ -47,6 +47,7 @@ from profiles.app_config.service import DirectoryService
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
+    AddressConflict,
     LeaseBound,
     LeaseExpiring,
     LeaseLost,
@@ -288,6 +289,14 @@ class Agent:
                 self._hook("lease-renewed")
             case LeaseExpiring():
                 self._hook("lease-expiring")
+            case AddressConflict(address, mac, defended):
+                # RFC 5227 2.4: defended once; a second claim is followed by LeaseLost.
+                log.warning("ARP: %s claimed by %s: %s", address, mac,
+                            "defended" if defended else "given up (DHCPDECLINE)")
+                self.hooks.post("address-conflict", {**self._hook_values(),
+                                                     "conflict_mac": mac,
+                                                     "conflict_defended": "yes" if defended
+                                                     else "no"})
             case LeaseLost():
                 await self._lease_lost()
             case AutoIpConfigured(address):

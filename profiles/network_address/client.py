@@ -116,7 +116,7 @@ class LeaseExpiring:
 @dataclass(frozen=True, slots=True)
 class LeaseLost:
     lease: Lease
-    reason: str  # "expired" or "nak"
+    reason: str  # "expired", "nak", "address-conflict", "new-address-in-use"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +139,16 @@ class AddressDeclined:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressConflict:
+    """RFC 5227 2.4: another machine claimed the address in use (`mac`): defended with
+    one announcement, or (`defended` False) given up — DECLINEd, the lease lost."""
+
+    address: str
+    mac: str
+    defended: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AutoIpWanted:
     """discover_timeout passed with no acceptable offer and auto-IP is permitted (RFC
     2563): the driver should configure a link-local address (RFC 3927) and report it
@@ -146,7 +156,7 @@ class AutoIpWanted:
 
 
 DhcpEvent = (LeaseBound | LeaseRenewed | LeaseExpiring | LeaseLost | AddressChanged
-             | ProbeRequested | AddressDeclined | AutoIpWanted)
+             | ProbeRequested | AddressDeclined | AddressConflict | AutoIpWanted)
 
 
 @dataclass
@@ -322,6 +332,33 @@ class DhcpClient:
             case _:
                 pass
 
+    def address_conflict(self, address: str, mac: str, defended: bool, now: float) -> None:
+        """The driver's RFC 5227 2.4 watch (arp.Defender) saw our address claimed. Given
+        up: DHCPDECLINE (RFC 2131 3.1 5, as dhcpcd does), the lease lost, a new one
+        sought after DECLINE_WAIT."""
+        lease = self.lease
+        if lease is None or lease.address != address or self.state not in (
+                DhcpState.BOUND, DhcpState.RENEWING, DhcpState.REBINDING):
+            self.counters["stale-conflict"] += 1
+            return
+        self._events.append(AddressConflict(address, mac, defended))
+        self.counters["conflict-defended" if defended else "conflict-declined"] += 1
+        if defended:
+            return
+        log.warning("address %s claimed again by %s: declining it", address, mac)
+        self._decline(address, lease.server_id)
+        self._events.append(LeaseLost(lease, "address-conflict"))
+        self.lease = None
+        self._requested_address = None
+        self._set_state(DhcpState.DECLINING)
+        self._timer = now + DECLINE_WAIT
+
+    def _decline(self, address: str, server_id: str) -> None:
+        msg = self._message(MessageType.DECLINE, extra={
+            o.REQUESTED_ADDRESS: _ip(address), o.SERVER_ID: _ip(server_id)},
+            with_params=False)
+        self._outbox.append(Datagram(build(msg), BROADCAST))
+
     def probe_result(self, address: str, conflict: bool, now: float) -> None:
         if self.state is not DhcpState.PROBING or self._pending is None \
                 or self._pending.address != address:
@@ -330,12 +367,12 @@ class DhcpClient:
         pending, self._pending = self._pending, None
         if conflict:
             log.warning("address %s is in use on the link: declining it", address)
-            msg = self._message(MessageType.DECLINE, extra={
-                o.REQUESTED_ADDRESS: _ip(address), o.SERVER_ID: _ip(pending.server_id)},
-                with_params=False)
-            self._outbox.append(Datagram(build(msg), BROADCAST))
+            self._decline(address, pending.server_id)
             self._events.append(AddressDeclined(address, pending.server_id))
             self.counters["declined"] += 1
+            if self.lease is not None:  # a renewal moved us to an address in use
+                self._events.append(LeaseLost(self.lease, "new-address-in-use"))
+                self.lease = None
             self._set_state(DhcpState.DECLINING)
             self._timer = now + DECLINE_WAIT
         else:
@@ -439,6 +476,14 @@ class DhcpClient:
                 log.warning("ACK from %s: refused %s", server, "; ".join(fresh))
         if self.state in (DhcpState.RENEWING, DhcpState.REBINDING):
             old = self.lease
+            if old is not None and old.address != lease.address and self.s.arp_probe:
+                # A renewal that moves us: probed first, like any new address (RFC
+                # 5227 2.1); the old lease stands meanwhile.
+                self._pending = lease
+                self._set_state(DhcpState.PROBING)
+                self._timer = None
+                self._events.append(ProbeRequested(lease.address))
+                return
             self.lease = lease
             self._enter_bound(now)
             if old is not None and old.address != lease.address:

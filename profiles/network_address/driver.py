@@ -4,7 +4,9 @@ Sockets. A UDP socket on port 68 bound to the interface (SO_BINDTODEVICE) with
 SO_BROADCAST. Before the device has an address the client sets the BROADCAST flag, so
 servers that would unicast OFFER/ACK to `yiaddr` (dnsmasq does) broadcast them and the
 kernel delivers them to this socket; renewals are unicast from the leased address. ARP
-probes use an AF_PACKET socket for ETH_P_ARP only, open while a probe runs.
+probes use an AF_PACKET socket for ETH_P_ARP only, open while a probe runs. While an
+address is ours a second ARP socket watches it (RFC 5227 2.4, arp.Defender), with a BPF
+filter so that the kernel wakes the agent only for ARP whose sender address is ours.
 
 Time. Deadlines are CLOCK_BOOTTIME; the event loop runs on CLOCK_MONOTONIC, which stops
 during suspend, so each wait is at most MAX_SLEEP and BOOTTIME is read again on waking.
@@ -19,9 +21,11 @@ removed.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import random
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiles import statefile
-from profiles.network_address.arp import ETH_P_ARP, ArpProber, LinkLocal
+from profiles.network_address.arp import (
+    ETH_P_ARP,
+    ArpProber,
+    Defender,
+    LinkLocal,
+    claim_filter,
+    filter_bytes,
+)
 from profiles.network_address.client import (
     AddressChanged,
     AutoIpWanted,
@@ -49,6 +60,7 @@ log = logging.getLogger(__name__)
 CLIENT_PORT = 68
 MAX_SLEEP = 30.0  # s: re-read CLOCK_BOOTTIME at least this often (suspend)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # asm-generic/socket.h
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
 
@@ -162,9 +174,12 @@ class DhcpDriver:
         self._udp: socket.socket | None = None
         self._arp: socket.socket | None = None
         self._prober: ArpProber | None = None
+        self._defender: Defender | None = None  # RFC 5227 2.4, while an address is ours
+        self._watch: socket.socket | None = None  # its ARP socket, filtered in the kernel
         self._link_local: LinkLocal | None = None
         self._link_local_address: str | None = None  # applied
         self.dropped = 0
+        self.arp_watched = 0  # ARP packets the conflict watch's filter let through
         self.apply_failures: Counter[str] = Counter()  # parts the kernel or disk refused
 
     # -- sockets ---------------------------------------------------------------------------
@@ -183,6 +198,47 @@ class DhcpDriver:
         s.bind((self.paths.interface, ETH_P_ARP))
         s.setblocking(False)
         return s
+
+    def _open_watch(self, address: str) -> socket.socket:
+        """An ARP socket that the kernel wakes only for ARP claiming `address` (a BPF
+        filter on the sender IP: arp.claim_filter); what queued before the filter was
+        attached is drained."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ARP))
+        try:
+            program = claim_filter(address)
+            code = ctypes.create_string_buffer(filter_bytes(program))
+            fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            s.bind((self.paths.interface, ETH_P_ARP))
+            s.setblocking(False)
+            while True:
+                try:
+                    s.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    break
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def _watch_address(self, address: str | None) -> None:
+        """Watch `address` for conflicts (None: stop watching)."""
+        if self._defender is not None and self._defender.address == address:
+            return
+        if self._watch is not None:
+            asyncio.get_running_loop().remove_reader(self._watch.fileno())
+            self._watch.close()
+            self._watch, self._defender = None, None
+        if address is None or not self.client.s.arp_probe:
+            return
+        try:
+            self._watch = self._open_watch(address)
+        except OSError as exc:
+            log.warning("cannot watch %s for ARP conflicts: %s", address, exc)
+            return
+        self._defender = Defender(address, self.client.s.mac)
+        asyncio.get_running_loop().add_reader(self._watch.fileno(),
+                                              self._reader("watch", self._watch))
 
     def _open_link_monitor(self) -> socket.socket:
         """rtnetlink link notifications: any of them makes us read the carrier again."""
@@ -273,6 +329,12 @@ class DhcpDriver:
                     for core in (self._prober, self._link_local):
                         if core is not None:
                             core.receive(data, now)
+                elif kind == "watch" and self._defender is not None:
+                    self.arp_watched += 1
+                    conflict = self._defender.receive(data, now)
+                    if conflict is not None:
+                        self.client.address_conflict(conflict.address, conflict.mac.hex(":"),
+                                                     conflict.defended, now)
                 self.client.handle_timer(now)
                 if self._prober is not None:
                     self._prober.handle_timer(now)
@@ -297,6 +359,7 @@ class DhcpDriver:
                 if release:  # the lease is given back: its DNS goes with it
                     self.dns.withdraw()
             self._close_prober()
+            self._watch_address(None)
             for sock in (self._udp, monitor):
                 loop.remove_reader(sock.fileno())
                 sock.close()
@@ -311,13 +374,13 @@ class DhcpDriver:
 
     async def _flush(self) -> None:
         self._send_datagrams()
-        for core in (self._prober, self._link_local):
+        for core, sock in ((self._prober, self._arp), (self._link_local, self._arp),
+                           (self._defender, self._watch)):
             if core is None:
                 continue
             for frame in core.frames_to_send():
                 try:
-                    self._arp.sendto(frame, (self.paths.interface, ETH_P_ARP, 0, 0,
-                                             b"\xff" * 6))
+                    sock.sendto(frame, (self.paths.interface, ETH_P_ARP, 0, 0, b"\xff" * 6))
                 except OSError as exc:
                     log.warning("ARP send: %s", exc)
         if self._prober is not None and self._prober.get_timer() is None:
@@ -404,8 +467,10 @@ class DhcpDriver:
                     log.warning("resolv.conf not written: %s", exc)
                 if self.dns.failures > failures:
                     self.apply_failures["dns"] += 1
+                self._watch_address(lease.address)  # RFC 5227 2.4 from now on
                 await self.on_event(event)
             case LeaseLost(lease, _):
+                self._watch_address(None)
                 try:
                     await asyncio.wait_for(self.on_event(event), self.grace)
                 except TimeoutError:

@@ -94,3 +94,60 @@ def test_autodiscovery_keeps_listening_and_follows_servers_heard_and_lost(lab, d
         if extra is not None:
             lab.stop_ntp_announcer(extra)
         stop(proc)
+
+
+def test_a_host_claiming_our_address_is_defended_then_the_address_is_declined(
+        lab, device, host):
+    """RFC 5227 2.4 on the lab link: a second host claims the device's address; the
+    agent defends it once (its announcement seen by the claimer) and, claimed again
+    within 10 s, gives it up: DHCPDECLINE, lease lost, a new address — with the
+    address-conflict hook and counters."""
+    import json
+    import time
+
+    from agent_helpers import REPO
+
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    seen = device.run_dir / "hook-events"
+    (hooks / "10-log").write_text(
+        f'#!/bin/sh\necho "$1 $DICOM_AGENT_ADDRESS $DICOM_AGENT_CONFLICT_DEFENDED" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
+    config = write_config(device, network='arp_probe = true\ninitial_delay = [0.0, 0.0]\n'
+                                          'resolver = "file"',
+                          agent_section=f'hooks_dir = "{hooks}"', directory="enabled = false")
+    proc = start(device, config)
+    claimer = [str(REPO / ".venv" / "bin" / "python"),
+               str(REPO / "netns-fixtures" / "clients" / "arp_claim.py")]
+    try:
+        first = wait_for(device, lambda s: s["network"].get("address") is not None, 40)
+        address = first["network"]["address"]
+        mac = (device.run(["cat", "/sys/class/net/eth0/address"]).stdout.strip())
+        time.sleep(3)  # past the two initial announcements (RFC 5227 2.3, 2 s apart)
+        # A busy LAN: ARP for other addresses never reaches the agent (the kernel filter).
+        other = address.rsplit(".", 1)[0] + ".251"
+        noise = json.loads(host.run([*claimer, "--noise", other, "300"], timeout=30).stdout)
+        assert noise["sent"] == 300
+        quiet = ask(device, {"v": 1, "op": "status"})
+        assert quiet["counters"]["dhcp"].get("arp-watched", 0) == 0
+        answer = json.loads(host.run([*claimer, address, "3"], timeout=20).stdout)
+        assert answer == {"claimed": address, "defended_by": mac}
+        defended = wait_for(device, lambda s: s["counters"]["dhcp"].get(
+            "conflict-defended") == 1)
+        assert defended["counters"]["dhcp"]["arp-watched"] >= 1  # the claim came through
+        assert defended["network"]["address"] == address  # kept: defended
+        again = json.loads(host.run([*claimer, address, "1"], timeout=20).stdout)
+        assert again["defended_by"] is None  # the second claim is not defended
+        moved = wait_for(device, lambda s: s["network"]["state"] == "bound"
+                         and s["network"]["address"] not in (None, address), 60)
+        assert moved["counters"]["dhcp"]["conflict-declined"] == 1
+        assert "DHCPDECLINE" in lab.dhcp_log() and address in lab.dhcp_log()
+        assert wait_until(lambda: seen.exists() and
+                          f"address-conflict {address} no" in seen.read_text())
+        lines = seen.read_text().splitlines()
+        assert f"address-conflict {address} yes" in lines
+        assert lines.index(f"address-conflict {address} yes") < lines.index(
+            f"address-conflict {address} no")
+        assert any(line.startswith("lease-lost") for line in lines)
+    finally:
+        stop(proc)

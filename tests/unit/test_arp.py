@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import random
+import socket
 
 from profiles.network_address.arp import (
+    DEFEND_INTERVAL,
+    ETH_P_ARP,
     MAX_CONFLICTS,
     REPLY,
     REQUEST,
     ArpPacket,
     ArpProber,
+    Conflict,
+    Defender,
     LinkLocal,
+    claim_filter,
+    filter_bytes,
     parse_arp,
+    run_filter,
 )
 
 MAC = bytes.fromhex("02dc00000001")
@@ -99,3 +107,47 @@ def test_link_local_defends_once_then_gives_up():
     assert ll.address is None and ll.get_timer() is not None
     run_until_quiet(ll, now + 5)
     assert ll.address is not None and ll.address != address
+
+
+def claim(sender_ip: str, mac: bytes = bytes.fromhex("02bb00000001")) -> bytes:
+    return ArpPacket(REPLY, mac, sender_ip, bytes(6), "192.0.2.1").to_bytes()
+
+
+def test_a_claim_is_defended_once_then_given_up_within_the_defend_interval():
+    d = Defender("192.0.2.100", MAC)
+    assert d.receive(claim("192.0.2.77"), 0.0) is None  # someone else's address
+    assert d.receive(claim("192.0.2.100", MAC), 0.0) is None  # our own frame
+    first = d.receive(claim("192.0.2.100"), 1.0)
+    assert first == Conflict("192.0.2.100", bytes.fromhex("02bb00000001"), True)
+    (announce,) = d.frames_to_send()
+    pkt = parse_arp(announce)
+    assert (pkt.sender_ip, pkt.target_ip, pkt.sender_mac) == ("192.0.2.100", "192.0.2.100",
+                                                              MAC)
+    second = d.receive(claim("192.0.2.100"), 1.0 + DEFEND_INTERVAL)
+    assert second.defended is False and d.frames_to_send() == []
+    # Quiet for longer than the interval: defended again.
+    assert d.receive(claim("192.0.2.100"), 30.0).defended is True
+
+
+def test_the_kernel_filter_keeps_only_claims_on_our_address():
+    program = claim_filter("192.0.2.100")
+    assert run_filter(program, claim("192.0.2.100"))
+    assert not run_filter(program, claim("192.0.2.101"))
+    assert not run_filter(program, claim("0.0.0.0"))  # another host's probe: the kernel
+    assert not run_filter(program, b"\x00" * 10)  # a runt
+    assert len(filter_bytes(program)) == 8 * len(program)  # struct sock_filter
+
+
+def test_the_filter_is_accepted_by_the_kernel():
+    """SO_ATTACH_FILTER on a real AF_PACKET socket (bound to lo: no traffic leaves)."""
+    import ctypes
+    import struct
+
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ARP))
+    try:
+        program = claim_filter("192.0.2.100")
+        code = ctypes.create_string_buffer(filter_bytes(program))
+        s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", len(program),
+                                                        ctypes.addressof(code)))
+    finally:
+        s.close()

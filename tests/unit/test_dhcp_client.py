@@ -15,6 +15,7 @@ from profiles.network_address import options as o
 from profiles.network_address.client import (
     BROADCAST,
     AddressChanged,
+    AddressConflict,
     AddressDeclined,
     AutoIpWanted,
     ClientSettings,
@@ -283,6 +284,57 @@ def test_renewal_with_another_address_says_so():
     bound, changed = events(c)
     assert isinstance(bound, LeaseBound) and isinstance(changed, AddressChanged)
     assert (changed.old_address, changed.lease.address) == ("192.0.2.100", "192.0.2.150")
+
+
+def test_a_renewal_that_moves_the_address_probes_it_first():
+    """RFC 5227 2.1 for a changed address too: the old lease stands while probing."""
+    for conflict in (False, True):
+        c, server = client(arp_probe=True), FakeServer()
+        c.start(0.0)
+        c.handle_timer(0.0)
+        while c.state is not DhcpState.PROBING:
+            exchange(c, server, 0.0)
+        c.probe_result("192.0.2.100", conflict=False, now=2.0)
+        old = c.lease
+        events(c)
+        c.handle_timer(1802.0)
+        (renew,) = c.datagrams_to_send()
+        c.receive_datagram(server.reply(parse(renew.payload), MessageType.ACK, "192.0.2.150"),
+                           1803)
+        assert events(c) == [ProbeRequested("192.0.2.150")] and c.lease == old
+        c.probe_result("192.0.2.150", conflict=conflict, now=1808)
+        if not conflict:
+            bound, changed = events(c)
+            assert isinstance(bound, LeaseBound) and changed.old_address == "192.0.2.100"
+            assert c.lease.address == "192.0.2.150"
+        else:
+            (decline,) = c.datagrams_to_send()
+            assert parse(decline.payload).message_type is MessageType.DECLINE
+            assert events(c) == [AddressDeclined("192.0.2.150", "192.0.2.1"),
+                                 LeaseLost(old, "new-address-in-use")]
+            assert c.lease is None and c.state is DhcpState.DECLINING
+
+
+def test_a_claim_on_the_bound_address_is_defended_then_declined():
+    """RFC 5227 2.4: the driver's watch reports claims; defended once, the second one
+    gives the address up with a DHCPDECLINE and the lease lost."""
+    c, server = client(), FakeServer()
+    lease = acquire(c, server)
+    events(c)
+    c.address_conflict("192.0.2.100", "02:bb:00:00:00:01", defended=True, now=100.0)
+    assert events(c) == [AddressConflict("192.0.2.100", "02:bb:00:00:00:01", True)]
+    assert c.state is DhcpState.BOUND and c.datagrams_to_send() == []
+    c.address_conflict("192.0.2.100", "02:bb:00:00:00:01", defended=False, now=105.0)
+    (decline,) = c.datagrams_to_send()
+    msg = parse(decline.payload)
+    assert msg.message_type is MessageType.DECLINE
+    assert msg.options[o.REQUESTED_ADDRESS] == bytes((192, 0, 2, 100))
+    assert events(c) == [AddressConflict("192.0.2.100", "02:bb:00:00:00:01", False),
+                         LeaseLost(lease, "address-conflict")]
+    assert c.state is DhcpState.DECLINING and c.get_timer() == 115.0
+    assert c.counters["conflict-defended"] == 1 and c.counters["conflict-declined"] == 1
+    c.address_conflict("192.0.2.100", "02:bb:00:00:00:01", defended=False, now=106.0)
+    assert c.counters["stale-conflict"] == 1  # no lease any more: nothing to give up
 
 
 def test_replies_that_do_not_fit_are_counted_and_ignored():
