@@ -148,6 +148,8 @@ class Agent:
                            server_id=lease.server_id)
         elif self.auto_ip:
             network.update(address=self.auto_ip, prefix=16)
+        if self.address.client is not None and self.address.client.auto_ip_forbidden:
+            network["auto_ip_forbidden"] = True  # a server said so (RFC 2563 2.3)
         d = self.directory
         directory = {"state": self.directory_state, "server": d.server if d else None,
                      "base_dn": d.base if d else None,

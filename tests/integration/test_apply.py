@@ -151,3 +151,40 @@ def test_a_host_claiming_our_address_is_defended_then_the_address_is_declined(
         assert any(line.startswith("lease-lost") for line in lines)
     finally:
         stop(proc)
+
+
+def test_a_server_saying_do_not_auto_configure_is_honoured(lab, device):
+    """RFC 2563: the DISCOVER carries option 116 (auto_ip permitted); a server of a
+    network that forbids auto-configuration answers with no address and 116 = 0; past
+    discover_timeout the agent configures no link-local address, and says why."""
+    import json
+    import time
+
+    from agent_helpers import PYTHON, REPO, read_line
+
+    lab.stop_dhcp_server()
+    responder = None
+    proc = None
+    try:
+        responder = lab.srv_popen([PYTHON, str(REPO / "netns-fixtures" / "clients" /
+                                               "no_autoconf_dhcp.py"), device.mac])
+        assert read_line(responder, 30) == {"listening": True}, responder.stderr.read()
+        config = write_config(device, network='arp_probe = false\ninitial_delay = [0.0, 0.0]\n'
+                                              'auto_ip = true\ndiscover_timeout = 2.0\n'
+                                              'resolver = "file"',
+                              directory="enabled = false")
+        proc = start(device, config)
+        first = read_line(responder, 20)
+        assert first["option_116"] == "01" and first["answered"]  # asked, and told no
+        snap = wait_for(device, lambda s: s["network"].get("auto_ip_forbidden") is True, 20)
+        time.sleep(4)  # twice discover_timeout: a permitted agent would have auto-IP now
+        snap = ask(device, {"v": 1, "op": "status"})
+        assert "address" not in snap["network"] and snap["network"]["auto_ip_forbidden"]
+        assert not [a for a in device.addresses() if a.startswith("169.254.")]
+        assert json.dumps(snap["network"]).count("169.254") == 0
+    finally:
+        if proc is not None:
+            stop(proc)
+        if responder is not None:
+            lab._stop([responder])
+        lab.start_dhcp_server()
