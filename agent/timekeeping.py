@@ -174,6 +174,12 @@ class Timekeeping:
         self.report.update(source=self.source, unresolved=failed)
         if not addresses:
             self.report.update(synced=False, selected=None)
+        shown = [s.get("address") for s in self.report.get("servers") or []]
+        if sorted(shown) != sorted(addresses):
+            # `servers` names what is in use now; the next round fills in the figures.
+            self.report.update(selected=None, servers=[
+                {"address": a, "offset_ms": None, "delay_ms": None, "stratum": None,
+                 "accepted": False, "reason": "not yet asked"} for a in addresses])
         return addresses
 
     def refresh_offset(self, lease: Lease | None, now: float | None = None) -> bool:

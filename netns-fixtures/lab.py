@@ -661,8 +661,9 @@ class Lab:
         tag = "opts" + mac.replace(":", "")
         with open(self.run / "dnsmasq" / "device-options.conf", "a") as fh:
             fh.write(f"dhcp-host={mac},set:{tag}\n")
-            fh.writelines(f"dhcp-option=tag:{tag},{code},{value}\n"
-                          for code, value in options.items())
+            # An empty value: the option with no data (dnsmasq's way to leave it out).
+            fh.writelines(f"dhcp-option=tag:{tag},{code}" + (f",{value}" if value else "")
+                          + "\n" for code, value in options.items())
         self.stop_dhcp_server()
         self.start_dhcp_server()
 

@@ -6,6 +6,7 @@ offset follows a DST rule's transition as it happens."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from agent_helpers import agent, default_device, wait_until, write_config
 from test_agent import ask, sock, start, stop, wait_for
@@ -64,6 +65,30 @@ def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device
     assert proc.returncode == 0 and "failed (restart" not in err, err
 
 
+def test_a_lease_without_option_42_falls_back_to_the_manual_servers(lab, device):
+    """G.1.1: DHCP's servers while the lease has them; a renewal without option 42 gives
+    the manual servers, never nothing."""
+    config = write_config(device, network=FAST.replace('"auto"', '"file"'),
+                          time_section='mode = "observe"\nservers = ["192.0.2.12"]',
+                          directory="enabled = false")
+    proc = start(device, config)
+    try:
+        dhcp = wait_for(device, lambda s: s["time"]["source"] == "dhcp" and s["time"]["synced"])
+        assert sorted(x["address"] for x in dhcp["time"]["servers"]) == [
+            "192.0.2.11", "192.0.2.12", "192.0.2.13"]
+        lab.device_options(device.mac, {42: ""})
+        assert ask(device, {"v": 1, "op": "renew"})["ok"] is True
+        manual = wait_for(device, lambda s: s["time"]["source"] == "manual"
+                          and s["network"]["ntp"] == [], 40)
+        # At once: what is in use now, before the next round's figures.
+        assert [x["address"] for x in manual["time"]["servers"]] == ["192.0.2.12"]
+        asked = wait_for(device, lambda s: s["time"]["selected"] == "192.0.2.12"
+                         and s["time"]["synced"], 40)
+        assert asked["time"]["servers"][0]["accepted"] is True
+    finally:
+        stop(proc)
+
+
 def test_autodiscovery_keeps_listening_and_follows_servers_heard_and_lost(lab, device):
     """G.1.1 held over time: the daemon hears the lab's announcing servers (broadcast
     and 224.0.1.1), then a new one, uses them before option 42, and drops the new one
@@ -90,6 +115,13 @@ def test_autodiscovery_keeps_listening_and_follows_servers_heard_and_lost(lab, d
         lost = wait_for(device, lambda s: "192.0.2.14" not in servers(s), 30)
         assert lost["time"]["source"] == "autodiscovery"
         assert servers(lost) == ["192.0.2.12", "192.0.2.13"]
+        # A renewal (option 42 in it) does not override what autodiscovery heard.
+        renewals = lost["counters"]["dhcp"].get("renewed", 0)
+        assert ask(device, {"v": 1, "op": "renew"})["ok"] is True
+        time.sleep(1)
+        after = ask(device, {"v": 1, "op": "status"})
+        assert after["time"]["source"] == "autodiscovery" and servers(after) == servers(lost)
+        assert renewals is not None
     finally:
         if extra is not None:
             lab.stop_ntp_announcer(extra)
