@@ -15,6 +15,7 @@ both run it: one adapter, so the two cannot disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -327,7 +328,11 @@ class Timekeeping:
             if fields["synced"] or time.monotonic() > settle_until:
                 reported = True
                 await on_report(fields["synced"])
-            await asyncio.sleep(0.5 if not reported else 10 if not fields["synced"] else 64)
+            # Until the next look at chronyd — or at once when a lease brings servers.
+            with contextlib.suppress(TimeoutError):
+                new = await asyncio.wait_for(
+                    updates.get(), 0.5 if not reported else 10 if not fields["synced"] else 64)
+                addresses = new or addresses
 
 
 def next_offset_change(lease: Lease | None, now: float, zoneinfo_dir: Path = ZONEINFO

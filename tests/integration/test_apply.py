@@ -6,9 +6,18 @@ offset follows a DST rule's transition as it happens."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 
-from agent_helpers import agent, default_device, wait_until, write_config
+from agent_helpers import (
+    PYTHON,
+    REPO,
+    agent,
+    default_device,
+    read_line,
+    wait_until,
+    write_config,
+)
 from test_agent import ask, sock, start, stop, wait_for
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
@@ -65,10 +74,17 @@ def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device
     assert proc.returncode == 0 and "failed (restart" not in err, err
 
 
-def test_a_lease_without_option_42_falls_back_to_the_manual_servers(lab, device):
-    """G.1.1: DHCP's servers while the lease has them; a renewal without option 42 gives
-    the manual servers, never nothing."""
+def test_a_new_lease_changes_servers_and_offset_at_once(lab, device):
+    """G.1.1 and G.1.1.4 at a lease event: a renewal without option 42 gives the manual
+    servers (never nothing); its new option 2 changes the UTC offset and fires the
+    hook."""
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    seen = device.run_dir / "hook-events"
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_UTC_OFFSET" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
     config = write_config(device, network=FAST.replace('"auto"', '"file"'),
+                          agent_section=f'hooks_dir = "{hooks}"',
                           time_section='mode = "observe"\nservers = ["192.0.2.12"]',
                           directory="enabled = false")
     proc = start(device, config)
@@ -76,15 +92,44 @@ def test_a_lease_without_option_42_falls_back_to_the_manual_servers(lab, device)
         dhcp = wait_for(device, lambda s: s["time"]["source"] == "dhcp" and s["time"]["synced"])
         assert sorted(x["address"] for x in dhcp["time"]["servers"]) == [
             "192.0.2.11", "192.0.2.12", "192.0.2.13"]
-        lab.device_options(device.mac, {42: ""})
+        assert dhcp["time"]["utc_offset_s"] == 3600  # the lab's option 2
+        lab.device_options(device.mac, {42: "", 2: "7200"})
         assert ask(device, {"v": 1, "op": "renew"})["ok"] is True
         manual = wait_for(device, lambda s: s["time"]["source"] == "manual"
                           and s["network"]["ntp"] == [], 40)
         # At once: what is in use now, before the next round's figures.
         assert [x["address"] for x in manual["time"]["servers"]] == ["192.0.2.12"]
+        assert manual["time"]["utc_offset_s"] == 7200
         asked = wait_for(device, lambda s: s["time"]["selected"] == "192.0.2.12"
                          and s["time"]["synced"], 40)
         assert asked["time"]["servers"][0]["accepted"] is True
+        assert wait_until(lambda: seen.exists()
+                          and "time-offset-changed 7200" in seen.read_text())
+    finally:
+        stop(proc)
+
+
+def test_chrony_mode_follows_a_server_change(lab, device):
+    """A new lease with other NTP servers: the sources file is rewritten and chronyd
+    (a real one on the device, -x) reloads them."""
+    sourcedir, sock = device.start_chronyd()
+    config = write_config(device, network=FAST.replace('"auto"', '"file"'),
+                          time_section=f'mode = "chrony"\nchrony_sourcedir = "{sourcedir}"\n'
+                                       f'chronyc_socket = "{sock}"',
+                          directory="enabled = false")
+    proc = start(device, config)
+    try:
+        wait_for(device, lambda s: s["time"]["source"] == "dhcp"
+                 and len(s["time"]["servers"]) == 3, 40)
+        lab.device_options(device.mac, {42: "192.0.2.13"})
+        assert ask(device, {"v": 1, "op": "renew"})["ok"] is True
+        assert wait_until(lambda: (sourcedir / "eth0.sources").read_text().splitlines()[1:]
+                          == ["server 192.0.2.13 iburst"], 20)
+        after = wait_for(device, lambda s: [x["address"] for x in s["time"]["servers"]]
+                         == ["192.0.2.13"] and s["time"].get("chrony"), 20)
+        assert after["time"]["last_error"] is None
+        chronyd = device.run(["chronyc", "-h", str(sock), "-n", "-c", "sources"]).stdout
+        assert [line.split(",")[2] for line in chronyd.splitlines()] == ["192.0.2.13"]
     finally:
         stop(proc)
 
@@ -132,11 +177,6 @@ def test_a_host_claiming_our_address_is_defended_then_the_address_is_declined(
     agent defends it once (its announcement seen by the claimer) and, claimed again
     within 10 s, gives it up: DHCPDECLINE, lease lost, a new address — with the
     address-conflict hook and counters."""
-    import json
-    import time
-
-    from agent_helpers import REPO
-
     hooks = device.run_dir / "hooks"
     hooks.mkdir()
     seen = device.run_dir / "hook-events"
@@ -187,11 +227,6 @@ def test_a_server_saying_do_not_auto_configure_is_honoured(lab, device):
     """RFC 2563: the DISCOVER carries option 116 (auto_ip permitted); a server of a
     network that forbids auto-configuration answers with no address and 116 = 0; past
     discover_timeout the agent configures no link-local address, and says why."""
-    import json
-    import time
-
-    from agent_helpers import PYTHON, REPO, read_line
-
     lab.stop_dhcp_server()
     responder = None
     proc = None
