@@ -138,6 +138,10 @@ class Agent:
 
     def snapshot(self) -> dict:
         lease = self.lease
+        client = self.address.client
+        if lease is None and client is not None and client.lease is not None \
+                and self.address.state in ("bound", "renewing", "rebinding"):
+            lease = client.lease  # bound this instant, being applied: say which
         network: dict[str, Any] = {"state": self.address.state,
                                    "interface": self.config.network.interface}
         if lease is not None:
