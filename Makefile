@@ -10,7 +10,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
 	dcmtk systemd-container debootstrap
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall client-wheel lint lab-up lab-down diagram clean
 
 setup: apt venv
 
@@ -109,6 +109,15 @@ PREFIX ?= /opt/dicom-agent
 install: venv
 	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse .
 	python3 agent/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
+
+# The socket client alone (stdlib only) for applications outside the agent's venv:
+# build/wheelhouse/dicom_agent_client-*.whl, module dicom_agent_client.
+client-wheel: venv
+	rm -rf build/client && mkdir -p build/client build/wheelhouse
+	cp packaging/dicom-agent-client/pyproject.toml build/client/
+	cp agent/client.py build/client/dicom_agent_client.py
+	$(PY) -m pip wheel -q --no-deps --wheel-dir build/wheelhouse build/client
+	@ls build/wheelhouse/dicom_agent_client-*.whl
 
 # Removes what install made; keeps /etc/dicom-agent, /var/lib/dicom-agent and the user.
 uninstall:

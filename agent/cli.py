@@ -25,46 +25,24 @@ def load_or_report(path: str) -> Config | None:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    """Until the boot state is at or past STATE (CONTRACTS.md order): 0; 1 on timeout or
-    when no agent answers by then, printing the state and the degraded conditions."""
-    import json
-    import socket
-    import time
+    """`dicom-agent wait`: 0 once the boot state is at or past --state, 1 on timeout."""
+    from agent.client import BOOT_ORDER, AgentClient
 
-    from agent.boot import BootState
-
-    order = [s.value for s in BootState if s is not BootState.STOPPING]
-    if args.state not in order:
-        print(f"wait: --state must be one of {', '.join(order)}", file=sys.stderr)
+    if args.state not in BOOT_ORDER:
+        print(f"wait: --state must be one of {', '.join(BOOT_ORDER)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         path = _socket_path(args)
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_USAGE
-    deadline = time.monotonic() + args.timeout
-    last: dict = {}
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(max(left, 0.1))
-                s.connect(str(path))
-                s.sendall(b'{"v":1,"op":"watch"}\n')
-                for line in s.makefile("rb"):
-                    last = json.loads(line)
-                    if last.get("state") in order and \
-                            order.index(last["state"]) >= order.index(args.state):
-                        print(f"{last['state']}" + _degraded(last))
-                        return EXIT_OK
-        except (OSError, ValueError):
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))  # not up yet
-    state = last.get("state", "unreachable")
-    print(f"wait: {state} after {args.timeout:g} s (wanted {args.state})" + _degraded(last),
-          file=sys.stderr)
-    return EXIT_FAILED
+    try:
+        snap = AgentClient(path).wait_ready(args.timeout, args.state)
+    except TimeoutError as exc:
+        print(f"wait: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{snap['state']}" + _degraded(snap))
+    return EXIT_OK
 
 
 def _degraded(snap: dict) -> str:
@@ -138,13 +116,18 @@ def _socket_path(args: argparse.Namespace):
 
 
 def _ask(args: argparse.Namespace, request: dict) -> dict | None:
-    from agent.status import request as send
+    """One request through the socket client (agent/client.py, the applications' one);
+    None (said on stderr) when the agent is not reachable or answers with an error."""
+    from agent.client import AgentClient, AgentError, AgentRefused
 
     try:
-        return send(_socket_path(args), request)
+        fields = {k: v for k, v in request.items() if k not in ("v", "op")}
+        return AgentClient(_socket_path(args)).request(request["op"], **fields)
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
-    except (OSError, ValueError) as exc:
+    except AgentRefused as exc:
+        print(f"dicom-agent: the agent refused: {exc}", file=sys.stderr)
+    except (AgentError, OSError) as exc:
         print(f"dicom-agent: the agent is not reachable: {exc}", file=sys.stderr)
     return None
 
@@ -164,12 +147,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import json
 
-    from agent.status import watch
+    from agent.client import AgentClient, AgentError
 
     try:
-        for snap in watch(_socket_path(args)):
+        for snap in AgentClient(_socket_path(args)).watch():
             print(json.dumps(snap), flush=True)
-    except (OSError, ValueError) as exc:
+    except (AgentError, OSError) as exc:
         print(f"dicom-agent: the agent is not reachable: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

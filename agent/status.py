@@ -334,27 +334,3 @@ async def _alive(path: Path) -> bool:
         return False
     writer.close()
     return True
-
-
-# -- the client side (the CLI) ------------------------------------------------------------
-
-def request(path: Path, obj: dict, timeout: float = 10.0) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(json.dumps(obj).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
-
-
-def watch(path: Path):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(path))
-        s.sendall(b'{"v":1,"op":"watch"}\n')
-        for line in s.makefile("rb"):
-            yield json.loads(line)
