@@ -149,7 +149,7 @@ def test_the_asyncio_flavour_does_the_same(fake, tmp_path):
 
 
 def test_the_boot_order_is_the_agents_and_the_module_needs_only_the_stdlib():
-    assert BOOT_ORDER == tuple(s.value for s in BootState if s is not BootState.STOPPING)
+    assert tuple(s.value for s in BootState if s is not BootState.STOPPING) == BOOT_ORDER
     tree = ast.parse(Path(agent_client.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
