@@ -66,6 +66,7 @@ class Condition(enum.StrEnum):
     CLOCK_STEP_REFUSED = "clock-step-refused"
     DIRECTORY_CONFLICT = "directory-conflict"
     NOT_INSTALLED = "not-installed"
+    AE_UNREACHABLE = "ae-unreachable"
 
 
 class Event(enum.StrEnum):
@@ -89,6 +90,8 @@ class Event(enum.StrEnum):
     TITLES_KNOWN = "titles-known"
     NOT_INSTALLED = "not-installed"  # the directory says an AE or the device is not installed
     ALL_INSTALLED = "all-installed"
+    AE_DOWN = "ae-down"  # a health-checked AE did not answer its C-ECHO
+    AES_UP = "aes-up"  # every health-checked AE answers (or none is checked)
     ANNOUNCED = "announced"
     WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, conflict)
     PROFILE_FAILING = "profile-failing"  # a supervised task died and waits to restart
@@ -166,6 +169,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
     Event.TITLES_KNOWN: (_ANY, _e(recover=[C.NO_TITLE])),
     Event.NOT_INSTALLED: (_ANY, _e(degrade=[C.NOT_INSTALLED])),
     Event.ALL_INSTALLED: (_ANY, _e(recover=[C.NOT_INSTALLED])),
+    Event.AE_DOWN: (_ANY, _e(degrade=[C.AE_UNREACHABLE])),
+    Event.AES_UP: (_ANY, _e(recover=[C.AE_UNREACHABLE])),
     Event.ANNOUNCED: (_ADDRESSED, _e(done=[S.ANNOUNCED])),
     Event.WITHDRAWN: (_ANY, _e(undone=[S.ANNOUNCED])),
     Event.PROFILE_FAILING: (_ANY, _e(degrade=[C.PROFILE_FAILING])),

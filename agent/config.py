@@ -47,6 +47,8 @@ class AgentSettings:
     status_group: str | None = None
     hooks_dir: Path = Path("/etc/dicom-agent/hooks.d")
     hook_timeout: float = 10.0
+    health_interval: float = 60.0  # s between AE health checks ([device.ae] health_check)
+    health_calling_aet: str = "DICOM_AGENT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +382,10 @@ def _agent(t: _Table) -> AgentSettings:
                              else f"not a valid group name, got {_q(g)}"),
         hooks_dir=t.path_value("hooks_dir", d.hooks_dir),
         hook_timeout=t.value("hook_timeout", "number", d.hook_timeout, positive),
+        health_interval=t.value("health_interval", "number", d.health_interval,
+                                _in_range(1, 86400)),
+        health_calling_aet=t.value("health_calling_aet", "str", d.health_calling_aet,
+                                   ae_title_problem),
     )
     t.finish()
     return settings
@@ -574,6 +580,13 @@ def _title(value: str) -> str | None:
     return ae_title_problem(value)
 
 
+def pynetdicom_available() -> bool:
+    """Whether AE health checks can run (pynetdicom is imported only for them)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pynetdicom") is not None
+
+
 def _ae(t: _Table, connections: dict[str, NetworkConnection], attempts: int) -> NetworkAE:
     title = t.value("title", "str", None, _title)
     template = t.value("title_template", "str", None,
@@ -613,7 +626,14 @@ def _ae(t: _Table, connections: dict[str, NetworkConnection], attempts: int) -> 
         installed=t.value("installed", "bool", None),
         transfer_capabilities=tuple(tcs),
         key=t.value("key", "str", None, text_problem),
+        health_check=t.value("health_check", "bool", False),
     )
+    if ae.health_check:
+        if not any(connections[n].port is not None for n in names if n in connections):
+            t.error("health_check", "needs a connection with a port: the check is a C-ECHO "
+                                    "to this AE")
+        elif not pynetdicom_available():
+            t.error("health_check", "needs pynetdicom (pip install 'dicom-agent[dicom]')")
     t.finish()
     return ae
 

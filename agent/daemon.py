@@ -31,11 +31,13 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from agent import health
 from agent.address import Address, dns_of, grace_for, remaining
 from agent.announce import Announcer, titles_for
 from agent.boot import BootMachine, BootState, Event
 from agent.config import Config, load_config
 from agent.directory import connection_hostnames, saved_record, service_for
+from agent.health import AeHealth
 from agent.hooks import Hooks
 from agent.sdnotify import Notifier
 from agent.status import StatusServer
@@ -83,6 +85,13 @@ def _fault_injection():
     return dicom_agent_faults
 
 
+def _iso(wall: float | None) -> str | None:
+    """A wall-clock time as ISO 8601 UTC, to the second."""
+    if wall is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
 class Stopped(Exception):
     """Raised inside the TaskGroup to end it on SIGTERM/SIGINT."""
 
@@ -109,6 +118,7 @@ class Agent:
         self.directory: DirectoryService | None = None
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
         self.titles = titles_for(config.device, *self._owned_titles())
+        self.health: dict[str, AeHealth] = {}  # per AE title, for health-checked AEs
         self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
@@ -186,15 +196,66 @@ class Agent:
                     else ae.installed
                 clusters = sorted(ae.application_cluster)
                 called = sorted(ae.preferred_called_ae_title)
+            h = self.health.get(title, AeHealth())
             out.append({"aet": title, "installed": bool(installed),
                         "application_cluster": list(clusters),
-                        "preferred_called_ae_title": list(called), "health": "unchecked"})
+                        "preferred_called_ae_title": list(called), "health": h.state,
+                        "health_checked_at": _iso(h.checked_at), "health_reason": h.reason})
         return out
 
     def _advertised_titles(self) -> list[str | None]:
-        """The titles to announce: an AE the directory says is not installed is not."""
+        """The titles to announce: not an AE the directory says is not installed, nor a
+        health-checked AE before it has answered (or while it does not)."""
         installed = {e["aet"]: e["installed"] for e in self._effective()}
-        return [t if t is not None and installed.get(t, True) else None for t in self.titles]
+        out = []
+        for ae, title in zip(self.config.device.aes, self.titles, strict=False):
+            checked = not ae.health_check or (
+                title is not None and self.health.get(title, AeHealth()).state == "up")
+            out.append(title if title is not None and installed.get(title, True) and checked
+                       else None)
+        return out
+
+    # -- AE health (issue 16) -------------------------------------------------------------
+
+    async def _health(self) -> None:
+        """C-ECHO each health-checked acceptor AE on the device's own address: soon after
+        the address (health never holds up `ready`), then every health_interval. Down:
+        withdrawn from DNS-SD, degraded ae-unreachable, the ae-down hook; up again:
+        announced, ae-up."""
+        checked = [(i, ae) for i, ae in enumerate(self.config.device.aes) if ae.health_check]
+        if not checked:
+            return
+        a = self.config.agent
+        ca_file = self.config.directory.ca_file
+        await self.addressed.wait()
+        await asyncio.sleep(1.0)  # the application's port may open with the address
+        while True:
+            address = self.lease.address if self.lease else self.auto_ip
+            for i, ae in checked:
+                title = self.titles[i] if i < len(self.titles) else None
+                conn = next((c for name in ae.connections
+                             for c in self.config.device.connections
+                             if c.name == name and c.port is not None), None)
+                if title is None or address is None or conn is None:
+                    continue
+                tls = (conn.hostname or address) if conn.tls_cipher_suites else None
+                problem = await asyncio.to_thread(
+                    health.echo, a.health_calling_aet, title, address, conn.port, tls, ca_file)
+                state = self.health.setdefault(title, AeHealth())
+                before = state.state
+                if health.checked(state, problem):
+                    log.info("AE %s: %s%s", title, state.state,
+                             f" ({problem})" if problem else "")
+                    if state.state == "down" or before == "down":
+                        self.hooks.post("ae-" + state.state,
+                                        {**self._hook_values(), "health_aet": title,
+                                         "health_reason": problem})
+                    self.announce_wanted.set()
+            down = any(self.health.get(t, AeHealth()).state == "down"
+                       for t in self.titles if t is not None)
+            await self._event(Event.AE_DOWN if down else Event.AES_UP)
+            self._changed()
+            await asyncio.sleep(a.health_interval)
 
     def counters(self) -> dict:
         return {"dhcp": self.address.counters(), "validation": self.address.validation(),
@@ -588,7 +649,8 @@ class Agent:
                                name="address")
                 for name, job in (("time", self._time), ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve),
-                                  ("offset", self._offset), ("discovery", self._discovery)):
+                                  ("offset", self._offset), ("discovery", self._discovery),
+                                  ("health", self._health)):
                     tg.create_task(sv.run(name, faults(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")

@@ -57,6 +57,7 @@ class NetworkAE:
     supported_character_set: tuple[str, ...] = ()
     installed: bool | None = None  # None: inherited from the device
     key: str | None = None  # stable identity across updates; None: the title or template
+    health_check: bool = False  # C-ECHO it before advertising, and every health_interval
 
     @property
     def identity(self) -> str:

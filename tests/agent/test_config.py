@@ -443,3 +443,18 @@ def test_nts_is_chronys_and_its_ca_file_needs_it(tmp_path):
     data["time"] = {"mode": "chrony", "nts": True, "nts_ca_file": str(ca)}
     config = parse_config(data)
     assert config.time.nts and config.time.nts_ca_file == ca
+
+
+def test_a_health_check_needs_a_listening_connection_and_pynetdicom(monkeypatch):
+    data = copy.deepcopy(BASE)
+    data["agent"] = {"health_interval": 5, "health_calling_aet": "HEALTH"}
+    data["device"]["ae"][0]["health_check"] = True
+    assert errors_of(data) == ["device.ae[0].health_check: needs a connection with a port: "
+                               "the check is a C-ECHO to this AE"]
+    data["device"]["connection"][0]["port"] = 104
+    config = parse_config(data)
+    assert config.device.aes[0].health_check and config.agent.health_interval == 5
+    assert config.agent.health_calling_aet == "HEALTH"
+    monkeypatch.setattr("agent.config.pynetdicom_available", lambda: False)
+    assert errors_of(data) == ["device.ae[0].health_check: needs pynetdicom "
+                               "(pip install 'dicom-agent[dicom]')"]

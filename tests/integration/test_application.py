@@ -5,8 +5,9 @@ DCMTK storescp; a pynetdicom SCP as the device's own acceptor AE."""
 from __future__ import annotations
 
 import json
+import subprocess
 
-from agent_helpers import PYTHON, REPO, default_device, write_config
+from agent_helpers import PYTHON, REPO, default_device, wait_until, write_config
 from test_agent import sock, start, stop, wait_for
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
@@ -35,3 +36,73 @@ def test_the_example_application_stores_an_image_on_the_archive_it_looked_up(lab
     finally:
         stop(proc)
         lab._stop([scp])
+
+
+def test_an_acceptor_that_stops_answering_is_withdrawn_and_comes_back(lab, device):
+    """AE health: a pynetdicom SCP is the device's acceptor AE; answering its C-ECHO it is
+    advertised (an independent mDNS browser sees it); stopped, it is withdrawn within the
+    interval, degraded ae-unreachable, ae-down hook; started again, ae-up and back."""
+    from agent_helpers import read_line
+
+    title = f"HC{device.index}_SCP"
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    seen = device.run_dir / "hook-events"
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_HEALTH_AET" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
+    section = f"""[device]
+name = "HC{device.index}"
+
+[[device.connection]]
+name = "dicom"
+port = 11113
+
+[[device.ae]]
+title = "{title}"
+connections = ["dicom"]
+health_check = true
+
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.1.1"
+role = "SCP"
+transfer_syntaxes = ["1.2.840.10008.1.2"]
+"""
+    config = write_config(device, network=FAST,
+                          agent_section=f'hooks_dir = "{hooks}"\nhealth_interval = 2.0',
+                          directory="enabled = false", device_section=section)
+
+    def start_scp():
+        scp = device.popen([PYTHON, str(REPO / "netns-fixtures" / "clients" / "echo_scp.py"),
+                            title, "11113"], stdin=subprocess.PIPE)
+        assert read_line(scp, 30) == {"listening": True}
+        return scp
+
+    def advertised(snap) -> list[str]:
+        return [s["txt"]["AET"] for s in snap["dnssd"]["services"]]
+
+    scp = start_scp()
+    proc = start(device, config)
+    try:
+        up = wait_for(device, lambda s: s["directory"]["effective"][0]["health"] == "up"
+                      and advertised(s) == [title], 40)
+        assert up["directory"]["effective"][0]["health_checked_at"].endswith("Z")
+        assert any(s["name"] == title for s in lab.avahi_browse(
+            "_dicom._tcp", until=lambda f: any(x["name"] == title for x in f)))
+        scp.terminate()
+        scp.wait(10)
+        down = wait_for(device, lambda s: s["directory"]["effective"][0]["health"] == "down",
+                        20)
+        assert "ae-unreachable" in down["degraded"] and advertised(down) == []
+        assert down["state"] == "ready"  # health never holds up the boot
+        gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
+            x["name"] == title for x in f))
+        assert not any(x["name"] == title for x in gone)
+        scp = start_scp()
+        back = wait_for(device, lambda s: s["directory"]["effective"][0]["health"] == "up"
+                        and advertised(s) == [title], 20)
+        assert "ae-unreachable" not in back["degraded"]
+        assert wait_until(lambda: seen.exists() and f"ae-up {title}" in seen.read_text())
+        assert seen.read_text().splitlines()[-2:] == [f"ae-down {title}", f"ae-up {title}"]
+    finally:
+        stop(proc)
+        scp.terminate()
