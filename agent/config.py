@@ -49,6 +49,7 @@ class AgentSettings:
     hook_timeout: float = 10.0
     health_interval: float = 60.0  # s between AE health checks ([device.ae] health_check)
     health_calling_aet: str = "DICOM_AGENT"
+    health_updates_directory: bool = False  # a down AE written dicomInstalled FALSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +387,8 @@ def _agent(t: _Table) -> AgentSettings:
                                 _in_range(1, 86400)),
         health_calling_aet=t.value("health_calling_aet", "str", d.health_calling_aet,
                                    ae_title_problem),
+        health_updates_directory=t.value("health_updates_directory", "bool",
+                                         d.health_updates_directory),
     )
     t.finish()
     return settings

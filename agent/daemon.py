@@ -250,6 +250,10 @@ class Agent:
                         self.hooks.post("ae-" + state.state,
                                         {**self._hook_values(), "health_aet": title,
                                          "health_reason": problem})
+                    if a.health_updates_directory and self.directory is not None \
+                            and self.directory_state == "registered" \
+                            and (state.state == "down" or before == "down"):
+                        await self.directory.mark_health(title, state.state == "down")
                     self.announce_wanted.set()
             down = any(self.health.get(t, AeHealth()).state == "down"
                        for t in self.titles if t is not None)

@@ -762,3 +762,30 @@ def effective(device_dn: str) -> Generator[Op, Any, dict]:
             "preferred_calling_ae_title": sorted(many(ae, "dicomPreferredCallingAETitle")),
             "description": one(ae, "dicomDescription", required=False)}
     return {"installed": installed, "device": side, "aes": aes}
+
+
+# -- AE health written to the directory (issue 16, [agent] health_updates_directory) -------
+
+def set_ae_installed(ae_dn: str, value: bool | None, only_if: str | None = "ANY"
+                     ) -> Generator[Op, Any, tuple[bool, str | None]]:
+    """Set (or, None, remove) an AE's dicomInstalled: (whether it was written, the value
+    it had, "TRUE"/"FALSE"/None). With `only_if` (a value or None for absent) nothing is
+    written unless the entry still holds that value: the agent restores only what it
+    wrote itself, never over an administrator's later edit."""
+    found = yield Search(ae_dn, BASE, "dicomNetworkAE", (), ("dicomInstalled",))
+    if not found:
+        raise DirectoryError(f"{ae_dn}: not found")
+    current = one(found[0], "dicomInstalled", required=False)
+    current = current.upper() if current else None
+    if only_if != "ANY" and current != only_if:
+        return False, current
+    if value is None:
+        if current is None:
+            return False, current
+        change = ("delete", "dicomInstalled", ())
+    else:
+        if current == plan.boolean(value):
+            return False, current
+        change = ("replace", "dicomInstalled", (plan.boolean(value),))
+    _checked((yield Modify(ae_dn, (change,))), f"modify {ae_dn}")
+    return True, current

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from profiles import statefile
-from profiles.app_config import plan
+from profiles.app_config import plan, registration
 from profiles.app_config.cache import LookupCache
 from profiles.app_config.directory import (
     Conflict,
@@ -56,6 +56,11 @@ def directory_record(value: object) -> dict:
     if not isinstance(titles, list) or len(titles) > 256 or any(
             not isinstance(t, str) or ae_title_problem(t) for t in titles):
         raise ValueError("titles is not a list of AE titles")
+    written = value.get("health_written", {})
+    if not isinstance(written, dict) or len(written) > 256 or any(
+            not isinstance(k, str) or ae_title_problem(k) or v not in (None, "TRUE", "FALSE")
+            for k, v in written.items()):
+        raise ValueError("health_written is not an object of AE titles to TRUE/FALSE/null")
     keys = value.get("keys", {})
     if not isinstance(keys, dict) or len(keys) > 256 or any(
             not isinstance(k, str) or len(k) > 1024 or not isinstance(t, str)
@@ -225,7 +230,8 @@ class DirectoryService:
             return await self._set_state("cached" if self._has_cache() else "unavailable")
         self.saved = {"server": self.server, "base_dn": self.base,
                       "device_dn": result.device_dn, "titles": result.titles,
-                      "keys": result.keys}
+                      "keys": result.keys,
+                      "health_written": self.saved.get("health_written", {})}
         self.title_changes = result.title_changes
         self.maybe_ours = []
         for old, new in result.title_changes:
@@ -249,11 +255,48 @@ class DirectoryService:
             log.warning("reading back %s: %s", device_dn, exc)
             self.effective_changes = []
             return
+        # The agent's own dicomInstalled FALSE for a down AE is not an administrator's edit.
+        for title, before in self.saved.get("health_written", {}).items():
+            ae = effective["aes"].get(title)
+            if ae is not None and ae["installed"] is False:
+                ae["installed"] = effective["installed"] if before is None else before == "TRUE"
         self.effective_changes = _changed_attributes(self.effective, effective)
         for name in self.effective_changes:
             log.info("directory override: %s of %s changed by the directory", name,
                      device_dn)
         self.effective = effective
+
+    async def mark_health(self, title: str, down: bool) -> None:
+        """[agent] health_updates_directory: a down AE is written dicomInstalled FALSE, and
+        restored when it answers again — only if the entry still holds the agent's FALSE
+        (an administrator's later edit stands). What was there before is kept in
+        directory.json (`health_written`), so a restart restores it too."""
+        device_dn = self.saved.get("device_dn")
+        if not device_dn:
+            return
+        written = dict(self.saved.get("health_written", {}))
+        ae_dn = plan.ae_dn(device_dn, title)
+        try:
+            if down and title not in written:
+                done, before = await self.call(
+                    lambda d: d.run(registration.set_ae_installed(ae_dn, False)))
+                if done:
+                    written[title] = before
+                    log.info("directory: %s written dicomInstalled FALSE (not answering)",
+                             title)
+            elif not down and title in written:
+                before = written.pop(title)
+                done, now = await self.call(lambda d: d.run(registration.set_ae_installed(
+                    ae_dn, None if before is None else before == "TRUE", only_if="FALSE")))
+                log.info("directory: %s %s", title, "restored (answering again)" if done else
+                         f"left as the directory has it now ({now})")
+            else:
+                return
+        except DirectoryError as exc:
+            log.warning("directory: health of %s not written: %s", title, exc)
+            return
+        self.saved["health_written"] = written
+        statefile.write_json(self.state_dir / "directory.json", self.saved)
 
     async def unregister(self, keep_titles: bool) -> dict:
         """`dicom-agent directory unregister`: this device's own entries removed and its

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from agent_helpers import PYTHON, REPO, default_device, wait_until, write_config
 from test_agent import sock, start, stop, wait_for
@@ -41,8 +42,12 @@ def test_the_example_application_stores_an_image_on_the_archive_it_looked_up(lab
 def test_an_acceptor_that_stops_answering_is_withdrawn_and_comes_back(lab, device):
     """AE health: a pynetdicom SCP is the device's acceptor AE; answering its C-ECHO it is
     advertised (an independent mDNS browser sees it); stopped, it is withdrawn within the
-    interval, degraded ae-unreachable, ae-down hook; started again, ae-up and back."""
+    interval, degraded ae-unreachable, ae-down hook, and (health_updates_directory) its
+    entry in slapd says dicomInstalled FALSE — which the read-back does not take for an
+    administrator's edit; started again, ae-up, announced, the flag restored."""
     from agent_helpers import read_line
+    from test_agent import registrar_section
+    from test_identity import ADMIN, DEVICES, REGISTRY
 
     title = f"HC{device.index}_SCP"
     hooks = device.run_dir / "hooks"
@@ -68,8 +73,16 @@ role = "SCP"
 transfer_syntaxes = ["1.2.840.10008.1.2"]
 """
     config = write_config(device, network=FAST,
-                          agent_section=f'hooks_dir = "{hooks}"\nhealth_interval = 2.0',
-                          directory="enabled = false", device_section=section)
+                          agent_section=f'hooks_dir = "{hooks}"\nhealth_interval = 2.0\n'
+                                        "health_updates_directory = true",
+                          directory=registrar_section(lab, device) + "\nrefresh_interval = 2.0",
+                          device_section=section)
+    ae_dn = f"dicomAETitle={title},dicomDeviceName=HC{device.index},{DEVICES}"
+
+    def installed() -> list[str]:
+        out = lab.srv_exec(["ldapsearch", *ADMIN, "-LLL", "-b", ae_dn, "-s", "base",
+                            "dicomInstalled"]).stdout
+        return [x.split(": ")[1] for x in out.splitlines() if x.startswith("dicomInstalled")]
 
     def start_scp():
         scp = device.popen([PYTHON, str(REPO / "netns-fixtures" / "clients" / "echo_scp.py"),
@@ -94,6 +107,11 @@ transfer_syntaxes = ["1.2.840.10008.1.2"]
                         20)
         assert "ae-unreachable" in down["degraded"] and advertised(down) == []
         assert down["state"] == "ready"  # health never holds up the boot
+        assert wait_until(lambda: installed() == ["FALSE"], 10)
+        time.sleep(3)  # a read-back (refresh_interval 2 s) has seen the FALSE
+        later = wait_for(device, lambda s: True)
+        assert "not-installed" not in later["degraded"]  # our own write, not an admin's
+        assert later["directory"]["effective"][0]["installed"] is True
         gone = lab.avahi_browse("_dicom._tcp", until=lambda f: not any(
             x["name"] == title for x in f))
         assert not any(x["name"] == title for x in gone)
@@ -101,8 +119,12 @@ transfer_syntaxes = ["1.2.840.10008.1.2"]
         back = wait_for(device, lambda s: s["directory"]["effective"][0]["health"] == "up"
                         and advertised(s) == [title], 20)
         assert "ae-unreachable" not in back["degraded"]
+        assert wait_until(lambda: installed() == [], 10)  # restored: it had none
         assert wait_until(lambda: seen.exists() and f"ae-up {title}" in seen.read_text())
-        assert seen.read_text().splitlines()[-2:] == [f"ae-down {title}", f"ae-up {title}"]
+        events = [line.split()[0] for line in seen.read_text().splitlines()]
+        assert events[-2:] == ["ae-down", "ae-up"] and "config-changed" not in events
     finally:
         stop(proc)
         scp.terminate()
+        lab.srv_exec(["ldapdelete", *ADMIN, "-r", f"dicomDeviceName=HC{device.index},{DEVICES}"])
+        lab.srv_exec(["ldapdelete", *ADMIN, f"dicomAETitle={title},{REGISTRY}"])

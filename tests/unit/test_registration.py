@@ -330,3 +330,21 @@ def test_read_back_gives_the_directory_side_with_inheritance():
     assert eff["installed"] is False and eff["aes"]["CT1_A"]["installed"] is False
     assert eff["aes"]["CT1_A"]["preferred_calling_ae_title"] == ["PACS"]
     assert eff["device"]["dicomStationName"] == ["CT-ROOM3"]
+
+
+def test_the_agent_restores_only_the_installed_flag_it_wrote():
+    d = FakeDirectory()
+    reg = register(d, device(aes=[ae(title="CT1_A")]))
+    ae_dn = plan.ae_dn(reg.device_dn, "CT1_A")
+    written, before = run(registration.set_ae_installed(ae_dn, False), d.execute)
+    assert written and before is None and d.get(ae_dn)["dicominstalled"] == ["FALSE"]
+    # Back up: restored to what it was (absent), since it still says our FALSE.
+    assert run(registration.set_ae_installed(ae_dn, None, only_if="FALSE"), d.execute) == (
+        True, "FALSE")
+    assert "dicominstalled" not in d.get(ae_dn)
+    # Down again; meanwhile an administrator sets TRUE: the restore leaves it alone.
+    run(registration.set_ae_installed(ae_dn, False), d.execute)
+    d.get(ae_dn)["dicominstalled"] = ["TRUE"]
+    assert run(registration.set_ae_installed(ae_dn, None, only_if="FALSE"), d.execute) == (
+        False, "TRUE")
+    assert d.get(ae_dn)["dicominstalled"] == ["TRUE"]
