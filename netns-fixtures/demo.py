@@ -142,6 +142,21 @@ def main() -> int:
         print("   " + "\n   ".join(lookup.stdout.strip().splitlines()))
         failures += lookup.returncode != 0
 
+        step("the CT's DICOM application stores an image on the archive it looked up")
+        received = lab.run / "archive-received"
+        received.mkdir(exist_ok=True)
+        scp = lab.srv_popen(["storescp", "-aet", "ARCHIVE", "--output-directory",
+                             str(received), "11112"])
+        time.sleep(0.5)  # storescp listening
+        store = ct.run([str(REPO / ".venv" / "bin" / "python"),
+                        str(REPO / "examples" / "store_scu.py"), "--socket", str(sock),
+                        "--calling-aet", "CT01_SCU", "ARCHIVE"], timeout=60)
+        print(f"   examples/store_scu.py: {store.stdout.strip() or store.stderr.strip()}")
+        files = sorted(p.name for p in received.iterdir())
+        print(f"   storescp (DCMTK) received: {', '.join(files) or 'nothing'}")
+        failures += store.returncode != 0 or not files
+        scp.terminate()
+
         step("stopping the agents (goodbye packets)")
         for proc in agents:
             proc.terminate()
