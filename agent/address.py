@@ -88,6 +88,15 @@ class Address:
         self._counters: Counter[str] = Counter()  # of earlier runs
         self._validation: Counter[str] = Counter()
 
+    def client_id(self) -> bytes:
+        """The RFC 4361 client identifier this device uses: the configured one, else the
+        one persisted in the state directory (made and saved the first time). A site's
+        Kea reservation by client id needs it before the device first boots
+        (`dicom-agent dhcp --print-client-id`)."""
+        n = self.network
+        return n.client_id or load_or_make_client_id(
+            self.paths, lambda: generate_client_id(n.interface, self.rng))
+
     @property
     def state(self) -> str:
         return self.client.state.value if self.client else "init"
@@ -120,8 +129,7 @@ class Address:
             self.client = self.driver = None
         netlink = await Netlink.open(n.interface)
         try:
-            client_id = n.client_id or load_or_make_client_id(
-                self.paths, lambda: generate_client_id(n.interface, self.rng))
+            client_id = self.client_id()
             self.client = DhcpClient(dhcp_client_settings(
                 n, await netlink.mac(), client_id, self.preset_offset), self.rng)
             self.driver = DhcpDriver(self.client, self.paths, netlink, self.on_event,

@@ -186,6 +186,35 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    """`dicom-agent site OUTPUT --site FILE DEVICE_DIR`: 0 written, 1 conflicts found in
+    the fleet (listed on stderr; nothing written), 2 usage (a bad site or device file)."""
+    from pathlib import Path
+
+    from agent import site
+
+    try:
+        fleet = site.load_site(Path(args.site), Path(args.device_dir))
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_USAGE
+    found = site.conflicts(fleet)
+    if args.output == "check":
+        print("\n".join(found) if found else
+              f"no conflicts among {len(fleet.members)} device(s)")
+        return EXIT_FAILED if found else EXIT_OK
+    if found:
+        print("\n".join(["site: conflicts in the fleet, nothing written:", *found]),
+              file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        sys.stdout.write(getattr(site, args.output)(fleet))
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from agent.conformance import statement
 
@@ -257,7 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     dhcp.add_argument("--json", action="store_true")
     dhcp.add_argument("--timeout", type=float, metavar="S",
                       help="with --once: give up after S seconds (default 60)")
+    dhcp.add_argument("--print-client-id", action="store_true",
+                      help="print the client identifier the device uses (made and saved "
+                           "the first time) and exit: for a site's DHCP reservations")
     dhcp.set_defaults(func=cmd_dhcp)
+
+    st = sub.add_parser("site", help="the administrator's side: DHCP reservations, DNS "
+                                     "records and directory pre-configuration of a fleet",
+                        description="From a folder of device files and a site file (see "
+                                    "agent/site.py): kea (reservations JSON), dnsmasq "
+                                    "(dhcp-host lines), dns (a zone fragment), ldif (the "
+                                    "directory's pre-configuration), check (conflicts). "
+                                    "Exit 0, 1 conflicts found, 2 usage.")
+    st.add_argument("output", choices=("kea", "dnsmasq", "dns", "ldif", "check"))
+    st.add_argument("--site", metavar="FILE", required=True)
+    st.add_argument("device_dir", metavar="DEVICE_DIR")
+    st.set_defaults(func=cmd_site)
 
     tm = sub.add_parser("time", help="PS3.15 Annex G alone: find NTP servers, measure",
                         description="Find the NTP servers (--servers, else the saved lease's "

@@ -68,6 +68,10 @@ def run_dhcp_command(args: argparse.Namespace) -> int:
         print(got, file=sys.stderr)
         return 2
     network, agent, preset = got
+    if getattr(args, "print_client_id", False):
+        address = Address(network, agent, preset, lambda event: asyncio.sleep(0), 0.0, False)
+        print(address.client_id().hex(":"))
+        return 0
     try:
         return asyncio.run(_run(args, network, agent, preset))
     except KeyboardInterrupt:

@@ -667,6 +667,16 @@ class Lab:
         self.stop_dhcp_server()
         self.start_dhcp_server()
 
+    def load_dnsmasq(self, text: str) -> None:
+        """Add configuration lines (e.g. `dicom-agent site dnsmasq`'s dhcp-host lines) to
+        the lab's dnsmasq, which restarts to read them, its leases kept."""
+        if self.flavour != "dnsmasq":
+            raise LabError("load_dnsmasq needs the dnsmasq flavour")
+        with open(self.run / "dnsmasq" / "device-options.conf", "a") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+        self.stop_dhcp_server()
+        self.start_dhcp_server()
+
     def dhcp_log(self) -> str:
         return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")
 
