@@ -99,6 +99,14 @@ class TimeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnssdSettings:
+    """Unicast DNS-SD in the site DNS (H.2 over RFC 6763 unicast, RFC 2136 updates)."""
+    unicast: bool = False
+    unicast_zone: str | None = None  # None: the lease's domain
+    tsig_key_file: Path | None = None  # BIND's `key "name" { algorithm ...; secret ...; };`
+
+
+@dataclass(frozen=True, slots=True)
 class DirectorySettings:
     enabled: bool = True
     domain: str | None = None
@@ -122,6 +130,7 @@ class Config:
     directory: DirectorySettings
     device: Device
     source: Path | None = None
+    dnssd: DnssdSettings = DnssdSettings()
 
 
 # -- value checks: each returns a reason, or None ----------------------------------------
@@ -712,11 +721,24 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     time_settings = _time(root.table("time"))
     directory = _directory(root.table("directory"))
     device = _device(root.table("device"), directory.title_attempts)
+    dnssd = _dnssd(root.table("dnssd"))
     root.finish()
     if errors:
         raise ConfigError(errors)
     return Config(agent=agent, network=network, time=time_settings, directory=directory,
-                  device=device, source=source)
+                  device=device, source=source, dnssd=dnssd)
+
+
+def _dnssd(t: _Table) -> DnssdSettings:
+    settings = DnssdSettings(
+        unicast=t.value("unicast", "bool", False),
+        unicast_zone=t.value("unicast_zone", "str", None, hostname_problem),
+        tsig_key_file=_as_secret(t.value("tsig_key_file", "str", None, _file_problem(True))),
+    )
+    if settings.unicast and settings.tsig_key_file is None:
+        t.error("tsig_key_file", "required with unicast = true: updates are TSIG-signed")
+    t.finish()
+    return settings
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -580,7 +580,7 @@ class Agent:
             config = load_config(self.config.source)
         except ConfigError as exc:
             return {"v": 1, "error": {"code": "bad-request", "message": "; ".join(exc.lines())}}
-        restart = [name for name in ("agent", "network", "time", "directory")
+        restart = [name for name in ("agent", "network", "time", "directory", "dnssd")
                    if getattr(config, name) != getattr(self.config, name)]
         self.config = replace(self.config, device=config.device)
         self.announcer.device = config.device

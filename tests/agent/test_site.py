@@ -44,7 +44,7 @@ def site_file(folder: Path, devices: list[str]) -> Path:
 
 
 def test_the_example_fleet_has_no_conflict():
-    fleet = site.load_site(EXAMPLES / "site.toml", EXAMPLES)
+    fleet = site.load_site(EXAMPLES / "sites" / "lab.toml", EXAMPLES)
     assert site.conflicts(fleet) == []
     assert "dhcp-host=02:dc:00:00:00:51,set:dicom-ct01,192.0.2.51,ct01" in site.dnsmasq(fleet)
     assert "WS-READING-1: AE(s) from template WS{n:02d} are not pre-registered" in \
