@@ -67,6 +67,7 @@ class Condition(enum.StrEnum):
     DIRECTORY_CONFLICT = "directory-conflict"
     NOT_INSTALLED = "not-installed"
     AE_UNREACHABLE = "ae-unreachable"
+    DNSSD_UNICAST_REFUSED = "dnssd-unicast-refused"
 
 
 class Event(enum.StrEnum):
@@ -92,6 +93,8 @@ class Event(enum.StrEnum):
     ALL_INSTALLED = "all-installed"
     AE_DOWN = "ae-down"  # a health-checked AE did not answer its C-ECHO
     AES_UP = "aes-up"  # every health-checked AE answers (or none is checked)
+    UNICAST_REFUSED = "unicast-refused"  # the site DNS refused our DNS-SD update
+    UNICAST_REGISTERED = "unicast-registered"
     ANNOUNCED = "announced"
     WITHDRAWN = "withdrawn"  # advertisements taken back (lease lost, conflict)
     PROFILE_FAILING = "profile-failing"  # a supervised task died and waits to restart
@@ -171,6 +174,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
     Event.ALL_INSTALLED: (_ANY, _e(recover=[C.NOT_INSTALLED])),
     Event.AE_DOWN: (_ANY, _e(degrade=[C.AE_UNREACHABLE])),
     Event.AES_UP: (_ANY, _e(recover=[C.AE_UNREACHABLE])),
+    Event.UNICAST_REFUSED: (_ANY, _e(degrade=[C.DNSSD_UNICAST_REFUSED])),
+    Event.UNICAST_REGISTERED: (_ANY, _e(recover=[C.DNSSD_UNICAST_REFUSED])),
     Event.ANNOUNCED: (_ADDRESSED, _e(done=[S.ANNOUNCED])),
     Event.WITHDRAWN: (_ANY, _e(undone=[S.ANNOUNCED])),
     Event.PROFILE_FAILING: (_ANY, _e(degrade=[C.PROFILE_FAILING])),

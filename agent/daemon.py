@@ -46,6 +46,7 @@ from agent.timekeeping import Timekeeping, next_offset_change
 from profiles import statefile
 from profiles.app_config.directory import DirectoryError
 from profiles.app_config.service import DirectoryService
+from profiles.app_config.unicast_dnssd import UnicastAdvertiser, browse, read_tsig_key
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
@@ -59,6 +60,7 @@ from profiles.network_address.driver import (
     AutoIpConfigured,
     AutoIpRemoved,
     CarrierChanged,
+    lease_search,
 )
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import Resolver
@@ -119,6 +121,7 @@ class Agent:
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
         self.titles = titles_for(config.device, *self._owned_titles())
         self.health: dict[str, AeHealth] = {}  # per AE title, for health-checked AEs
+        self.unicast: UnicastAdvertiser | None = None  # [dnssd] unicast, once addressed
         self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
@@ -389,6 +392,40 @@ class Agent:
             await self.announcer.withdraw()
         except Exception as exc:  # goodbyes are best effort; the address goes anyway
             log.warning("DNS-SD withdraw: %s: %s", type(exc).__name__, exc)
+        if self.unicast is not None:  # while the address still works (lease-lost hold)
+            try:
+                await asyncio.to_thread(self.unicast.withdraw)
+            except Exception as exc:
+                log.warning("DNS-SD (unicast) withdraw: %s: %s", type(exc).__name__, exc)
+
+    async def _unicast_register(self) -> None:
+        """[dnssd] unicast: the announced services in the site DNS as well (RFC 2136,
+        TSIG), with the lease's lifetime as TTL. A refusal is degraded, never fatal."""
+        d = self.config.dnssd
+        lease = self.lease
+        if not d.unicast or lease is None or not lease.dns:
+            return
+        zone = d.unicast_zone or lease.domain
+        host = lease.fqdn or (f"{lease.hostname}.{zone}" if lease.hostname and zone else None)
+        if zone is None or host is None:
+            log.warning("DNS-SD (unicast): no zone or host name for %s", lease.address)
+            await self._event(Event.UNICAST_REFUSED)
+            return
+        try:
+            if self.unicast is None:
+                self.unicast = UnicastAdvertiser(
+                    read_tsig_key(d.tsig_key_file),
+                    self.config.agent.state_dir / "dnssd-unicast.json", list(lease.dns))
+            self.unicast.nameservers = list(lease.dns)
+            ttl = max(60, min(3600, int(remaining(lease))))
+            taken = await asyncio.to_thread(self.unicast.register, self.announcer.announced,
+                                            zone, host, ttl)
+        except Exception as exc:  # refused, unreachable, a bad key file
+            log.warning("DNS-SD (unicast) not registered in %s: %s: %s", zone,
+                        type(exc).__name__, exc)
+            await self._event(Event.UNICAST_REFUSED)
+            return
+        await self._event(Event.UNICAST_REFUSED if taken else Event.UNICAST_REGISTERED)
 
     async def _lease_lost(self) -> None:
         await self._withdraw()  # goodbyes while the address still works
@@ -535,6 +572,7 @@ class Agent:
             if wanted != announced or self.announcer.advertiser.address != address:
                 await self.announcer.announce(advertise, address)
                 announced = wanted
+                await self._unicast_register()
             await self._event(Event.TITLES_MISSING if missing else Event.TITLES_KNOWN)
             not_installed = any(not e["installed"] for e in self._effective())
             await self._event(Event.NOT_INSTALLED if not_installed else Event.ALL_INSTALLED)
@@ -551,8 +589,26 @@ class Agent:
             answer = await self.directory.lookup(title, bool(req.get("refresh", False)))
             if answer["found"]:
                 return answer
-        return self.announcer.lookup(title) or {"v": 1, "aet": title, "found": False,
-                                                "stale": False, "source": "directory"}
+        found = self.announcer.lookup(title) or await self._unicast_lookup(title)
+        return found or {"v": 1, "aet": title, "found": False, "stale": False,
+                         "source": "directory"}
+
+    async def _unicast_lookup(self, title: str) -> dict | None:
+        """Unicast DNS-SD in the lease's search domains: the site DNS crosses routers."""
+        lease = self.lease
+        if lease is None or not lease.dns:
+            return None
+        domains = lease_search(lease)
+        if not domains:
+            return None
+        try:
+            answer = await asyncio.to_thread(browse, domains, list(lease.dns), title)
+        except Exception as exc:
+            log.info("DNS-SD (unicast) lookup of %s: %s", title, exc)
+            return None
+        if answer is not None and self.directory is not None:
+            await self.directory._addresses(answer)
+        return answer
 
     async def _op_query(self, req: dict) -> dict:
         cluster, device_type = req.get("cluster"), req.get("device_type")
