@@ -229,8 +229,10 @@ def kea(site: Site) -> str:
             r["hostname"] = m.hostname
         if m.address:
             r["ip-address"] = m.address
-        data = [{"code": code, "data": value} for code, value in ((100, m.tz_posix),
-                                                                  (101, m.tz_name)) if value]
+        # As hex, not Kea's CSV text: a POSIX TZ string's commas would split it (seen:
+        # "CET-1CEST,M3.5.0,M10.5.0/3" arrived as "CET-1CEST").
+        data = [{"code": code, "csv-format": False, "data": value.encode().hex()}
+                for code, value in ((100, m.tz_posix), (101, m.tz_name)) if value]
         if data:
             r["option-data"] = data
         reservations.append(r)

@@ -97,3 +97,27 @@ def test_the_outputs_load_into_kea_dnsmasq_bind_and_slapd(lab, host, tmp_path):
     finally:
         lab.srv_exec(["ldapdelete", *ADMIN, "-r", f"dicomDeviceName={name},{DEVICES}"])
         lab.srv_exec(["ldapdelete", *ADMIN, f"dicomAETitle={name}_SCU,{REGISTRY}"])
+
+
+def test_kea_takes_the_reservations_and_the_device_gets_its_address_and_name(
+        kea_lab, kea_device, tmp_path):
+    lab, device = kea_lab, kea_device
+    where, devices, _ = fleet(tmp_path, device.index, device.mac)
+    kea = json.loads(site("kea", "--site", str(where), str(devices)).stdout)
+    before = lab.kea_command("config-get")["arguments"]
+    config = json.loads(json.dumps(before))
+    config.pop("hash", None)
+    subnet = config["Dhcp4"]["subnet4"][0]
+    assert subnet["subnet"] == kea["subnet"]
+    subnet["reservations"] = subnet.get("reservations", []) + kea["reservations"]
+    try:
+        answer = lab.kea_command("config-set", config)
+        assert answer["result"] == 0, answer
+        lease = json.loads(agent(device, "dhcp", "--interface", "eth0", "--no-probe",
+                                 "--initial-delay", "0", "--hostname",
+                                 f"site{device.index}", "--once", "--json").stdout)
+        assert lease["address"] == f"192.0.2.{60 + device.index}"
+        assert lease["tz_posix"] == "CET-1CEST,M3.5.0,M10.5.0/3"
+    finally:
+        before.pop("hash", None)
+        lab.kea_command("config-set", before)
