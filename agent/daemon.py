@@ -254,8 +254,8 @@ class Agent:
                                         {**self._hook_values(), "health_aet": title,
                                          "health_reason": problem})
                     if a.health_updates_directory and self.directory is not None \
-                            and self.directory_state == "registered" \
-                            and (state.state == "down" or before == "down"):
+                            and self.directory_state == "registered":
+                        # Down: flagged FALSE; up: restored, if the flag is still ours.
                         await self.directory.mark_health(title, state.state == "down")
                     self.announce_wanted.set()
             down = any(self.health.get(t, AeHealth()).state == "down"
@@ -539,6 +539,13 @@ class Agent:
         await self._event(DIRECTORY_EVENTS[state])
         if state == "registered" and old != "registered":
             self._hook("registered")
+            if self.config.agent.health_updates_directory and self.directory is not None:
+                # Not registered as installed before it has answered: a health-checked
+                # AE not (yet) up is flagged FALSE, restored by its first good check.
+                for ae, title in zip(self.config.device.aes, self.titles, strict=False):
+                    if ae.health_check and title is not None and \
+                            self.health.get(title, AeHealth()).state != "up":
+                        await self.directory.mark_health(title, True)
         changes = self.directory.effective_changes if self.directory else []
         if state == "registered" and changes:
             # Administrators' edits flow back (issue 13): the applications are told.
