@@ -247,7 +247,8 @@ def test_an_administrators_edit_flows_back_to_the_device(lab, host):
         (title,) = snap["directory"]["ae_titles"]
         assert snap["directory"]["effective"] == [{
             "aet": title, "installed": True, "application_cluster": [],
-            "preferred_called_ae_title": [], "health": "unchecked"}]
+            "preferred_called_ae_title": [], "health": "unchecked",
+            "health_checked_at": None, "health_reason": None}]
         ae_dn = f"dicomAETitle={title},dicomDeviceName={name},{DEVICES}"
         change = (f"dn: {ae_dn}\nchangetype: modify\nadd: dicomInstalled\n"
                   "dicomInstalled: FALSE\n-\nadd: dicomApplicationCluster\n"

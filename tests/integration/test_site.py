@@ -15,6 +15,11 @@ from test_identity import ADMIN, DEVICES, REGISTRY
 EXAMPLES = REPO / "agent" / "examples"
 
 
+def fixed_address(index: int) -> str:
+    """Outside the lab's pool (100-199) and its other fixed addresses."""
+    return f"192.0.2.{230 + index % 20}"
+
+
 def fleet(tmp, index: int, mac: str) -> tuple:
     """A fleet of one CT (the example, renamed for this test) and its site file."""
     devices = tmp / "fleet"
@@ -38,7 +43,7 @@ address = "192.0.2.1"
 [[device]]
 config = "ct.toml"
 mac = "{mac}"
-address = "192.0.2.{60 + index}"
+address = "{fixed_address(index)}"
 tz_posix = "CET-1CEST,M3.5.0,M10.5.0/3"
 """)
     return site, devices, name
@@ -80,7 +85,7 @@ def test_the_outputs_load_into_kea_dnsmasq_bind_and_slapd(lab, host, tmp_path):
     lab.load_dnsmasq(lines)
     lease = json.loads(agent(host, "dhcp", "--interface", "eth0", "--no-probe",
                              "--initial-delay", "0", "--once", "--json").stdout)
-    assert lease["address"] == f"192.0.2.{60 + host.index}"
+    assert lease["address"] == fixed_address(host.index)
     assert lease["tz_posix"] == "CET-1CEST,M3.5.0,M10.5.0/3"
     # slapd: the pre-configuration loads, and the device adopts it by name.
     ldif = site("ldif", "--site", str(where), str(devices)).stdout
@@ -116,7 +121,7 @@ def test_kea_takes_the_reservations_and_the_device_gets_its_address_and_name(
         lease = json.loads(agent(device, "dhcp", "--interface", "eth0", "--no-probe",
                                  "--initial-delay", "0", "--hostname",
                                  f"site{device.index}", "--once", "--json").stdout)
-        assert lease["address"] == f"192.0.2.{60 + device.index}"
+        assert lease["address"] == fixed_address(device.index)
         assert lease["tz_posix"] == "CET-1CEST,M3.5.0,M10.5.0/3"
     finally:
         before.pop("hash", None)
