@@ -56,6 +56,8 @@ RUN_ROOT = Path("/run/dicom-agent-lab")
 DOMAIN = "hospital.test"
 SERVER_ADDRESS = "192.0.2.1"
 LDAP_BACKUP_ADDRESS = "192.0.2.2"  # nothing listens here: failover target
+# The replicated directory (issue 14): providers ldap1, ldap2... in their own namespaces.
+PROVIDER_ADDRESSES = ("192.0.2.31", "192.0.2.32", "192.0.2.33")
 NTP_ADDRESSES = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
 REMOTE_NET = "198.51.100.0/24"
 PACS_ADDRESS = "198.51.100.10"
@@ -666,6 +668,111 @@ class Lab:
                           + "\n" for code, value in options.items())
         self.stop_dhcp_server()
         self.start_dhcp_server()
+
+    # -- the replicated directory (issue 14) -----------------------------------------------
+
+    def start_replicated(self, n: int = 2) -> list[str]:
+        """`n` OpenLDAP providers in multi-provider replication (syncrepl, olcMultiProvider),
+        each in a namespace of its own (<prefix>-ldapN on the lab bridge, 192.0.2.3N, a
+        lab-CA certificate for ldapN.hospital.test and its address). The hospital tree is
+        loaded on the first; the others receive it by replication. Returns their LDAP
+        URLs. Ended with the lab (their namespaces are the lab's)."""
+        if getattr(self, "providers", None):
+            return [f"ldap://{p['address']}:389" for p in self.providers]
+        tls = self.run / "tls"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        urls = []
+        self.providers = []
+        for i in range(1, n + 1):
+            name, address = f"ldap{i}", PROVIDER_ADDRESSES[i - 1]
+            ns = f"{self.prefix}-{name}"
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            self._plug(ns, f"p-{name}", f"02:dc:00:00:02:{i:02x}")
+            _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
+            (tls / f"{name}.ext").write_text(
+                f"subjectAltName=DNS:{name}.{DOMAIN},IP:{address}\n"
+                "extendedKeyUsage=serverAuth\n")
+            _run(["openssl", "req", *ec, "-keyout", tls / f"{name}.key", "-out",
+                  tls / f"{name}.csr", "-subj", f"/CN={name}.{DOMAIN}"])
+            _run(["openssl", "x509", "-req", "-in", tls / f"{name}.csr", "-CA", tls / "ca.pem",
+                  "-CAkey", tls / "ca.key", "-CAcreateserial", "-days", "30",
+                  "-out", tls / f"{name}.pem", "-extfile", tls / f"{name}.ext"])
+            (tls / f"{name}.key").chmod(0o600)
+            d = self.run / f"slapd-{name}"
+            (d / "slapd.d").mkdir(parents=True)
+            (d / "db").mkdir()
+            self.providers.append({"name": name, "ns": ns, "address": address, "dir": d,
+                                   "sid": i})
+        for p in self.providers:
+            (p["dir"] / "config.ldif").write_text(_template(
+                "slapd-provider.ldif", sid=p["sid"], dir=p["dir"], tls=tls, provider=p["name"],
+                schema_ldif=SCHEMA_LDIF, syncrepl=self._syncrepl(p["sid"])))
+            _run(["slapadd", "-q", "-n0", "-F", p["dir"] / "slapd.d", "-l",
+                  p["dir"] / "config.ldif"])
+        first = self.providers[0]
+        _run(["slapadd", "-q", "-S", "1", "-w", "-F", first["dir"] / "slapd.d", "-b", BASE_DN,
+              "-l", CONF / "base-hospital.ldif"])
+        for p in self.providers:
+            self.start_provider(p["sid"])
+            urls.append(f"ldap://{p['address']}:389")
+        return urls
+
+    def _syncrepl(self, sid: int) -> str:
+        """olcSyncrepl lines: provider `sid` consumes from every other provider."""
+        lines = []
+        for other in self.providers:
+            if other["sid"] == sid:
+                continue
+            lines.append(
+                f'olcSyncrepl: {{{len(lines)}}}rid={other["sid"]:03d} '
+                f'provider=ldap://{other["address"]}:389 bindmethod=simple '
+                f'binddn="{ADMIN_DN}" credentials={ADMIN_PASSWORD} '
+                f'searchbase="{BASE_DN}" type=refreshAndPersist retry="1 +" timeout=3 '
+                'network-timeout=3')
+        return "\n".join(lines)
+
+    def provider(self, sid: int) -> dict:
+        return self.providers[sid - 1]
+
+    def start_provider(self, sid: int) -> None:
+        p = self.provider(sid)
+        ldapi = "ldapi://" + str(p["dir"] / "ldapi").replace("/", "%2F")
+        p["ldapi"] = ldapi
+        with open(self.run / "logs" / f"slapd-{p['name']}.log", "a") as fh:
+            done = subprocess.run(["ip", "netns", "exec", p["ns"], "slapd", "-F",
+                                   str(p["dir"] / "slapd.d"), "-h",
+                                   f"ldap://{p['address']}:389/ {ldapi}"],
+                                  stdout=fh, stderr=subprocess.STDOUT, timeout=30)
+        if done.returncode != 0:
+            raise LabError(f"slapd {p['name']} failed to start ({done.returncode})")
+
+    def provider_pid(self, sid: int) -> int:
+        p = self.provider(sid)
+        pid = int((p["dir"] / "slapd.pid").read_text())
+        if pid not in _pids_in(p["ns"]):
+            raise LabError(f"slapd pid {pid} is not in {p['ns']}")
+        return pid
+
+    def provider_exec(self, sid: int, argv: list[str], input: str | None = None
+                      ) -> subprocess.CompletedProcess:
+        return _run(["ip", "netns", "exec", self.provider(sid)["ns"], *argv], check=False,
+                    input=input)
+
+    def cut_replication(self, sid: int) -> None:
+        """Provider `sid` stops consuming from the others (its olcSyncrepl removed through
+        ldapi); devices still reach it."""
+        p = self.provider(sid)
+        self.provider_exec(sid, ["ldapmodify", "-Q", "-Y", "EXTERNAL", "-H", p["ldapi"]],
+                           input="dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\n"
+                                 "delete: olcSyncrepl\n-\n")
+
+    def restore_replication(self, sid: int) -> None:
+        p = self.provider(sid)
+        lines = self._syncrepl(sid)
+        self.provider_exec(sid, ["ldapmodify", "-Q", "-Y", "EXTERNAL", "-H", p["ldapi"]],
+                           input="dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\n"
+                                 f"add: olcSyncrepl\n{lines}\n-\n")
 
     def load_dnsmasq(self, text: str) -> None:
         """Add configuration lines (e.g. `dicom-agent site dnsmasq`'s dhcp-host lines) to

@@ -1,0 +1,52 @@
+"""The replicated directory of the lab (issue 14, part 1): two OpenLDAP providers in
+multi-provider replication, each in its own namespace; replication can be cut and
+restored without cutting devices off."""
+
+from __future__ import annotations
+
+import time
+
+from lab import ADMIN_DN, ADMIN_PASSWORD, PROVIDER_ADDRESSES
+
+REGISTRY = "cn=Unique AE Titles Registry,cn=DICOM Configuration,dc=hospital,dc=test"
+
+
+def titles_on(host, address: str) -> set[str]:
+    out = host.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{address}", "-b", REGISTRY,
+                    "-s", "one", "dicomAETitle"]).stdout
+    return {x.split(": ", 1)[1] for x in out.splitlines() if x.startswith("dicomAETitle: ")}
+
+
+def add_title(host, address: str, title: str) -> None:
+    done = host.run(["ldapadd", "-x", "-H", f"ldap://{address}", "-D", ADMIN_DN, "-w",
+                     ADMIN_PASSWORD], input=f"dn: dicomAETitle={title},{REGISTRY}\n"
+                                            f"objectClass: dicomUniqueAETitle\n"
+                                            f"dicomAETitle: {title}\n")
+    assert done.returncode == 0, done.stderr
+
+
+def until(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_two_providers_replicate_both_ways_and_replication_can_be_cut(lab, host):
+    urls = lab.start_replicated(2)
+    assert urls == [f"ldap://{a}:389" for a in PROVIDER_ADDRESSES[:2]]
+    one, two = PROVIDER_ADDRESSES[:2]
+    assert until(lambda: "ARCHIVE" in titles_on(host, two))  # the base, replicated
+    tag = f"R{host.index}"
+    add_title(host, one, f"{tag}_ONE")
+    add_title(host, two, f"{tag}_TWO")
+    assert until(lambda: {f"{tag}_ONE", f"{tag}_TWO"} <= titles_on(host, two)
+                 and {f"{tag}_ONE", f"{tag}_TWO"} <= titles_on(host, one))
+    lab.cut_replication(2)
+    add_title(host, one, f"{tag}_CUT")
+    time.sleep(3)
+    assert f"{tag}_CUT" not in titles_on(host, two)  # cut, yet reachable
+    lab.restore_replication(2)
+    assert until(lambda: f"{tag}_CUT" in titles_on(host, two))
