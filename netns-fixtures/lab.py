@@ -57,7 +57,7 @@ DOMAIN = "hospital.test"
 SERVER_ADDRESS = "192.0.2.1"
 LDAP_BACKUP_ADDRESS = "192.0.2.2"  # nothing listens here: failover target
 # The replicated directory (issue 14): providers ldap1, ldap2... in their own namespaces.
-PROVIDER_ADDRESSES = ("192.0.2.31", "192.0.2.32", "192.0.2.33")
+PROVIDER_ADDRESSES = ("192.0.2.251", "192.0.2.252", "192.0.2.253")  # clear of 20+index
 NTP_ADDRESSES = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
 REMOTE_NET = "198.51.100.0/24"
 PACS_ADDRESS = "198.51.100.10"
@@ -78,11 +78,14 @@ HOSTS = {
     "ntp2": NTP_ADDRESSES[1],
     "ntp3": NTP_ADDRESSES[2],
     "pacs1": PACS_ADDRESS,
+    **{f"ldap{i}": a for i, a in enumerate(PROVIDER_ADDRESSES, 1)},
 }
 # SRV layouts for _ldap._tcp (PS3.15 H.1.4.1): (priority, weight, port, target).
 SRV_LAYOUTS = {
     "live-first": [(0, 100, 389, "ldap"), (10, 100, 389, "ldap-backup")],
     "dead-first": [(0, 100, 389, "ldap-backup"), (10, 100, 389, "ldap")],
+    # The replicated providers (start_replicated), equal priority and weight (issue 14).
+    "replicated": [(0, 50, 389, "ldap1"), (0, 50, 389, "ldap2")],
 }
 FLAVOURS = ("dnsmasq", "kea")
 # Directories the agent uses by default, replaced on a device by its own (run dir subdir).
@@ -673,7 +676,7 @@ class Lab:
 
     def start_replicated(self, n: int = 2) -> list[str]:
         """`n` OpenLDAP providers in multi-provider replication (syncrepl, olcMultiProvider),
-        each in a namespace of its own (<prefix>-ldapN on the lab bridge, 192.0.2.3N, a
+        each in a namespace of its own (<prefix>-ldapN on the lab bridge, 192.0.2.25N, a
         lab-CA certificate for ldapN.hospital.test and its address). The hospital tree is
         loaded on the first; the others receive it by replication. Returns their LDAP
         URLs. Ended with the lab (their namespaces are the lab's)."""
@@ -758,6 +761,13 @@ class Lab:
                       ) -> subprocess.CompletedProcess:
         return _run(["ip", "netns", "exec", self.provider(sid)["ns"], *argv], check=False,
                     input=input)
+
+    def pause_provider(self, sid: int) -> None:
+        """A lagging replica: SIGSTOP, by its PID (resume_provider: SIGCONT)."""
+        os.kill(self.provider_pid(sid), signal.SIGSTOP)
+
+    def resume_provider(self, sid: int) -> None:
+        os.kill(self.provider_pid(sid), signal.SIGCONT)
 
     def cut_replication(self, sid: int) -> None:
         """Provider `sid` stops consuming from the others (its olcSyncrepl removed through
@@ -937,7 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="dcm")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the lab and start its servers")
-    up.add_argument("--flavour", choices=FLAVOURS, default="dnsmasq")
+    up.add_argument("--flavour", choices=(*FLAVOURS, "replicated"), default="dnsmasq",
+                    help="replicated: dnsmasq DHCP and two LDAP providers in multi-provider "
+                         "replication behind an equal-weight SRV (issue 14)")
     up.add_argument("--srv-layout", choices=sorted(SRV_LAYOUTS), default="live-first")
     up.add_argument("--devices", type=int, default=3)
     up.add_argument("--lease-time", type=int)
@@ -953,9 +965,14 @@ def main(argv: list[str] | None = None) -> int:
         print("lab.py: must run as root (it creates network namespaces)", file=sys.stderr)
         return 2
     if args.cmd == "up":
-        lab = Lab(prefix=args.prefix, flavour=args.flavour, srv_layout=args.srv_layout,
+        replicated = args.flavour == "replicated"
+        lab = Lab(prefix=args.prefix, flavour="dnsmasq" if replicated else args.flavour,
+                  srv_layout="replicated" if replicated else args.srv_layout,
                   devices=args.devices, lease_time=args.lease_time)
         lab.up()
+        if replicated:
+            for url in lab.start_replicated(2):
+                print(f"replicated provider: {url}")
         print(lab.describe())
     elif args.cmd == "down":
         prefixes = all_lab_prefixes() if args.all else [args.prefix]

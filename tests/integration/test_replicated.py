@@ -50,3 +50,41 @@ def test_two_providers_replicate_both_ways_and_replication_can_be_cut(lab, host)
     assert f"{tag}_CUT" not in titles_on(host, two)  # cut, yet reachable
     lab.restore_replication(2)
     assert until(lambda: f"{tag}_CUT" in titles_on(host, two))
+    # A lagging replica (SIGSTOP): it catches up once it runs again.
+    lab.pause_provider(2)
+    try:
+        add_title(host, one, f"{tag}_LAG")
+    finally:
+        lab.resume_provider(2)
+    assert until(lambda: f"{tag}_LAG" in titles_on(host, two))
+
+
+def test_a_device_registers_through_the_srv_of_the_pair_and_both_have_it(lab, host):
+    import json
+
+    from agent_helpers import agent, default_device, write_config
+    from test_agent import registrar_section
+
+    lab.start_replicated(2)
+    lab.set_srv_layout("replicated")
+    name = f"REP{host.index}"
+    try:
+        config = write_config(host, network=f'hostname = "{name.lower()}"',
+                              directory=registrar_section(lab, host),
+                              device_section=default_device(host.index, name=name))
+        reg = agent(host, "directory", "register", "--config", config, "--json")
+        out = json.loads(reg.stdout)
+        assert reg.returncode == 0, reg.stderr
+        assert out["server"] in ("ldap://ldap1.hospital.test:389",
+                                 "ldap://ldap2.hospital.test:389")
+        for address in PROVIDER_ADDRESSES[:2]:
+            assert until(lambda a=address: f"{name}_SCU" in titles_on(host, a)), (
+                address, out, sorted(titles_on(host, PROVIDER_ADDRESSES[0])),
+                sorted(titles_on(host, PROVIDER_ADDRESSES[1])))
+    finally:
+        lab.set_srv_layout("live-first")
+        for address in PROVIDER_ADDRESSES[:1]:
+            for dn in (f"dicomDeviceName={name},cn=Devices,cn=DICOM Configuration,"
+                       "dc=hospital,dc=test", f"dicomAETitle={name}_SCU,{REGISTRY}"):
+                host.run(["ldapdelete", "-x", "-r", "-H", f"ldap://{address}", "-D",
+                          ADMIN_DN, "-w", ADMIN_PASSWORD, dn])
