@@ -789,3 +789,39 @@ def set_ae_installed(ae_dn: str, value: bool | None, only_if: str | None = "ANY"
         change = ("replace", "dicomInstalled", (plan.boolean(value),))
     _checked((yield Modify(ae_dn, (change,))), f"modify {ae_dn}")
     return True, current
+
+
+# -- uniqueness across replicas (issue 14) ----------------------------------------------------
+#
+# Concurrent adds of one registry DN on two providers merge under replication, so the
+# registry cannot say who reserved a title first. The AE entries can: each carries the
+# entryCSN of its creation. Of two devices holding one title, the one whose AE entry is
+# older keeps it (then the lower device name); the other gives it up.
+
+def ae_entries(base: str, titles: list[str]) -> Generator[Op, Any, list[dict]]:
+    """Every AE entry with one of `titles`, with its entryCSN: {"title", "dn", "device",
+    "csn"}."""
+    out = []
+    for title in titles:
+        for e in (yield Search(plan.devices_dn(base), SUB, "dicomNetworkAE",
+                               (("dicomAETitle", title),), ("dicomAETitle", "entryCSN"))):
+            out.append({"title": title, "dn": e["dn"],
+                        "device": plan.split_rdn(e["dn"])[1],
+                        "csn": str(first(e, "entryCSN") or "")})
+    return out
+
+
+def keeps(mine: dict, rival: dict) -> bool:
+    """Whether our AE entry keeps the title against `rival`'s: the earlier entryCSN
+    (its creation), then the lower device name."""
+    if mine["csn"] and rival["csn"] and mine["csn"] != rival["csn"]:
+        return mine["csn"] < rival["csn"]
+    return plan.rdn_value(mine["device"]).lower() <= plan.rdn_value(rival["device"]).lower()
+
+
+def give_up(ae_dn: str) -> Operation:
+    """Remove our AE entry for a title another device keeps (its transfer capabilities
+    first); the registry entry is the other device's now and stays."""
+    below = yield Search(ae_dn, SUB, "*", (), ("objectClass",))
+    for e in sorted(below, key=lambda x: -len(x["dn"])):
+        _checked((yield Delete(e["dn"])), f"delete {e['dn']}", (0, NO_SUCH_OBJECT))

@@ -31,6 +31,7 @@ from profiles.app_config.directory import (
     Refused,
     Registration,
     Security,
+    connect,
     find_directory,
     manual_ldif_path,
 )
@@ -114,6 +115,10 @@ class DirectoryService:
         self.intent_path = state_dir / "registration-intent.json"
         self.recovered: list[str] = []  # DNs a killed registration left, removed
         self.maybe_ours: list[str] = []  # a title whose reservation a kill cut short
+        self.urls: list[tuple[str, str | None]] = []  # the providers found last
+        self.replica_conflicts = 0  # titles given up to a device that reserved them first
+        self._gave_up: tuple[str, list[str]] | None = None
+        self._hostnames_last: dict[str, str] = {}
         self.title_changes: list[tuple[str, str]] = []  # an administrator's, last time
         self.device_id = load_or_make_device_id(state_dir)
         self.effective: dict | None = None  # what the directory says (effective())
@@ -145,6 +150,7 @@ class DirectoryService:
         conn, url, base, tried = await asyncio.to_thread(find_directory, urls, self.security,
                                                          self.trusted)
         self.tried = tried
+        self.urls = urls  # every provider this device knows, for the replica check
         if conn is None:
             raise DirectoryError("no DICOM configuration root: " + "; ".join(
                 f"{t['url']}: {t['result']}" for t in tried))
@@ -197,6 +203,7 @@ class DirectoryService:
 
     async def register(self, hostnames: dict[str, str]) -> str:
         """One registration attempt; returns (and sets) the resulting state."""
+        self._hostnames_last = hostnames
         previous_dn = self.saved.get("device_dn")
         try:
             if self._dir is None:
@@ -233,6 +240,12 @@ class DirectoryService:
                       "keys": result.keys,
                       "health_written": self.saved.get("health_written", {})}
         self.title_changes = result.title_changes
+        if self._gave_up is not None:  # a title given way on a replica: which replaced it
+            old, before = self._gave_up
+            self._gave_up = None
+            added = [t for t in result.titles if t not in before]
+            self.title_changes = [*self.title_changes, (old, added[0])] if added else \
+                self.title_changes
         self.maybe_ours = []
         for old, new in result.title_changes:
             log.info("directory override: AE title %s is now %s (changed in the directory)",
@@ -243,7 +256,59 @@ class DirectoryService:
         self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
         self.last_error = None
         await self._read_back(result.device_dn)
+        lost = await self._check_replicas(result)
+        if lost is not None:
+            return lost
         return await self._set_state("registered")
+
+    async def _check_replicas(self, result: Registration) -> str | None:
+        """Uniqueness across replicas (issue 14): the other providers this device knows
+        are asked, read-only, for AE entries with our titles under another device — they
+        may have been reserved there while replication was cut. Of two, the older AE entry
+        (entryCSN) keeps the title, then the lower device name; ours giving way releases
+        it and registers again with the template's next (a fixed title is a conflict for
+        an administrator). Unreachable providers are skipped: a cut link never blocks."""
+        others = [(u, a) for u, a in self.urls if u != self.server]
+        if not others or not result.titles:
+            return None
+        device = plan.split_rdn(plan.ae_dn(result.device_dn, "x"))[1].lower()
+        mine = {e["title"]: e for e in await self.call(
+            lambda d: d.run(registration.ae_entries(self.base, result.titles)))
+            if e["device"].lower() == device}
+        for url, address in others:
+            try:
+                rivals = await asyncio.to_thread(_rivals_at, url, address, self.security,
+                                                 self.trusted(url), self.base, result.titles)
+            except DirectoryError as exc:
+                log.info("replica check: %s: %s", url, exc)
+                continue
+            for rival in rivals:
+                ours = mine.get(rival["title"])
+                if ours is None or rival["device"].lower() == device or \
+                        registration.keeps(ours, rival):
+                    continue
+                return await self._give_way(ours, rival, url)
+        return None
+
+    async def _give_way(self, ours: dict, rival: dict, url: str) -> str:
+        title = ours["title"]
+        other = plan.rdn_value(rival["device"])
+        self.replica_conflicts += 1
+        fixed = any(ae.title == title for ae in self.device.aes)
+        message = (f"AE title {title} is also device {other}'s, reserved on another "
+                   f"replica ({url}) before ours")
+        if fixed:
+            self.last_error = message + ": a fixed title, an administrator decides"
+            log.warning("directory: %s", self.last_error)
+            return await self._set_state("conflict")
+        log.warning("directory: %s: giving it up and choosing another", message)
+        await self.call(lambda d: d.run(registration.give_up(ours["dn"])))
+        keys = {k: t for k, t in self.saved.get("keys", {}).items() if t != title}
+        self._gave_up = (title, list(self.saved.get("titles", [])))
+        self.saved = {**self.saved, "titles": [t for t in self.saved.get("titles", [])
+                                               if t != title], "keys": keys}
+        statefile.write_json(self.state_dir / "directory.json", self.saved)
+        return await self.register(self._hostnames_last)
 
     async def _read_back(self, device_dn: str) -> None:
         """Administrators' edits flow back (issue 13): the directory-side attributes of
@@ -375,6 +440,18 @@ class DirectoryService:
             await self._addresses(answer)
             self.cache.put(answer)
         return answers
+
+
+def _rivals_at(url: str, address: str | None, security: Security, trusted: bool,
+               base: str, titles: list[str]) -> list[dict]:
+    """AE entries with `titles` on another provider (read-only; credentials only where
+    they may go)."""
+    conn = connect(url, security if trusted else security.without_credentials(), address)
+    directory = Directory(conn, base)
+    try:
+        return directory.run(registration.ae_entries(base, titles))
+    finally:
+        directory.close()
 
 
 def _removal_ldif(service: DirectoryService, keep_titles: bool) -> str:

@@ -88,3 +88,70 @@ def test_a_device_registers_through_the_srv_of_the_pair_and_both_have_it(lab, ho
                        "dc=hospital,dc=test", f"dicomAETitle={name}_SCU,{REGISTRY}"):
                 host.run(["ldapdelete", "-x", "-r", "-H", f"ldap://{address}", "-D",
                           ADMIN_DN, "-w", ADMIN_PASSWORD, dn])
+
+
+def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, device, host):
+    """Issue 14: replication cut, two devices with one template reserve the same title,
+    each on its own provider. The second, checking the other provider, finds the first's
+    older AE entry (entryCSN) and moves on to the next title; replication restored, both
+    providers agree: one title each, no orphan in the registry."""
+    import json
+
+    from agent_helpers import agent, write_config
+    from test_agent import registrar_section
+    from test_identity import device as device_section
+
+    lab.start_replicated(2)
+    lab.set_srv_layout("replicated")
+    lab.cut_replication(1)
+    lab.cut_replication(2)
+    template = f"RPL{host.index}_{{n}}"
+    names = [f"RPA{host.index}", f"RPB{host.index}"]
+    devices_ = (device, host)
+    try:
+        outs = []
+        for dev, name, provider in zip(devices_, names, ("ldap1", "ldap2"), strict=True):
+            state = dev.run_dir / f"state-{name}"
+            state.mkdir()
+            (state / "directory.json").write_text(json.dumps({  # the provider used last
+                "server": f"ldap://{provider}.hospital.test:389", "base_dn": None,
+                "device_dn": None, "titles": []}))
+            config = write_config(dev, network=f'hostname = "{name.lower()}"',
+                                  directory=registrar_section(lab, dev), name=f"{name}.toml",
+                                  device_section=device_section(name, name, template),
+                                  state_dir=str(state))
+            if dev is device:
+                dev.configure_static()
+            reg = agent(dev, "directory", "register", "--config", config, "--json")
+            assert reg.returncode == 0, reg.stderr
+            outs.append({**json.loads(reg.stdout), "log": reg.stderr})
+        first, second = (o["titles"][0] for o in outs)
+        assert outs[0]["server"].startswith("ldap://ldap1") and \
+            outs[1]["server"].startswith("ldap://ldap2")
+        assert first == template.format(n=1) and second == template.format(n=2)
+        # The second reserved the same title on its replica, then gave way to the first.
+        assert f"AE title {first} is also device {names[0]}'s" in outs[1]["log"]
+        assert "giving it up" in outs[1]["log"] and "giving it up" not in outs[0]["log"]
+        lab.restore_replication(1)
+        lab.restore_replication(2)
+        for address in PROVIDER_ADDRESSES[:2]:  # both directories agree, no orphan
+            assert until(lambda a=address: {t for t in titles_on(host, a)
+                                            if t.startswith(f"RPL{host.index}_")}
+                         == {first, second}, 20), (address, titles_on(host, address))
+            out = host.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{address}", "-b",
+                            "cn=Devices,cn=DICOM Configuration,dc=hospital,dc=test",
+                            f"(dicomAETitle={first})", "dn"]).stdout
+            assert out.count("dn: ") == 1 and names[0] in out  # one holder of the title
+    finally:
+        lab.restore_replication(1)
+        lab.restore_replication(2)
+        lab.set_srv_layout("live-first")
+        for name in names:
+            host.run(["ldapdelete", "-x", "-r", "-H", f"ldap://{PROVIDER_ADDRESSES[0]}", "-D",
+                      ADMIN_DN, "-w", ADMIN_PASSWORD,
+                      f"dicomDeviceName={name},cn=Devices,cn=DICOM Configuration,"
+                      "dc=hospital,dc=test"])
+        for n in (1, 2, 3):
+            host.run(["ldapdelete", "-x", "-H", f"ldap://{PROVIDER_ADDRESSES[0]}", "-D",
+                      ADMIN_DN, "-w", ADMIN_PASSWORD,
+                      f"dicomAETitle={template.format(n=n)},{REGISTRY}"])
