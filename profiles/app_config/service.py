@@ -39,6 +39,7 @@ from profiles.app_config.model import Device, ae_title_problem
 
 log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0  # s, while no directory can be reached
+REPLICA_CHECK_DEADLINE = 3.0  # s: the other providers asked at once, this long at most
 
 # -> (SRV records in the order tried, (URL, address) pairs to try)
 Candidates = Callable[[], Awaitable[tuple[list[dict], list[tuple[str, str | None]]]]]
@@ -256,10 +257,9 @@ class DirectoryService:
         self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
         self.last_error = None
         await self._read_back(result.device_dn)
-        lost = await self._check_replicas(result)
-        if lost is not None:
-            return lost
-        return await self._set_state("registered")
+        state = await self._set_state("registered")
+        lost = await self._check_replicas(result)  # after: a dead provider never delays boot
+        return lost if lost is not None else state
 
     async def _check_replicas(self, result: Registration) -> str | None:
         """Uniqueness across replicas (issue 14): the other providers this device knows
@@ -271,18 +271,23 @@ class DirectoryService:
         others = [(u, a) for u, a in self.urls if u != self.server]
         if not others or not result.titles:
             return None
-        device = plan.split_rdn(plan.ae_dn(result.device_dn, "x"))[1].lower()
+        device = result.device_dn.lower()
         mine = {e["title"]: e for e in await self.call(
             lambda d: d.run(registration.ae_entries(self.base, result.titles)))
             if e["device"].lower() == device}
-        for url, address in others:
-            try:
-                rivals = await asyncio.to_thread(_rivals_at, url, address, self.security,
-                                                 self.trusted(url), self.base, result.titles)
-            except DirectoryError as exc:
-                log.info("replica check: %s: %s", url, exc)
+        asks = {asyncio.create_task(asyncio.to_thread(
+            _rivals_at, url, address, self.security, self.trusted(url), self.base,
+            result.titles)): url for url, address in others}
+        done, pending = await asyncio.wait(asks, timeout=REPLICA_CHECK_DEADLINE)
+        for task in pending:  # its thread ends at the LDAP timeout and closes its connection
+            log.info("replica check: %s: no answer in %.0f s", asks[task],
+                     REPLICA_CHECK_DEADLINE)
+        for task in done:
+            url = asks[task]
+            if task.exception() is not None:
+                log.info("replica check: %s: %s", url, task.exception())
                 continue
-            for rival in rivals:
+            for rival in task.result():
                 ours = mine.get(rival["title"])
                 if ours is None or rival["device"].lower() == device or \
                         registration.keeps(ours, rival):
