@@ -86,6 +86,7 @@ def test_the_outputs_load_into_kea_dnsmasq_bind_and_slapd(lab, host, tmp_path):
     lease = json.loads(agent(host, "dhcp", "--interface", "eth0", "--no-probe",
                              "--initial-delay", "0", "--once", "--json").stdout)
     assert lease["address"] == fixed_address(host.index)
+    assert lease["hostname"] == f"site{host.index}"  # the name the reservation gives
     assert lease["tz_posix"] == "CET-1CEST,M3.5.0,M10.5.0/3"
     # slapd: the pre-configuration loads, and the device adopts it by name.
     ldif = site("ldif", "--site", str(where), str(devices)).stdout
