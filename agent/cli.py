@@ -115,14 +115,13 @@ def _socket_path(args: argparse.Namespace):
     return Path("/run/dicom-agent/status.sock")
 
 
-def _ask(args: argparse.Namespace, request: dict) -> dict | None:
+def _ask(args: argparse.Namespace, op: str, **fields: object) -> dict | None:
     """One request through the socket client (agent/client.py, the applications' one);
     None (said on stderr) when the agent is not reachable or answers with an error."""
     from agent.client import AgentClient, AgentError, AgentRefused
 
     try:
-        fields = {k: v for k, v in request.items() if k not in ("v", "op")}
-        return AgentClient(_socket_path(args)).request(request["op"], **fields)
+        return AgentClient(_socket_path(args)).request(op, **fields)
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
     except AgentRefused as exc:
@@ -137,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from agent.summary import summary
 
-    snap = _ask(args, {"v": 1, "op": "status"})
+    snap = _ask(args, "status")
     if snap is None:
         return EXIT_FAILED
     print(json.dumps(snap) if args.json else summary(snap))
@@ -165,7 +164,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
     from agent.summary import lookup_text
 
-    answer = _ask(args, {"v": 1, "op": "lookup", "aet": args.aet, "refresh": args.refresh})
+    answer = _ask(args, "lookup", aet=args.aet, refresh=args.refresh)
     if answer is None:
         return EXIT_FAILED
     print(json.dumps(answer) if args.json else lookup_text(answer))
@@ -177,8 +176,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from agent.summary import lookup_text
 
-    reply = _ask(args, {"v": 1, "op": "query", "cluster": args.cluster,
-                        "device_type": args.device_type})
+    reply = _ask(args, "query", cluster=args.cluster, device_type=args.device_type)
     if reply is None or "results" not in reply:
         return EXIT_FAILED
     print(json.dumps(reply) if args.json else

@@ -236,9 +236,8 @@ class Agent:
             address = self.lease.address if self.lease else self.auto_ip
             for i, ae in checked:
                 title = self.titles[i] if i < len(self.titles) else None
-                conn = next((c for name in ae.connections
-                             for c in self.config.device.connections
-                             if c.name == name and c.port is not None), None)
+                conn = next((c for c in map(self.config.device.connection, ae.connections)
+                             if c.port is not None), None)
                 if title is None or address is None or conn is None:
                     continue
                 tls = (conn.hostname or address) if conn.tls_cipher_suites else None

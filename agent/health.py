@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ class AeHealth:
     state: str = "unchecked"  # unchecked, up, down
     checked_at: float | None = None  # wall clock
     reason: str | None = None  # why down
-    changes: int = field(default=0, repr=False)
 
 
 def echo(calling: str, called: str, host: str, port: int, tls_hostname: str | None = None,
@@ -67,6 +66,4 @@ def checked(health: AeHealth, problem: str | None, now: float | None = None) -> 
     changed = new != health.state
     health.state, health.reason = new, problem
     health.checked_at = time.time() if now is None else now
-    if changed:
-        health.changes += 1
     return changed

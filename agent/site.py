@@ -37,7 +37,7 @@ import ipaddress
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.config import Config, load_config
@@ -291,7 +291,7 @@ def ldif(site: Site) -> str:
                      for c in device.connections}
         titles = [ae.title for ae in fixed]
         entries += [plan.title_entry(site.ldap_base, t) for t in titles]
-        entries += plan.device_entries(site.ldap_base, _with_aes(device, fixed), titles,
+        entries += plan.device_entries(site.ldap_base, replace(device, aes=fixed), titles,
                                        hostnames)
     return plan.to_ldif(entries, comment="\n".join([
         f"PS3.15 H.1 pre-configuration of {len(site.members)} device(s) of {site.domain}, "
@@ -299,8 +299,3 @@ def ldif(site: Site) -> str:
         "Load with: ldapadd -x -D <an account that may write the DICOM subtree> -W -f FILE",
         *notes]))
 
-
-def _with_aes(device, aes):
-    from dataclasses import replace
-
-    return replace(device, aes=aes)

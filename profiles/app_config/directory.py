@@ -328,15 +328,8 @@ class Directory:
     def run(self, operation: registration.Operation) -> Any:
         return registration.run(operation, self.execute)
 
-    def find_device(self, device: Device, device_id: str | None = None
-                    ) -> tuple[dict | None, bool]:
-        return self.run(registration.find_device(self.base, device, device_id))
-
     def registered_titles(self) -> set[str]:
         return self.run(registration.registered_titles(self.base, REGISTRY_LIMIT))
-
-    def title_owner(self, title: str) -> str | None:
-        return self.run(registration.title_owner(self.base, title))
 
     def register(self, device: Device, hostnames: dict[str, str], owned: list[str],
                  attempts: int, device_id: str | None = None,
