@@ -31,7 +31,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from agent import health
+from agent import faults, health
 from agent.address import Address, dns_of, grace_for, remaining
 from agent.announce import Announcer, titles_for
 from agent.boot import BootMachine, BootState, Event
@@ -73,18 +73,6 @@ DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                     "conflict": Event.DIRECTORY_CONFLICT,
                     "unavailable": Event.DIRECTORY_UNAVAILABLE,
                     "cached": Event.DIRECTORY_CACHED}
-
-
-def _fault_injection():
-    """The test-only fault hook (tests/faults/dicom_agent_faults.py), present only when a
-    test puts it on the path: never in an installed agent."""
-    try:
-        import dicom_agent_faults  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    log.warning("TEST BUILD: fault injection active (%s)",
-                os.environ.get("DICOM_AGENT_FAULTS", ""))
-    return dicom_agent_faults
 
 
 def _iso(wall: float | None) -> str | None:
@@ -268,10 +256,8 @@ class Agent:
                 "sntp": self.timekeeping.counters(),
                 "boot": dict(self.machine.ignored), "status": dict(self.status_server.counters),
                 "hooks": dict(self.hooks.counters),
-                "directory": {"reconnects": self.directory.reconnects if self.directory
-                              else 0,
-                              "odd-entries": self.directory.odd_entries if self.directory
-                              else 0}}
+                "directory": self.directory.counters() if self.directory else
+                {"reconnects": 0, "odd-entries": 0, "operations": 0, "replica-conflicts": 0}}
 
     def _changed(self) -> None:
         self.status_server.changed()
@@ -697,9 +683,9 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> None:
-        injected = _fault_injection()
+        injected = faults.injection()
         loop = asyncio.get_running_loop()
-        faults = injected.wrap if injected else (lambda name, job: job)
+        faulty = injected.wrap if injected else (lambda name, job: job)
         if injected:
             injected.arm(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -710,14 +696,14 @@ class Agent:
         sv = self.supervisor
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(sv.run("address", faults("address", self.address.run),
+                tg.create_task(sv.run("address", faulty("address", self.address.run),
                                       cap=self._address_cap, while_down=self._address_down),
                                name="address")
                 for name, job in (("time", self._time), ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve),
                                   ("offset", self._offset), ("discovery", self._discovery),
                                   ("health", self._health)):
-                    tg.create_task(sv.run(name, faults(name, job)), name=name)
+                    tg.create_task(sv.run(name, faulty(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")
                 # READY=1 once the daemon is up — configuration valid, status socket

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import faults
 from agent.address import dns_of
 from agent.config import Config, load_config
 from agent.directory import (
@@ -128,6 +129,9 @@ def cmd_register(args: argparse.Namespace) -> int:
         print(f"directory register: {names}", file=sys.stderr)
         return EXIT_FAILED
     service = ctx.service()
+    injected = faults.injection()
+    if injected:
+        injected.arm()
     try:
         state = asyncio.run(service.register(names))
     finally:

@@ -769,6 +769,16 @@ class Lab:
     def resume_provider(self, sid: int) -> None:
         os.kill(self.provider_pid(sid), signal.SIGCONT)
 
+    def kill_provider(self, sid: int) -> None:
+        """A provider dying (SIGKILL, by its PID); start_provider brings it back."""
+        pid = self.provider_pid(sid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid in _pids_in(self.provider(sid)["ns"]):
+            if time.monotonic() > deadline:
+                raise LabError(f"slapd {pid} did not end")
+            time.sleep(0.05)
+
     def cut_replication(self, sid: int) -> None:
         """Provider `sid` stops consuming from the others (its olcSyncrepl removed through
         ldapi); devices still reach it."""

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,23 @@ REGISTRY_LIMIT = 1_000_000  # titles read from the Unique AE Titles Registry
 TIMEOUT = 5  # s, connect and each operation (ldap3 wants an int for SO_RCVTIMEO)
 SCOPES = {registration.BASE: BASE, registration.ONE: LEVEL, registration.SUB: SUBTREE}
 MODIFY_OPS = {"add": MODIFY_ADD, "delete": MODIFY_DELETE, "replace": MODIFY_REPLACE}
+
+
+class _Count:
+    """A number several worker threads add to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.value += n
+
+
+# LDAP requests this process sent (StartTLS, bind, each search page, add, modify, delete,
+# unbind): `counters.directory.operations`, and per device in `make bench`'s storm.
+OPERATIONS = _Count()
 
 
 def _failed(what: str, exc: Exception) -> DirectoryError:
@@ -145,8 +163,11 @@ def connect(url: str, security: Security, address: str | None = None,
         conn.open()
         if conn.closed:
             raise DirectoryError("cannot connect")
-        if tls is not None and not implicit and not conn.start_tls():
-            raise DirectoryError(f"StartTLS failed: {conn.result.get('description')}")
+        if tls is not None and not implicit:
+            OPERATIONS.add()
+            if not conn.start_tls():
+                raise DirectoryError(f"StartTLS failed: {conn.result.get('description')}")
+        OPERATIONS.add()
         if not conn.bind():
             raise DirectoryError(f"bind failed: {conn.result.get('description')} "
                                  f"({conn.result.get('result')})")
@@ -171,6 +192,8 @@ def _pin_address(server: Server, address: str, port: int) -> None:
 def close(conn: Connection) -> None:
     """Unbind, whatever state the connection is in (a failed TLS handshake leaves a
     closed socket that unbind would trip over)."""
+    if not conn.closed:
+        OPERATIONS.add()
     with contextlib.suppress(Exception):
         conn.unbind()
 
@@ -196,6 +219,7 @@ def _search(conn: Connection, base: str, flt: str, scope: Any = SUBTREE,
 def _search_once(conn: Connection, base: str, flt: str, scope: Any,
                  attributes: list[str] | None, page: int = 0,
                  cookie: bytes | None = None) -> list[dict]:
+    OPERATIONS.add()
     try:
         ok = conn.search(base, flt, search_scope=scope, attributes=attributes or [],
                          size_limit=0 if page else SIZE_LIMIT, time_limit=TIMEOUT,
@@ -317,6 +341,7 @@ class Directory:
         raise TypeError(f"not an operation: {op!r}")
 
     def _result(self, what: str, call: Any) -> int:
+        OPERATIONS.add()
         try:
             call()
         except LDAPException as exc:

@@ -40,6 +40,7 @@ from profiles.app_config.model import Device, ae_title_problem
 log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 5.0, 300.0  # s, while no directory can be reached
 REPLICA_CHECK_DEADLINE = 3.0  # s: the other providers asked at once, this long at most
+REPLICA_CHECK_INTERVAL = 300.0  # s: between replica checks while registered (at most)
 
 # -> (SRV records in the order tried, (URL, address) pairs to try)
 Candidates = Callable[[], Awaitable[tuple[list[dict], list[tuple[str, str | None]]]]]
@@ -185,6 +186,11 @@ class DirectoryService:
                 directory.odd_entries = 0
         raise AssertionError("unreachable")
 
+    def counters(self) -> dict[str, int]:
+        from profiles.app_config.directory import OPERATIONS
+        return {"reconnects": self.reconnects, "odd-entries": self.odd_entries,
+                "operations": OPERATIONS.value, "replica-conflicts": self.replica_conflicts}
+
     def close(self) -> None:
         if self._dir is not None:
             self._dir.close()
@@ -212,17 +218,7 @@ class DirectoryService:
                     await self.locate()
             if self.state in ("locating", "unavailable", "cached"):
                 await self._set_state("registering")
-            intent = statefile.read_json(self.intent_path, intent_record)
-            if intent:  # a registration was cut short (kill -9): undo what it added
-                self.recovered, in_flight = await self.call(lambda d: d.recover(intent))
-                if in_flight:
-                    self.maybe_ours.append(in_flight)
-                log.warning("directory: undid an interrupted registration: %s",
-                            ", ".join(self.recovered) or "nothing had been added")
-            owned = [*self.saved.get("titles", []), *self.maybe_ours]
-            result: Registration = await self.call(
-                lambda d: d.register(self.device, hostnames, owned, self.attempts,
-                                     self.device_id, self.saved.get("keys", {})))
+            result: Registration = await self.call(self._register_on, hostnames)
         except (Refused, Conflict) as exc:
             # An administrator takes it from here: the entries as LDIF, marker included.
             path = manual_ldif_path(self.state_dir, self.device)
@@ -258,8 +254,23 @@ class DirectoryService:
         self.last_error = None
         await self._read_back(result.device_dn)
         state = await self._set_state("registered")
-        lost = await self._check_replicas(result)  # after: a dead provider never delays boot
+        lost = await self.check_replicas(result)  # after: a dead provider never delays boot
         return lost if lost is not None else state
+
+    def _register_on(self, directory: Directory, hostnames: dict[str, str]) -> Registration:
+        """One registration on one connection (a worker thread). What a cut-short attempt
+        added — a kill -9, or a provider lost mid-registration, when this runs again on
+        the next provider — is undone first, from the intent record."""
+        intent = statefile.read_json(self.intent_path, intent_record)
+        if intent:
+            self.recovered, in_flight = directory.recover(intent)
+            if in_flight:
+                self.maybe_ours.append(in_flight)
+            log.warning("directory: undid an interrupted registration: %s",
+                        ", ".join(self.recovered) or "nothing had been added")
+        owned = [*self.saved.get("titles", []), *self.maybe_ours]
+        return directory.register(self.device, hostnames, owned, self.attempts,
+                                  self.device_id, self.saved.get("keys", {}))
 
     async def _check_replicas(self, result: Registration) -> str | None:
         """Uniqueness across replicas (issue 14): the other providers this device knows
@@ -392,20 +403,40 @@ class DirectoryService:
         refresh_interval while awaiting an administrator, refresh when registered, and
         at once when `changed` is set (the address or name changed)."""
         retry = RETRY_MIN
+        loop = asyncio.get_running_loop()
         while True:
             state = await self.register(hostnames())
             if state in ("unavailable", "cached"):
                 wait, retry = retry, min(retry * 2, RETRY_MAX)
             else:
                 wait, retry = self.refresh_interval, RETRY_MIN
-            if changed is None:
-                await asyncio.sleep(wait)
-                continue
-            try:
-                await asyncio.wait_for(changed.wait(), wait)
-                changed.clear()
-            except TimeoutError:
-                pass
+            refresh_at = loop.time() + wait
+            # Between refreshes, the replicas are asked again (issue 14): a rival reserved
+            # while replication was cut shows up on either side once it can be reached.
+            while (left := refresh_at - loop.time()) > 0:
+                step = min(left, REPLICA_CHECK_INTERVAL) if self.state == "registered" \
+                    else left
+                if changed is None:
+                    await asyncio.sleep(step)
+                else:
+                    try:
+                        await asyncio.wait_for(changed.wait(), step)
+                        changed.clear()
+                        break
+                    except TimeoutError:
+                        pass
+                if self.state == "registered" and self.last is not None and \
+                        refresh_at - loop.time() > 0:
+                    await self.check_replicas(self.last)
+
+    async def check_replicas(self, result: Registration) -> str | None:
+        """_check_replicas; the state after giving a title way, None if nothing changed.
+        A provider that fails the check leaves things as they are."""
+        try:
+            return await self._check_replicas(result)
+        except DirectoryError as exc:
+            log.info("replica check: %s", exc)
+            return None
 
     # -- lookups ---------------------------------------------------------------------------
 

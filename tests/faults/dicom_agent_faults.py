@@ -8,6 +8,10 @@ production builds and says so").
 
 "ldap-kill-after-add:N" ends the process with SIGKILL right after its Nth successful
 LDAP add (a kill -9 between a title's reservation and the device's entries, issue 13).
+"ldap-pause-after-add:N" holds the registration right after its Nth successful add until
+the test removes $DICOM_AGENT_FAULT_DIR/paused-after-add (made then): the test ends the
+provider in between (a server lost mid-registration, issue 14). Both work for `run` and
+for `directory register`.
 
 SIGUSR2 stalls the event loop (a blocking sleep inside it, as a hung call would): the
 watchdog test (issue 12) sees systemd end and restart the stalled daemon.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 _left: dict[str, int] = {}
 for item in filter(None, os.environ.get("DICOM_AGENT_FAULTS", "").split(",")):
@@ -39,7 +44,7 @@ def stall_the_loop_forever() -> None:
         time.sleep(3600)  # blocks the loop: no WATCHDOG=1 any more
 
 
-def kill_after_ldap_add(n: int) -> None:
+def after_ldap_add(n: int, then) -> None:
     from profiles.app_config import directory, registration
 
     original = directory.Directory.execute
@@ -51,13 +56,29 @@ def kill_after_ldap_add(n: int) -> None:
         if isinstance(op, registration.Add) and result == 0:
             done += 1
             if done == n:
-                os.kill(os.getpid(), signal.SIGKILL)
+                then()
         return result
 
     directory.Directory.execute = execute
 
 
-def arm(loop) -> None:
-    loop.add_signal_handler(signal.SIGUSR2, stall_the_loop_forever)
+def kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause() -> None:
+    """In the worker thread running the registration: wait for the test (60 s at most)."""
+    marker = Path(os.environ["DICOM_AGENT_FAULT_DIR"]) / "paused-after-add"
+    marker.touch()
+    deadline = time.monotonic() + 60
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def arm(loop=None) -> None:
+    if loop is not None:
+        loop.add_signal_handler(signal.SIGUSR2, stall_the_loop_forever)
     if _left.get("ldap-kill-after-add"):
-        kill_after_ldap_add(_left.pop("ldap-kill-after-add"))
+        after_ldap_add(_left.pop("ldap-kill-after-add"), kill)
+    if _left.get("ldap-pause-after-add"):
+        after_ldap_add(_left.pop("ldap-pause-after-add"), pause)

@@ -4,9 +4,14 @@ restored without cutting devices off."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
-from lab import ADMIN_DN, ADMIN_PASSWORD, PROVIDER_ADDRESSES
+import pytest
+from lab import ADMIN_DN, ADMIN_PASSWORD, PROVIDER_ADDRESSES, LabError
 
 REGISTRY = "cn=Unique AE Titles Registry,cn=DICOM Configuration,dc=hospital,dc=test"
 
@@ -155,3 +160,106 @@ def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, devic
             host.run(["ldapdelete", "-x", "-H", f"ldap://{PROVIDER_ADDRESSES[0]}", "-D",
                       ADMIN_DN, "-w", ADMIN_PASSWORD,
                       f"dicomAETitle={template.format(n=n)},{REGISTRY}"])
+
+
+FAULTS = str(Path(__file__).resolve().parents[1] / "faults")
+DEVICES = "cn=Devices,cn=DICOM Configuration,dc=hospital,dc=test"
+
+
+def holders_on(host, address: str, title: str) -> list[str]:
+    """The DNs of AE entries with `title` on one provider."""
+    out = host.run(["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", f"ldap://{address}",
+                    "-b", DEVICES,
+                    f"(&(objectClass=dicomNetworkAE)(dicomAETitle={title}))", "dn"]).stdout
+    return [x[4:] for x in out.splitlines() if x.startswith("dn: ")]
+
+
+def remove_device(host, name: str, titles: list[str]) -> None:
+    for dn in [f"dicomDeviceName={name},{DEVICES}"] + [
+            f"dicomAETitle={t},{REGISTRY}" for t in titles]:
+        host.run(["ldapdelete", "-x", "-r", "-H", f"ldap://{PROVIDER_ADDRESSES[0]}", "-D",
+                  ADMIN_DN, "-w", ADMIN_PASSWORD, dn])
+
+
+@pytest.mark.parametrize("replicated", [True, False],
+                         ids=["reservation-replicated", "reservation-not-replicated"])
+def test_a_provider_lost_mid_registration_leaves_no_orphan_on_either(lab, host, replicated):
+    """Issue 14: the provider dies between the title's reservation and the device entry.
+    The agent goes on with the next SRV target: what the intent record says it added is
+    undone there first, then it registers; the dead provider back, both directories agree
+    on one title held by the device, no orphan, and a second registration changes
+    nothing. Either the reservation had reached the other provider (it is deleted there,
+    then reserved again) or not (replication to it cut: reserved there afresh, and the
+    two adds of one registry entry merge when replication returns)."""
+    from agent_helpers import AGENT, agent, write_config
+    from test_agent import registrar_section
+    from test_identity import device as device_section
+
+    lab.start_replicated(2)
+    lab.set_srv_layout("replicated")
+    one, two = PROVIDER_ADDRESSES[:2]
+    name = f"FO{host.index}{'R' if replicated else 'N'}"
+    template = f"{name}_{{n}}"
+    title = template.format(n=1)
+    state = host.run_dir / f"state-{name}"
+    state.mkdir()
+    (state / "directory.json").write_text(json.dumps({  # ldap1 answered last time
+        "server": "ldap://ldap1.hospital.test:389", "base_dn": None, "device_dn": None,
+        "titles": []}))
+    config = write_config(host, network=f'hostname = "{name.lower()}"',
+                          directory=registrar_section(lab, host), name=f"{name}.toml",
+                          device_section=device_section(name, name, template),
+                          state_dir=str(state))
+    fault_dir = host.run_dir / f"fault-{name}"
+    fault_dir.mkdir()
+    marker = fault_dir / "paused-after-add"
+    env = {**os.environ, "PYTHONPATH": FAULTS, "DICOM_AGENT_FAULTS": "ldap-pause-after-add:1",
+           "DICOM_AGENT_FAULT_DIR": str(fault_dir), "DICOM_AGENT_LOG": "INFO"}
+    if not replicated:
+        lab.cut_replication(2)
+    proc = host.popen([AGENT, "directory", "register", "--config", config, "--json"],
+                      env=env)
+    try:
+        assert until(marker.exists, 60), proc.stderr.read() if proc.poll() is not None else ""
+        assert title in titles_on(host, one)  # reserved on ldap1, device entry not yet added
+        if replicated:
+            assert until(lambda: title in titles_on(host, two))
+        else:
+            time.sleep(1)
+            assert title not in titles_on(host, two)
+        lab.kill_provider(1)
+        marker.unlink()
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert result["server"] == "ldap://ldap2.hospital.test:389", result
+        assert result["titles"] == [title], (result, err)
+        assert "undid an interrupted registration" in err
+        assert not (state / "registration-intent.json").exists()
+        assert holders_on(host, two, title) == [f"dicomAETitle={title},dicomDeviceName="
+                                                f"{name},{DEVICES}"]
+        lab.start_provider(1)
+        if not replicated:
+            lab.restore_replication(2)
+        for address in (one, two):  # both agree: the one title, held by the device
+            assert until(lambda a=address: {t for t in titles_on(host, a)
+                                            if t.startswith(f"{name}_")} == {title}
+                         and len(holders_on(host, a, title)) == 1, 20), (
+                address, titles_on(host, address))
+        again = agent(host, "directory", "register", "--config", config, "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["changed"] == [] and \
+            json.loads(again.stdout)["titles"] == [title]  # no duplicate work
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        marker.unlink(missing_ok=True)
+        try:
+            lab.provider_pid(1)
+        except (OSError, ValueError, LabError):
+            lab.start_provider(1)
+        if not replicated:
+            lab.restore_replication(2)
+        lab.set_srv_layout("live-first")
+        remove_device(host, name, [title, template.format(n=2)])

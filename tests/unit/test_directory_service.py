@@ -4,6 +4,7 @@ offline answer (issue 11), and operations on the one connection never overlap.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -60,3 +61,60 @@ def test_operations_on_the_connection_never_overlap(tmp_path):
 
     asyncio.run(main())
     assert most == 1
+
+
+def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, monkeypatch):
+    """Issue 14: a registered device asks the other providers again every
+    REPLICA_CHECK_INTERVAL, not only at its (hourly) refresh; not while unregistered."""
+    from profiles.app_config import service as service_module
+
+    monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.05)
+    s = DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,
+                         tmp_path, 10, refresh_interval=0.5)
+    registrations, checks = [], []
+    result = object()
+
+    async def register(hostnames):
+        registrations.append(asyncio.get_running_loop().time())
+        s.state, s.last = "registered", result
+        return "registered"
+
+    async def check(result):
+        checks.append(result)
+        return None
+
+    s.register, s._check_replicas = register, check
+
+    async def main() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.maintain(lambda: {}), 1.2)
+
+    asyncio.run(main())
+    assert len(registrations) == 3  # at 0, 0.5 and 1.0 s
+    assert 12 <= len(checks) <= 27  # ~9 a refresh period (0.05 s steps), none at a refresh
+    assert all(c is result for c in checks)
+
+
+def test_no_replica_check_while_not_registered(tmp_path, monkeypatch):
+    from profiles.app_config import service as service_module
+
+    monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.05)
+    s = DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,
+                         tmp_path, 10, refresh_interval=0.3)
+    checks = []
+
+    async def register(hostnames):
+        s.state = "awaiting-manual-registration"
+        return s.state
+
+    async def check(result):
+        checks.append(result)
+
+    s.register, s._check_replicas = register, check
+
+    async def main() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.maintain(lambda: {}), 0.7)
+
+    asyncio.run(main())
+    assert checks == []
