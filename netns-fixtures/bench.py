@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import storm
 from bench_agent import IDLE, agent_bench
 from bench_directory import DEVICES, directory_bench
-from lab import BASE_DN, Device, Lab
+from lab import BASE_DN, PROVIDER_ADDRESSES, SERVER_ADDRESS, Device, Lab
 
 REPS = int(os.environ.get("BENCH_REPS", "7"))
+STORM_PAIR = int(os.environ.get("BENCH_STORM_PAIR", "30"))
+STORM_SINGLE = int(os.environ.get("BENCH_STORM", "40"))
 CLIENTS = Path(__file__).resolve().parent / "clients"
 AGENT = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "dicom-agent")
 
@@ -165,6 +168,12 @@ def main() -> int:
     # default lab's 120-s leases would add a renewal a minute to the idle figures).
     with Lab(prefix="dcmb", devices=0, lease_time=3600) as lab:
         booted = agent_bench(lab, REPS)
+        # A boot storm on one directory server (issue 18: cost per boot is what scales).
+        single = storm.bench(lab, STORM_SINGLE, "SS", [SERVER_ADDRESS])
+    # The storm against the replicated pair, spread by SRV weight (issue 14).
+    with Lab(prefix="dcmb", devices=0, lease_time=3600, srv_layout="replicated") as lab:
+        lab.start_replicated(2)
+        pair = storm.bench(lab, STORM_PAIR, "RS", list(PROVIDER_ADDRESSES[:2]))
 
     print(f"\ndicom-agent bench: medians of {REPS} runs (ms), this machine, one run\n")
     print(f"{'group':6} {'what':58} {'ms':>9}")
@@ -205,6 +214,22 @@ def main() -> int:
     ratio = dhcp_ms[agent_name] / reference
     print(f"\ntarget: dicom-agent <= 20x dhclient -> {ratio:.1f}x "
           f"({'met' if ratio <= 20 else 'NOT met'})")
+    for title, figures in ((f"Boot storm: {STORM_SINGLE} devices at once, one directory "
+                            "server", single),
+                           (f"Boot storm: {STORM_PAIR} devices at once, the replicated pair "
+                            "(one title template each AE, SRV weights 50/50)", pair)):
+        print(f"\n{title}")
+        print(f"  ready: {figures['ready']}/{figures['n']}, p50 {figures['p50_s']:.1f} s, "
+              f"p95 {figures['p95_s']:.1f} s; CPU {figures['cpu_s_per_device']:.2f} s per "
+              "device (user+sys at ready)")
+        print(f"  LDAP operations per device (at ready): mean "
+              f"{figures['ops_per_device']:.1f}, max {figures['ops_max']}")
+        converged = figures["converged_s"]
+        print("  converged (every title held once, the servers agreeing, no orphan) after "
+              + (f"{converged:.1f} s" if converged is not None else "NEVER")
+              + f"; duplicate titles left: {figures['duplicates']}; titles given way on a "
+              f"replica: {figures['replica_conflicts']}")
+        print("  registered on: " + ", ".join(f"{k} {v}" for k, v in figures["servers"].items()))
     return 0
 
 

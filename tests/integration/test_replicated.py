@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -163,6 +162,7 @@ def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, devic
 
 
 FAULTS = str(Path(__file__).resolve().parents[1] / "faults")
+AGENT_BIN = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dicom-agent")
 DEVICES = "cn=Devices,cn=DICOM Configuration,dc=hospital,dc=test"
 
 
@@ -263,3 +263,75 @@ def test_a_provider_lost_mid_registration_leaves_no_orphan_on_either(lab, host, 
             lab.restore_replication(2)
         lab.set_srv_layout("live-first")
         remove_device(host, name, [title, template.format(n=2)])
+
+
+def test_a_boot_storm_on_the_pair_converges_without_duplicate_titles(lab, host):
+    """Issue 14 (the smaller storm; `make bench` runs 30): devices with one pair of title
+    templates boot at once against the replicated pair, spread over the SRV targets; all
+    reach ready and, once replication settles, both providers agree with the agents:
+    every title held by one AE, none held twice, no orphan in the registry."""
+    import storm
+
+    lab.start_replicated(2)
+    lab.set_srv_layout("replicated")
+    addresses = PROVIDER_ADDRESSES[:2]
+    run = storm.start(lab, 6, f"SM{host.index}")
+    try:
+        storm.wait_ready(run, 120)
+        assert [b.name for b in run.booted if b.ready_s is None] == []
+        took = storm.settle(lab, run, addresses, 60)
+        assert took is not None, ([(b.name, b.titles) for b in run.booted],
+                                  [storm.directory_view(lab, a, run.tag) for a in addresses])
+        assert storm.duplicates(lab, run, addresses) == 0
+        assert all(b.operations and b.operations > 0 for b in run.booted)
+    finally:
+        storm.end(lab, run)
+        storm.remove(lab, run, addresses[0])
+        lab.set_srv_layout("live-first")
+
+
+def test_a_lagging_replica_never_makes_the_device_doubt_its_own_titles(lab, host):
+    """Issue 14: the other provider lags (stopped, then behind): the replica check gets no
+    answer within its deadline and the device keeps its title; caught up, the provider
+    has the device's entries and a second registration changes nothing."""
+    from agent_helpers import agent, write_config
+    from test_agent import registrar_section
+    from test_identity import device as device_section
+
+    lab.start_replicated(2)
+    lab.set_srv_layout("replicated")
+    one, two = PROVIDER_ADDRESSES[:2]
+    name = f"LAG{host.index}"
+    template = f"{name}_{{n}}"
+    title = template.format(n=1)
+    state = host.run_dir / f"state-{name}"
+    state.mkdir()
+    (state / "directory.json").write_text(json.dumps({
+        "server": "ldap://ldap1.hospital.test:389", "base_dn": None, "device_dn": None,
+        "titles": []}))
+    config = write_config(host, network=f'hostname = "{name.lower()}"',
+                          directory=registrar_section(lab, host), name=f"{name}.toml",
+                          device_section=device_section(name, name, template),
+                          state_dir=str(state))
+    lab.pause_provider(2)
+    try:
+        reg = host.run([AGENT_BIN, "directory", "register", "--config", config, "--json"],
+                       env={**os.environ, "DICOM_AGENT_LOG": "INFO"}, timeout=90)
+        assert reg.returncode == 0, reg.stderr
+        out = json.loads(reg.stdout)
+        assert out["server"] == "ldap://ldap1.hospital.test:389" and out["titles"] == [title]
+        assert "replica check: ldap://ldap2.hospital.test:389: no answer" in reg.stderr
+        assert "giving it up" not in reg.stderr
+    finally:
+        lab.resume_provider(2)
+    try:
+        assert until(lambda: holders_on(host, two, title) == holders_on(host, one, title)
+                     and len(holders_on(host, two, title)) == 1, 30)
+        again = agent(host, "directory", "register", "--config", config, "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["changed"] == [] and \
+            json.loads(again.stdout)["titles"] == [title]
+        assert "giving it up" not in again.stderr
+    finally:
+        lab.set_srv_layout("live-first")
+        remove_device(host, name, [title])
