@@ -53,19 +53,27 @@ def status(sock: Path) -> dict | None:
 
 
 def boot(lab: Lab, dev: Device) -> tuple[subprocess.Popen, dict[str, float]]:
-    """Start the agent; the time (s) each boot state was first seen, until `ready`."""
+    """Start the agent; the time (s) each boot state was first seen, until `ready`.
+    One `watch` subscription (a snapshot per change), not polling: a poll every few ms
+    would be CPU the agent spends answering the bench."""
     sock = dev.run_dir / "agent-run" / "status.sock"
     t0 = time.perf_counter()
     proc = dev.popen([AGENT, "run", "--config", str(config(lab, dev))],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: dict[str, float] = {}
     while time.perf_counter() - t0 < 60:
-        snap = status(sock)
-        if snap is not None:
-            seen.setdefault(snap["state"], time.perf_counter() - t0)
-            if snap["state"] == "ready":
-                return proc, seen
-        time.sleep(0.01)
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.settimeout(60)
+                s.sendall(b'{"v":1,"op":"watch"}\n')
+                for line in s.makefile():
+                    snap = json.loads(line)
+                    seen.setdefault(snap["state"], time.perf_counter() - t0)
+                    if snap["state"] == "ready":
+                        return proc, seen
+        except (OSError, ValueError):
+            time.sleep(0.005)  # not listening yet
     raise RuntimeError(f"no ready in 60 s: {seen}")
 
 

@@ -1,12 +1,12 @@
-"""Apply a lease to the interface through netlink (pyroute2): address with lifetimes,
-broadcast, routes, MTU; remove them when the lease is lost.
+"""Apply a lease to the interface through netlink (rtnetlink.py): address with
+lifetimes, broadcast, routes, MTU; remove them when the lease is lost.
 
 The address's valid lifetime is the lease's remaining time plus `grace` (the time lease-
 lost handlers get), its preferred lifetime the remaining time: should the agent die, the
 kernel still removes the address when the lease ends (dhcpcd does the same).
 
-Each part is applied on its own and a refusal by the kernel (pyroute2's NetlinkError,
-which is not an OSError) is recorded and reported, never raised: a lease whose MTU or
+Each part is applied on its own and a refusal by the kernel (NetlinkError) is recorded
+and reported, never raised: a lease whose MTU or
 one route the kernel refuses still gives the device its address and the other routes.
 An MTU above the link's maximum is not tried. A gateway outside the leased subnet gets
 an on-link host route first, as systemd-networkd and dhcpcd do.
@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import struct
 
 from profiles.network_address.lease import ANY, INFINITE, Lease
+from profiles.network_address.rtnetlink import (
+    IFLA_ADDRESS,
+    IFLA_CARRIER,
+    IFLA_MAX_MTU,
+    RtNetlink,
+)
 
 log = logging.getLogger(__name__)
 RTPROT_DHCP = 16  # routes we install carry proto "dhcp", as dhcpcd's do
@@ -50,10 +58,9 @@ def route_plan(lease: Lease) -> list[tuple[str, dict]]:
 
 
 class Netlink:
-    """Async netlink (pyroute2's AsyncIPRoute: its sync IPRoute runs a loop of its own and
-    cannot be used inside ours). Create with `await Netlink.open(interface)`."""
+    """The lease on one interface. Create with `await Netlink.open(interface)`."""
 
-    def __init__(self, interface: str, ipr, index: int):
+    def __init__(self, interface: str, ipr: RtNetlink, index: int):
         self.interface = interface
         self.ipr = ipr
         self.index = index
@@ -62,29 +69,20 @@ class Netlink:
 
     @classmethod
     async def open(cls, interface: str) -> Netlink:
-        # AsyncIPRoute alone: the pyroute2 package root imports far more (see make bench).
-        from pyroute2.iproute.linux import AsyncIPRoute
-
-        ipr = AsyncIPRoute()
-        await ipr.setup_endpoint()
-        found = await ipr.link_lookup(ifname=interface)
-        if not found:
-            ipr.close()
-            raise OSError(f"no interface {interface!r}")
-        return cls(interface, ipr, found[0])
+        try:
+            index = socket.if_nametoindex(interface)
+        except OSError:
+            raise OSError(f"no interface {interface!r}") from None
+        return cls(interface, RtNetlink(), index)
 
     def close(self) -> None:
         self.ipr.close()
 
-    async def _link(self):
-        return (await self.ipr.link("get", index=self.index))[0]
-
     async def mac(self) -> bytes:
-        link = await self._link()
-        return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+        return (await self.ipr.link(self.index))[IFLA_ADDRESS]
 
     async def carrier(self) -> bool:
-        return (await self._link()).get_attr("IFLA_CARRIER") == 1
+        return (await self.ipr.link(self.index)).get(IFLA_CARRIER) == b"\x01"
 
     async def apply(self, lease: Lease, now: float, grace: float) -> list[str]:
         """Apply the lease part by part; returns what the kernel refused (e.g.
@@ -104,43 +102,41 @@ class Netlink:
         remaining = lease.remaining(now)
         lifetimes = {}
         if lease.lease_time != INFINITE:
-            lifetimes = {"valid_lft": int(remaining + grace) + 1,
-                         "preferred_lft": max(int(remaining), 0)}
-        await step("address", self.ipr.addr(
-            "replace", index=self.index, address=lease.address, prefixlen=lease.prefix,
-            broadcast=lease.broadcast, **lifetimes))
+            lifetimes = {"valid": int(remaining + grace) + 1,
+                         "preferred": max(int(remaining), 0)}
+        await step("address", self.ipr.replace_address(
+            self.index, lease.address, lease.prefix, broadcast=lease.broadcast, **lifetimes))
         if lease.mtu is not None:
             maximum = await self._max_mtu()
             if maximum is not None and lease.mtu > maximum:
                 failed.append(f"mtu: {lease.mtu} is above the link's maximum {maximum}")
             else:
-                await step("mtu", self.ipr.link("set", index=self.index, mtu=lease.mtu))
+                await step("mtu", self.ipr.set_mtu(self.index, lease.mtu))
         plan = route_plan(lease)
         wanted = {route["dst"] for _, route in plan}
         await self._delete_routes(self._routes - wanted)  # an earlier lease's, not wanted now
         self._routes = wanted
         for what, route in plan:
-            await step(what, self.ipr.route("replace", oif=self.index, proto=RTPROT_DHCP,
-                                            **route))
+            await step(what, self.ipr.replace_route(index=self.index, proto=RTPROT_DHCP,
+                                                    **route))
         self._applied = lease
         log.info("applied %s/%d on %s (valid %s s)%s", lease.address, lease.prefix,
-                 self.interface, lifetimes.get("valid_lft", "forever"),
+                 self.interface, lifetimes.get("valid", "forever"),
                  f"; refused: {'; '.join(failed)}" if failed else "")
         return failed
 
     async def _delete_routes(self, destinations: set[str]) -> None:
         for dst in sorted(destinations):
             try:
-                await self.ipr.route("del", dst=dst, oif=self.index, proto=RTPROT_DHCP)
+                await self.ipr.delete_route(dst, self.index, RTPROT_DHCP)
             except Exception as exc:  # gone with an address or prefix already
                 log.debug("route %s already gone: %s", dst, exc)
 
     async def _max_mtu(self) -> int | None:
-        try:
-            value = (await self._link()).get_attr("IFLA_MAX_MTU")
-        except Exception:  # an old kernel without the attribute
+        value = (await self.ipr.link(self.index)).get(IFLA_MAX_MTU)
+        if value is None or len(value) != 4:  # an old kernel without the attribute
             return None
-        return value or None
+        return struct.unpack("=I", value)[0] or None
 
     async def remove(self, lease: Lease) -> None:
         """Delete the lease's routes and address (an on-link host route would outlive
@@ -148,8 +144,7 @@ class Netlink:
         await self._delete_routes(self._routes)
         self._routes = set()
         try:
-            await self.ipr.addr("del", index=self.index, address=lease.address,
-                                prefixlen=lease.prefix)
+            await self.ipr.delete_address(self.index, lease.address, lease.prefix)
         except Exception as exc:  # already gone: its lifetime ran out
             log.debug("address %s already gone: %s", lease.address, exc)
         if self._applied is not None and self._applied.address == lease.address:
@@ -158,12 +153,12 @@ class Netlink:
 
     async def add_link_local(self, address: str) -> None:
         """RFC 3927 address: 169.254/16, scope link, no lifetime, no routes."""
-        await self.ipr.addr("replace", index=self.index, address=address, prefixlen=16,
-                            broadcast="169.254.255.255", scope=253)
+        await self.ipr.replace_address(self.index, address, 16, broadcast="169.254.255.255",
+                                       scope=RT_SCOPE_LINK)
         log.info("link-local %s on %s", address, self.interface)
 
     async def remove_link_local(self, address: str) -> None:
         try:
-            await self.ipr.addr("del", index=self.index, address=address, prefixlen=16)
+            await self.ipr.delete_address(self.index, address, 16)
         except Exception as exc:  # already gone
             log.debug("link-local %s already gone: %s", address, exc)
