@@ -503,8 +503,10 @@ class Agent:
             self.announce_wanted.set()
             return
         await self.addressed.wait()
-        if d.security == "tls":
-            await self.time_settled.wait()  # certificate checks want a sane clock
+        if d.security == "tls" and self.config.time.mode != "observe":
+            # Certificate checks want the clock the agent (or chronyd) is about to set;
+            # observing, it sets none, so the directory goes on beside time (issue 18).
+            await self.time_settled.wait()
         if self.directory is None:
             self.directory = service_for(self.config, lambda: self.lease,
                                          lambda: self.resolver)
