@@ -199,10 +199,15 @@ def main() -> int:
           "ARP probe off, no initial delay)")
     for state, at in sorted(booted["first_seen"].items(), key=lambda kv: kv[1]):
         print(f"  {state:20} first seen at {at:6.2f} s")
-    print(f"  ready after {booted['ready_s']:.2f} s (target <= 2.5 s: "
-          f"{'met' if booted['ready_s'] <= 2.5 else 'NOT met'})")
+    print(f"  ready after {booted['ready_s']:.2f} s (target <= 1.5 s: "
+          f"{'met' if booted['ready_s'] <= 1.5 else 'NOT met'}; RFC 6762 probing alone "
+          "needs >= 0.75 s after the address)")
+    print(f"  CPU to ready (user+sys of the agent): {booted['cpu_ready_s']:.2f} s "
+          f"(target <= 0.35 s: {'met' if booted['cpu_ready_s'] <= 0.35 else 'NOT met'}; "
+          "the interpreter alone starts in ~0.02 s)")
     print(f"  at rest for {IDLE:.0f} s (1-hour lease): RSS {booted['rss_mib']:.1f} MiB "
-          f"(target <= 60), CPU {booted['cpu_s']:.2f} s (target < 0.3 s over 5 min)")
+          f"(target <= 40: {'met' if booted['rss_mib'] <= 40 else 'NOT met'}), "
+          f"CPU {booted['cpu_s']:.2f} s (target < 0.3 s over 5 min)")
     reference = dhcp_ms["dhclient, INIT"]
     agent_name = "dicom-agent dhcp --once, INIT (no probe, no delay)"
     print(f"\n{'DHCP INIT, process start -> bound':58} {'ms':>9} {'x dhclient':>10} "
@@ -212,8 +217,8 @@ def main() -> int:
     print(f"(peak RSS is the whole exec chain's: `true` alone shows "
           f"{statistics.median(floor) / 1024:.1f} MiB, the `ip netns exec` wrapper)")
     ratio = dhcp_ms[agent_name] / reference
-    print(f"\ntarget: dicom-agent <= 20x dhclient -> {ratio:.1f}x "
-          f"({'met' if ratio <= 20 else 'NOT met'})")
+    print(f"\ntarget: dicom-agent <= 10x dhclient -> {ratio:.1f}x "
+          f"({'met' if ratio <= 10 else 'NOT met'})")
     for title, figures in ((f"Boot storm: {STORM_SINGLE} devices at once, one directory "
                             "server", single),
                            (f"Boot storm: {STORM_PAIR} devices at once, the replicated pair "

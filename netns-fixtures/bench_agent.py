@@ -90,10 +90,11 @@ def rss_mib(pid: int) -> float:
 
 
 def agent_bench(lab: Lab, reps: int) -> dict:
-    readies, phases = [], {}
+    readies, phases, cpus = [], {}, []
     for _ in range(reps):
         dev = lab.add_device()
         proc, seen = boot(lab, dev)
+        cpus.append(cpu_seconds(proc.pid))  # user+sys of the agent at ready (issue 18)
         readies.append(seen["ready"])
         for state, at in seen.items():
             phases.setdefault(state, []).append(at)
@@ -109,5 +110,5 @@ def agent_bench(lab: Lab, reps: int) -> dict:
     proc.terminate()
     proc.wait(30)
     lab.remove_device(dev)
-    return {"ready_s": statistics.median(readies),
+    return {"ready_s": statistics.median(readies), "cpu_ready_s": statistics.median(cpus),
             "first_seen": {k: statistics.median(v) for k, v in phases.items()}, **idle}
