@@ -23,6 +23,7 @@ from profiles import statefile
 from profiles.app_config import plan, registration
 from profiles.app_config.cache import LookupCache
 from profiles.app_config.directory import (
+    OPERATIONS,
     Conflict,
     ConnectionLost,
     Directory,
@@ -187,7 +188,6 @@ class DirectoryService:
         raise AssertionError("unreachable")
 
     def counters(self) -> dict[str, int]:
-        from profiles.app_config.directory import OPERATIONS
         return {"reconnects": self.reconnects, "odd-entries": self.odd_entries,
                 "operations": OPERATIONS.value, "replica-conflicts": self.replica_conflicts}
 
