@@ -9,24 +9,20 @@ the single slapd, or the replicated providers with the "replicated" layout. Used
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_agent import AGENT, cpu_seconds, status
 from bench_agent import config as archive_config
-from bench_agent import cpu_seconds
 from lab import ADMIN_DN, ADMIN_PASSWORD, BASE_DN, Device, Lab
 
 REGISTRY = f"cn=Unique AE Titles Registry,cn=DICOM Configuration,{BASE_DN}"
 DEVICES = f"cn=Devices,cn=DICOM Configuration,{BASE_DN}"
-HERE = Path(__file__).resolve().parent
-AGENT = str(HERE.parent / ".venv" / "bin" / "dicom-agent")
 
 
 @dataclass
@@ -72,17 +68,6 @@ def _config(lab: Lab, dev: Device, name: str, tag: str) -> Path:
     return path
 
 
-def _status(sock: Path) -> dict | None:
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(str(sock))
-            s.sendall(b'{"v":1,"op":"status"}\n')
-            return json.loads(s.makefile().readline())
-    except (OSError, ValueError):
-        return None
-
-
 def start(lab: Lab, n: int, tag: str) -> Storm:
     """N fresh devices, their agents started together."""
     devices = [lab.add_device() for _ in range(n)]
@@ -106,7 +91,7 @@ def wait_ready(storm: Storm, timeout: float) -> None:
     while pending and time.monotonic() < deadline:
         for i in sorted(pending):
             dev, proc, booted = storm.devices[i], storm.procs[i], storm.booted[i]
-            snap = _status(dev.run_dir / "agent-run" / "status.sock")
+            snap = status(dev.run_dir / "agent-run" / "status.sock")
             if snap is None or snap["state"] != "ready":
                 continue
             booted.ready_s = time.monotonic() - storm.started
@@ -121,7 +106,7 @@ def wait_ready(storm: Storm, timeout: float) -> None:
 def refresh_titles(storm: Storm) -> None:
     """The titles each agent says it has now (after giving any way)."""
     for dev, booted in zip(storm.devices, storm.booted, strict=True):
-        snap = _status(dev.run_dir / "agent-run" / "status.sock")
+        snap = status(dev.run_dir / "agent-run" / "status.sock")
         if snap is not None:
             booted.titles = list(snap["directory"]["ae_titles"])
             booted.replica_conflicts = snap["counters"]["directory"].get(

@@ -38,6 +38,24 @@ def until(predicate, timeout: float = 15.0) -> bool:
     return True
 
 
+def configured_on(lab, dev, name: str, template: str, provider: str):
+    """Device `name` (AE title template) with its own state directory, whose directory
+    record says `provider` answered last (so it registers there first): (config, state)."""
+    from agent_helpers import write_config
+    from test_agent import registrar_section
+    from test_identity import device as device_section
+
+    state = dev.run_dir / f"state-{name}"
+    state.mkdir()
+    (state / "directory.json").write_text(json.dumps({
+        "server": f"ldap://{provider}.hospital.test:389", "base_dn": None,
+        "device_dn": None, "titles": []}))
+    return write_config(dev, network=f'hostname = "{name.lower()}"',
+                        directory=registrar_section(lab, dev), name=f"{name}.toml",
+                        device_section=device_section(name, name, template),
+                        state_dir=str(state)), state
+
+
 def test_two_providers_replicate_both_ways_and_replication_can_be_cut(lab, host):
     urls = lab.start_replicated(2)
     assert urls == [f"ldap://{a}:389" for a in PROVIDER_ADDRESSES[:2]]
@@ -101,9 +119,7 @@ def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, devic
     providers agree: one title each, no orphan in the registry."""
     import json
 
-    from agent_helpers import agent, write_config
-    from test_agent import registrar_section
-    from test_identity import device as device_section
+    from agent_helpers import agent
 
     lab.start_replicated(2)
     lab.set_srv_layout("replicated")
@@ -115,15 +131,7 @@ def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, devic
     try:
         outs = []
         for dev, name, provider in zip(devices_, names, ("ldap1", "ldap2"), strict=True):
-            state = dev.run_dir / f"state-{name}"
-            state.mkdir()
-            (state / "directory.json").write_text(json.dumps({  # the provider used last
-                "server": f"ldap://{provider}.hospital.test:389", "base_dn": None,
-                "device_dn": None, "titles": []}))
-            config = write_config(dev, network=f'hostname = "{name.lower()}"',
-                                  directory=registrar_section(lab, dev), name=f"{name}.toml",
-                                  device_section=device_section(name, name, template),
-                                  state_dir=str(state))
+            config, _ = configured_on(lab, dev, name, template, provider)
             if dev is device:
                 dev.configure_static()
             reg = agent(dev, "directory", "register", "--config", config, "--json")
@@ -162,7 +170,6 @@ def test_one_title_reserved_on_two_cut_replicas_is_kept_by_one_device(lab, devic
 
 
 FAULTS = str(Path(__file__).resolve().parents[1] / "faults")
-AGENT_BIN = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dicom-agent")
 DEVICES = "cn=Devices,cn=DICOM Configuration,dc=hospital,dc=test"
 
 
@@ -191,9 +198,7 @@ def test_a_provider_lost_mid_registration_leaves_no_orphan_on_either(lab, host, 
     nothing. Either the reservation had reached the other provider (it is deleted there,
     then reserved again) or not (replication to it cut: reserved there afresh, and the
     two adds of one registry entry merge when replication returns)."""
-    from agent_helpers import AGENT, agent, write_config
-    from test_agent import registrar_section
-    from test_identity import device as device_section
+    from agent_helpers import AGENT, agent
 
     lab.start_replicated(2)
     lab.set_srv_layout("replicated")
@@ -201,15 +206,7 @@ def test_a_provider_lost_mid_registration_leaves_no_orphan_on_either(lab, host, 
     name = f"FO{host.index}{'R' if replicated else 'N'}"
     template = f"{name}_{{n}}"
     title = template.format(n=1)
-    state = host.run_dir / f"state-{name}"
-    state.mkdir()
-    (state / "directory.json").write_text(json.dumps({  # ldap1 answered last time
-        "server": "ldap://ldap1.hospital.test:389", "base_dn": None, "device_dn": None,
-        "titles": []}))
-    config = write_config(host, network=f'hostname = "{name.lower()}"',
-                          directory=registrar_section(lab, host), name=f"{name}.toml",
-                          device_section=device_section(name, name, template),
-                          state_dir=str(state))
+    config, state = configured_on(lab, host, name, template, "ldap1")
     fault_dir = host.run_dir / f"fault-{name}"
     fault_dir.mkdir()
     marker = fault_dir / "paused-after-add"
@@ -294,9 +291,7 @@ def test_a_lagging_replica_never_makes_the_device_doubt_its_own_titles(lab, host
     """Issue 14: the other provider lags (stopped, then behind): the replica check gets no
     answer within its deadline and the device keeps its title; caught up, the provider
     has the device's entries and a second registration changes nothing."""
-    from agent_helpers import agent, write_config
-    from test_agent import registrar_section
-    from test_identity import device as device_section
+    from agent_helpers import AGENT, agent
 
     lab.start_replicated(2)
     lab.set_srv_layout("replicated")
@@ -304,18 +299,10 @@ def test_a_lagging_replica_never_makes_the_device_doubt_its_own_titles(lab, host
     name = f"LAG{host.index}"
     template = f"{name}_{{n}}"
     title = template.format(n=1)
-    state = host.run_dir / f"state-{name}"
-    state.mkdir()
-    (state / "directory.json").write_text(json.dumps({
-        "server": "ldap://ldap1.hospital.test:389", "base_dn": None, "device_dn": None,
-        "titles": []}))
-    config = write_config(host, network=f'hostname = "{name.lower()}"',
-                          directory=registrar_section(lab, host), name=f"{name}.toml",
-                          device_section=device_section(name, name, template),
-                          state_dir=str(state))
+    config, _ = configured_on(lab, host, name, template, "ldap1")
     lab.pause_provider(2)
     try:
-        reg = host.run([AGENT_BIN, "directory", "register", "--config", config, "--json"],
+        reg = host.run([AGENT, "directory", "register", "--config", config, "--json"],
                        env={**os.environ, "DICOM_AGENT_LOG": "INFO"}, timeout=90)
         assert reg.returncode == 0, reg.stderr
         out = json.loads(reg.stdout)
