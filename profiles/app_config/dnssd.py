@@ -4,15 +4,17 @@ One service per association-acceptor AE per connection with a port: instance nam
 AE title, type `_dicom._tcp.local.` — or `_dicom-tls._tcp.local.` for a connection with
 TLS cipher suites, as later editions of H.2 name it — TXT `AET=<title>` and
 `PrimaryDeviceType=<first primary device type>`. zeroconf is bound to the device's
-interface address only. A name conflict renames the instance (zeroconf's
-allow_name_change); `AET=` keeps the real title. The browser collects what others
-advertise, taking the instance name as the AE title when TXT has no `AET` (H.2).
+interface address only. Names are probed with RFC 6762 8.1's own timing (probe());
+a name conflict renames the instance ("-2", "-3"...); `AET=` keeps the real title.
+The browser collects what others advertise, taking the instance name as the AE title
+when TXT has no `AET` (H.2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from profiles.app_config.model import Device
 
 log = logging.getLogger(__name__)
 PLAIN, TLS = "_dicom._tcp.local.", "_dicom-tls._tcp.local."
+PROBES, PROBE_INTERVAL = 3, 0.25  # RFC 6762 8.1: three probes 250 ms apart, then 250 ms
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,12 @@ class Advertiser:
         infos = [AsyncServiceInfo(s.type, s.name, addresses=[socket.inet_aton(address)],
                                   port=s.port, properties=s.txt,
                                   server=f"{self.hostname}.local.") for s in wanted]
-        # async_register_service returns once the name is probed and won (RFC 6762 8.1);
-        # what it returns is the task sending the announcements (8.3), which need not be
-        # waited for. All names are probed at once.
-        self._announcing = await asyncio.gather(*(
-            self._zc.async_register_service(info, allow_name_change=True) for info in infos))
+        # All names are probed at once; a name won is registered without zeroconf's own
+        # probe, which returns the task sending the announcements (8.3), not waited for.
+        zc = self._zc.zeroconf
+        await asyncio.gather(*(probe(zc, info) for info in infos))
+        self._announcing = [await zc.async_register_service(info, cooperating_responders=True)
+                            for info in infos]
         for service, info in zip(wanted, infos, strict=True):
             self._infos.append(info)
             self.advertised[service.name] = info.name
@@ -160,3 +164,26 @@ class Advertiser:
                                  "tls_cipher_suites": ["(TLS)"] if entry["tls"] else [],
                                  "addresses": [a for a in entry["addresses"]
                                                if a.count(".") == 3]}]}
+
+
+async def probe(zc, info) -> None:
+    """RFC 6762 8.1 for one service name: after a random 0-250 ms, three probes 250 ms
+    apart and 250 ms more for an answer; a name another host answers for is renamed
+    ("TITLE-2", "TITLE-3"...) and probed afresh. zeroconf's own check spaces its probes
+    500 ms apart: 1.15-1.25 s to a name instead of 0.75-1.0 s (issue 18)."""
+    await zc.async_wait_for_start()
+    await asyncio.sleep(random.uniform(0, PROBE_INTERVAL))
+    loop = asyncio.get_running_loop()
+    instance = info.name[: -len(info.type) - 1]
+    number, sent, due = 2, 0, loop.time()
+    while True:
+        if zc.cache.current_entry_with_name_and_alias(info.type, info.name):
+            info.name = f"{instance}-{number}.{info.type}"  # someone answered for it
+            number, sent, due = number + 1, 0, loop.time()
+        elif loop.time() < due:
+            await zc.async_wait((due - loop.time()) * 1000)  # woken early by an answer
+        elif sent == PROBES:
+            return
+        else:
+            zc.async_send(zc.generate_service_query(info))
+            sent, due = sent + 1, due + PROBE_INTERVAL
