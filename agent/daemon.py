@@ -29,7 +29,7 @@ import random
 import signal
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import faults, health
 from agent.address import Address, dns_of, grace_for, remaining
@@ -46,7 +46,6 @@ from agent.timekeeping import Timekeeping, next_offset_change
 from profiles import statefile
 from profiles.app_config.directory import DirectoryError
 from profiles.app_config.service import DirectoryService
-from profiles.app_config.unicast_dnssd import UnicastAdvertiser, browse, read_tsig_key
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
@@ -64,6 +63,9 @@ from profiles.network_address.driver import (
 )
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver import Resolver
+
+if TYPE_CHECKING:
+    from profiles.app_config import unicast_dnssd
 
 log = logging.getLogger("dicom-agent")
 DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
@@ -109,7 +111,7 @@ class Agent:
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
         self.titles = titles_for(config.device, *self._owned_titles())
         self.health: dict[str, AeHealth] = {}  # per AE title, for health-checked AEs
-        self.unicast: UnicastAdvertiser | None = None  # [dnssd] unicast, once addressed
+        self.unicast: unicast_dnssd.UnicastAdvertiser | None = None  # [dnssd] unicast
         self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
@@ -396,6 +398,9 @@ class Agent:
             log.warning("DNS-SD (unicast): no zone or host name for %s", lease.address)
             await self._event(Event.UNICAST_REFUSED)
             return
+        # Imported here: only `[dnssd] unicast` needs it and its dnspython parts.
+        from profiles.app_config.unicast_dnssd import UnicastAdvertiser, read_tsig_key
+
         try:
             if self.unicast is None:
                 self.unicast = UnicastAdvertiser(
@@ -595,6 +600,8 @@ class Agent:
         domains = lease_search(lease)
         if not domains:
             return None
+        from profiles.app_config.unicast_dnssd import browse  # see _unicast_register
+
         try:
             answer = await asyncio.to_thread(browse, domains, list(lease.dns), title)
         except Exception as exc:

@@ -22,7 +22,6 @@ import os
 import random
 import socket
 import time
-import zoneinfo
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -344,6 +343,8 @@ def next_offset_change(lease: Lease | None, now: float, zoneinfo_dir: Path = ZON
     _, tz, source, _ = utc_offset_why(lease.tz_name, lease.tz_posix, None, 0, now,
                                       zoneinfo_dir)
     if source == "dhcp-tz-name":
+        import zoneinfo  # only for option 101: it reads sysconfig at import
+
         with (zoneinfo_dir / tz).open("rb") as fh:
             zone = zoneinfo.ZoneInfo.from_file(fh, key=tz)
 

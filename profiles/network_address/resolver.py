@@ -1,27 +1,27 @@
-"""Resolve Hostname (PS3.15 F.1.1): a small DNS client on dnspython for the other profiles.
+"""Resolve Hostname (PS3.15 F.1.1): a small DNS client for the other profiles.
 
 It asks the servers of the current lease (option 6) — or the configured ones — in
 order, the last one that answered first; expands names with the lease's search list
 (option 119, else 15); and caches answers for their TTL (negative answers for the SOA
 minimum, RFC 2308). A new lease (`configure`) purges the cache: another network may
-give other answers. Time is CLOCK_BOOTTIME through the injected clock.
+give other answers. Time is CLOCK_BOOTTIME through the injected clock. Messages are
+encoded and decoded by dnswire; the transport asks over UDP from a random port with a
+random id, drops whatever does not answer the question, and asks again over TCP when
+the answer is truncated.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
+from profiles.network_address import dnswire
+from profiles.network_address.dnswire import CNAME, SOA, SRV, TYPE_NAMES, A
 
 log = logging.getLogger(__name__)
 QUERY_TIMEOUT = 2.0  # s per server and attempt
@@ -40,13 +40,53 @@ class SrvRecord:
     target: str  # without the final dot; "." means "no service here" (RFC 2782)
 
 
-Transport = Callable[[dns.message.Message, str], Awaitable[dns.message.Message]]
+Transport = Callable[[bytes, str], Awaitable[bytes]]  # (query, server) -> response
 
 
-async def udp_then_tcp(query: dns.message.Message, server: str) -> dns.message.Message:
-    response = await dns.asyncquery.udp(query, server, timeout=QUERY_TIMEOUT)
-    if response.flags & dns.flags.TC:
-        response = await dns.asyncquery.tcp(query, server, timeout=QUERY_TIMEOUT)
+async def udp_then_tcp(query: bytes, server: str, port: int = 53) -> bytes:
+    """The response to `query` from `server`; TimeoutError after QUERY_TIMEOUT each way."""
+    response = await asyncio.wait_for(_udp(query, server, port), QUERY_TIMEOUT)
+    if int.from_bytes(response[2:4]) & dnswire.TC:  # truncated: TCP (RFC 7766)
+        response = await asyncio.wait_for(_tcp(query, server, port), QUERY_TIMEOUT)
+    return response
+
+
+class _Answer(asyncio.DatagramProtocol):
+    def __init__(self, query: bytes):
+        self.query = query
+        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if dnswire.answers(self.query, data) and not self.future.done():
+            self.future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+async def _udp(query: bytes, server: str, port: int) -> bytes:
+    # A connected socket: the kernel drops datagrams from anyone but the server.
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _Answer(query), remote_addr=(server, port))
+    try:
+        transport.sendto(query)
+        return await protocol.future
+    finally:
+        transport.close()
+
+
+async def _tcp(query: bytes, server: str, port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(server, port)
+    try:
+        writer.write(struct.pack("!H", len(query)) + query)
+        await writer.drain()
+        length = struct.unpack("!H", await reader.readexactly(2))[0]
+        response = await reader.readexactly(length)
+    finally:
+        writer.close()
+    if not dnswire.answers(query, response):
+        raise ConnectionError("TCP answer to another question")
     return response
 
 
@@ -77,13 +117,11 @@ class Resolver:
         """IPv4 addresses of a host name (an address is returned as it is)."""
         if _is_ipv4(name):
             return [name]
-        records = await self._lookup(name, dns.rdatatype.A)
-        return [r.address for r in records]
+        return await self._lookup(name, A)
 
     async def srv(self, name: str) -> list[SrvRecord]:
-        records = await self._lookup(name, dns.rdatatype.SRV)
-        return [SrvRecord(r.priority, r.weight, r.port,
-                          r.target.to_text(omit_final_dot=True) or ".") for r in records]
+        return [SrvRecord(priority, weight, port, target.removesuffix(".") or ".")
+                for priority, weight, port, target in await self._lookup(name, SRV)]
 
     async def _lookup(self, name: str, rdtype: int) -> list:
         last = "no candidates"
@@ -100,51 +138,56 @@ class Resolver:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             if not cached[1]:
-                raise ResolveError(f"{qname} has no {dns.rdatatype.to_text(rdtype)} (cached)")
+                raise ResolveError(f"{qname} has no {TYPE_NAMES[rdtype]} (cached)")
             return cached[1]
         if not self.servers:
             raise ResolveError("no DNS servers (none from DHCP, none configured)")
-        query = dns.message.make_query(qname, rdtype)
+        try:
+            query = dnswire.query(qname, rdtype, secrets.randbits(16))
+        except ValueError as exc:
+            raise ResolveError(str(exc)) from None
         errors = []
         for server in self.servers:
             try:
-                response = await self.transport(query, server)
-            except (dns.exception.DNSException, OSError) as exc:
+                response = dnswire.decode(await self.transport(query, server))
+            except (OSError, EOFError) as exc:  # timeout, refused, cut short
                 errors.append(f"{server}: {exc.__class__.__name__}")
                 continue
-            rcode = response.rcode()
-            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                errors.append(f"{server}: {dns.rcode.to_text(rcode)}")
+            except ValueError as exc:
+                errors.append(f"{server}: malformed answer ({exc})")
+                continue
+            rcode = response.rcode
+            if rcode not in (dnswire.NOERROR, dnswire.NXDOMAIN):
+                errors.append(f"{server}: {dnswire.RCODE_NAMES.get(rcode, rcode)}")
                 continue
             if server != self.servers[0]:  # keep asking the one that answers first
                 self.servers = (server, *(s for s in self.servers if s != server))
             records, ttl = _answer(response, qname, rdtype)
             self._cache[key] = (now + ttl, records)
             if not records:
-                raise ResolveError(f"{qname} has no {dns.rdatatype.to_text(rdtype)}")
+                raise ResolveError(f"{qname} has no {TYPE_NAMES[rdtype]}")
             return records
         raise ResolveError("; ".join(errors))
 
 
-def _answer(response: dns.message.Message, qname: str, rdtype: int) -> tuple[list, float]:
-    """The records of the answer (following CNAMEs) and how long to keep them."""
-    def find(name: dns.name.Name, wanted: int):
-        return next((r for r in response.answer if r.name == name and r.rdtype == wanted
-                     and r.rdclass == dns.rdataclass.IN), None)
+def _answer(response: dnswire.Response, qname: str, rdtype: int) -> tuple[list, float]:
+    """The data of the answer's records (following CNAMEs) and how long to keep them."""
+    def find(name: str, wanted: int) -> list[dnswire.Record]:
+        return [r for r in response.answer if r.type == wanted and r.name.lower() == name]
 
-    name = dns.name.from_text(qname)
+    name = qname.lower()
     for _ in range(8):  # CNAME chain bound
-        rrset = find(name, rdtype)
-        if rrset is not None:
-            return list(rrset), float(rrset.ttl)
-        cname = find(name, dns.rdatatype.CNAME)
-        if cname is None:
+        records = find(name, rdtype)
+        if records:
+            return [r.data for r in records], float(min(r.ttl for r in records))
+        cname = find(name, CNAME)
+        if not cname:
             break
-        name = cname[0].target
+        name = str(cname[0].data).lower()
     ttl = 30.0
-    for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA:
-            ttl = float(min(rrset.ttl, rrset[0].minimum, NEGATIVE_TTL_MAX))
+    for record in response.authority:
+        if record.type == SOA:
+            ttl = float(min(record.ttl, record.data, NEGATIVE_TTL_MAX))
     return [], ttl
 
 

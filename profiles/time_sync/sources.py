@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import zoneinfo
 from pathlib import Path
 
 from profiles import posix_tz
@@ -62,6 +61,8 @@ def utc_offset_why(tz_name: str | None, tz_posix: str | None, time_offset: int |
         if _TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
             path = zoneinfo_dir / tz_name
             if path.is_file() and path.resolve().is_relative_to(zoneinfo_dir.resolve()):
+                import zoneinfo  # only for option 101: it reads sysconfig at import
+
                 try:
                     with path.open("rb") as fh:
                         zone = zoneinfo.ZoneInfo.from_file(fh, key=tz_name)

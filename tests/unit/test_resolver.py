@@ -1,10 +1,11 @@
-"""The F.1.1 resolver with a fake transport: search list, TTL cache, purge, failover."""
+"""The F.1.1 resolver with a fake transport: search list, TTL cache, purge, failover.
+The fake server is dnspython: it decodes the resolver's queries and encodes the answers
+(compressed, as servers send them), so the codec is checked against another one."""
 
 from __future__ import annotations
 
 import asyncio
 
-import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -26,12 +27,13 @@ class FakeDns:
         self.asked: list[tuple[str, str, str]] = []
         self.dead = dead
 
-    async def __call__(self, query: dns.message.Message, server: str) -> dns.message.Message:
+    async def __call__(self, wire: bytes, server: str) -> bytes:
+        query = dns.message.from_wire(wire)
         q = query.question[0]
         qname, qtype = q.name.to_text(), dns.rdatatype.to_text(q.rdtype)
         self.asked.append((server, qname, qtype))
         if server in self.dead:
-            raise dns.exception.Timeout()
+            raise TimeoutError()
         response = dns.message.make_response(query)
         for (name, rtype), (ttl, values) in ZONE.items():
             if name == qname and rtype in (qtype, "CNAME"):
@@ -46,7 +48,7 @@ class FakeDns:
             response.authority.append(dns.rrset.from_text(
                 "hospital.test.", 300, "IN", "SOA", "dhcp.hospital.test. h.hospital.test. "
                 "1 3600 600 86400 20"))
-        return response
+        return response.to_wire()
 
 
 def run(coro):
