@@ -85,12 +85,20 @@ def cmd_ldif(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import gc
+
+    # Importing the daemon makes ~50,000 tracked objects and no garbage; the
+    # collector walking them again and again cost ~30 ms of CPU per boot (issue 18: 8
+    # boots each way, median 0.37 -> 0.34 s). Frozen, they are never walked again.
+    gc.disable()
     import asyncio
     import logging
     import os
 
     from agent.daemon import Agent
 
+    gc.freeze()
+    gc.enable()
     config = load_or_report(args.config)
     if config is None:
         return EXIT_USAGE

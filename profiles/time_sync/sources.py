@@ -142,15 +142,18 @@ def has_sys_time(proc: Path = Path("/proc")) -> bool:
 def clock_guards(proc: Path = Path("/proc")) -> list[str]:
     """Reasons the clock must be left alone; empty when it may be adjusted."""
     reasons = []
-    for entry in proc.iterdir() if proc.is_dir() else ():
-        if not entry.name.isdigit():
-            continue
+    try:
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:  # plain open(), not Path: this runs over every process (issue 18)
         try:
-            comm = (entry / "comm").read_text().strip()
+            with open(f"{proc}/{pid}/comm", "rb") as fh:
+                comm = fh.read().strip().decode(errors="replace")
         except OSError:
             continue
         if comm in OTHER_NTP_CLIENTS:
-            reasons.append(f"other-ntp-client: {comm} (pid {entry.name})")
+            reasons.append(f"other-ntp-client: {comm} (pid {pid})")
             break
     if not has_sys_time(proc):
         reasons.append("no CAP_SYS_TIME (the unit's sntp drop-in grants it)")
