@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import ipaddress
 import json
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,6 +357,8 @@ class _Table:
         """Every key not read by now is unknown."""
         for name in self.data:
             if name not in self.known:
+                import difflib  # only for a key nobody knows
+
                 close = difflib.get_close_matches(name, self.known, n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 self.error(name, f"unknown key{hint}")
@@ -750,6 +750,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([(str(path), f"not UTF-8 at byte {exc.start}")]) from exc
+    import tomllib  # only with a file: `dhcp --interface` has none (~14 ms, issue 18)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

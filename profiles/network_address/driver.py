@@ -20,8 +20,8 @@ removed.
 
 from __future__ import annotations
 
+import array
 import asyncio
-import ctypes
 import logging
 import random
 import socket
@@ -206,8 +206,8 @@ class DhcpDriver:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ARP))
         try:
             program = claim_filter(address)
-            code = ctypes.create_string_buffer(filter_bytes(program))
-            fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+            code = array.array("B", filter_bytes(program))  # copied by the kernel at attach
+            fprog = struct.pack("HL", len(program), code.buffer_info()[0])  # sock_fprog
             s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
             s.bind((self.paths.interface, ETH_P_ARP))
             s.setblocking(False)

@@ -19,8 +19,6 @@ import os
 import re
 from pathlib import Path
 
-from profiles import posix_tz
-
 ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
 PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
@@ -38,7 +36,7 @@ def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
     return "internal", []
 
 
-MAX_OFFSET = posix_tz.MAX_OFFSET
+MAX_OFFSET = 86399  # s: less than a day, as profiles.posix_tz.MAX_OFFSET
 
 
 def utc_offset(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
@@ -116,6 +114,8 @@ def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
 def posix_tz_offset(tz: str, now: float, strict: bool = False) -> int | None:
     """Seconds east of UTC at `now` under a POSIX TZ string; None when it does not parse
     or cannot be evaluated (with `strict`, a ValueError says why)."""
+    from profiles import posix_tz  # only for option 100: its rules cost ~3 ms to import
+
     try:
         return posix_tz.offset_at(tz, now)
     except ValueError:

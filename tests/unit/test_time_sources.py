@@ -110,3 +110,11 @@ def test_no_cap_sys_time_is_a_guard(tmp_path):
 def test_guards_see_the_lab_from_here():
     # This test process runs in the machine's own namespace: no namespace guard.
     assert not any(r.startswith("network-namespace") for r in clock_guards())
+
+
+def test_the_offset_bound_is_the_posix_tz_parsers_own():
+    # sources keeps its own copy so that importing it does not import the parser.
+    from profiles import posix_tz
+    from profiles.time_sync import sources
+
+    assert sources.MAX_OFFSET == posix_tz.MAX_OFFSET
