@@ -283,9 +283,6 @@ class DirectoryService:
         if not others or not result.titles:
             return None
         device = result.device_dn.lower()
-        mine = {e["title"]: e for e in await self.call(
-            lambda d: d.run(registration.ae_entries(self.base, result.titles)))
-            if e["device"].lower() == device}
         asks = {asyncio.create_task(asyncio.to_thread(
             _rivals_at, url, address, self.security, self.trusted(url), self.base,
             result.titles)): url for url, address in others}
@@ -293,16 +290,20 @@ class DirectoryService:
         for task in pending:  # its thread ends at the LDAP timeout and closes its connection
             log.info("replica check: %s: no answer in %.0f s", asks[task],
                      REPLICA_CHECK_DEADLINE)
+        rivals = []
         for task in done:
-            url = asks[task]
             if task.exception() is not None:
-                log.info("replica check: %s: %s", url, task.exception())
+                log.info("replica check: %s: %s", asks[task], task.exception())
                 continue
-            for rival in task.result():
-                ours = mine.get(rival["title"])
-                if ours is None or rival["device"].lower() == device or \
-                        registration.keeps(ours, rival):
-                    continue
+            rivals += [(asks[task], r) for r in task.result() if r["device"].lower() != device]
+        if not rivals:
+            return None  # nobody else holds our titles anywhere: no need to read ours
+        mine = {e["title"]: e for e in await self.call(
+            lambda d: d.run(registration.ae_entries(self.base, result.titles)))
+            if e["device"].lower() == device}
+        for url, rival in rivals:
+            ours = mine.get(rival["title"])
+            if ours is not None and not registration.keeps(ours, rival):
                 return await self._give_way(ours, rival, url)
         return None
 
