@@ -115,6 +115,8 @@ FINAL = ((Step.STOPPED, BootState.STOPPING),)
 
 @dataclass(frozen=True)
 class Effect:
+    """What one (state, event) entry does: steps done or undone, conditions set or cleared."""
+
     done: frozenset[Step] = frozenset()
     undone: frozenset[Step] = frozenset()
     degrade: frozenset[Condition] = frozenset()

@@ -39,6 +39,8 @@ ROLES = ("SCU", "SCP")
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
+    """`[agent]`: where state, runtime files, hooks and the status socket live."""
+
     state_dir: Path = Path("/var/lib/dicom-agent")
     runtime_dir: Path = Path("/run/dicom-agent")
     status_socket: Path = Path("/run/dicom-agent/status.sock")
@@ -52,6 +54,8 @@ class AgentSettings:
 
 @dataclass(frozen=True, slots=True)
 class NetworkSettings:
+    """`[network]`: the interface and how the lease is sought (Annex F)."""
+
     interface: str
     hostname: str | None = None
     client_id: bytes | None = None
@@ -82,6 +86,8 @@ def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
 
 @dataclass(frozen=True, slots=True)
 class TimeSettings:
+    """`[time]`: the mode, manual servers and the preset UTC offset (Annex G)."""
+
     mode: str = "sntp"
     servers: tuple[str, ...] = ()
     utc_offset: int = 0
@@ -106,6 +112,8 @@ class DnssdSettings:
 
 @dataclass(frozen=True, slots=True)
 class DirectorySettings:
+    """`[directory]`: where the LDAP directory is and how to bind (H.1)."""
+
     enabled: bool = True
     domain: str | None = None
     servers: tuple[str, ...] = ()
@@ -122,6 +130,8 @@ class DirectorySettings:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A whole configuration file, validated."""
+
     agent: AgentSettings
     network: NetworkSettings
     time: TimeSettings

@@ -40,6 +40,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 @dataclass
 class Context:
+    """What a `directory` command works with: the configuration, a lease, a resolver."""
+
     config: Config
     lease: Lease | None
     resolver: Resolver

@@ -22,6 +22,8 @@ TIMEOUT = 5.0  # s: connect, association, the C-ECHO each
 
 @dataclass
 class AeHealth:
+    """The last health check of one AE title."""
+
     state: str = "unchecked"  # unchecked, up, down
     checked_at: float | None = None  # wall clock
     reason: str | None = None  # why down

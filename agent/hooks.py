@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HookResult:
+    """How one hook ended."""
+
     hook: str
     returncode: int | None  # None: killed after the timeout
     seconds: float

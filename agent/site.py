@@ -74,6 +74,8 @@ class Member:
 
 @dataclass
 class Site:
+    """The site file: domain, subnet, pool and directory servers."""
+
     domain: str
     subnet: ipaddress.IPv4Network
     pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]

@@ -30,6 +30,8 @@ HEALTHY = 120.0  # s a run must last for the backoff to start again from FIRST_D
 
 @dataclass
 class Backoff:
+    """Restart delays of one task: doubling from `first` to `maximum`, reset when healthy."""
+
     first: float = FIRST_DELAY
     maximum: float = MAX_DELAY
     healthy: float = HEALTHY
@@ -46,6 +48,8 @@ class Backoff:
 
 @dataclass
 class TaskRecord:
+    """What the status shows of one supervised task."""
+
     restarts: int = 0
     last_error: str | None = None
     failing: bool = False  # between a fault and the next start

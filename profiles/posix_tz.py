@@ -25,6 +25,8 @@ _POSIX = re.compile(rf"({_NAME})({_OFFSET})(?:({_NAME})({_OFFSET})?(?:,({_RULE})
 
 @dataclass(frozen=True)
 class Rule:
+    """A DST transition rule: M<month>.<week>.<weekday>/<time>."""
+
     month: int
     week: int
     weekday: int
@@ -44,6 +46,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class PosixTz:
+    """A parsed POSIX TZ string."""
+
     std: int  # seconds east of UTC
     dst: int | None
     start: Rule | None

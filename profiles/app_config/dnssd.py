@@ -27,6 +27,8 @@ PROBES, PROBE_INTERVAL = 3, 0.25  # RFC 6762 8.1: three probes 250 ms apart, the
 
 @dataclass(frozen=True)
 class Service:
+    """One DNS-SD service: an AE on one connection."""
+
     instance: str  # the AE title, unless that name is taken twice on this device
     type: str
     port: int

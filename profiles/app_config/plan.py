@@ -24,6 +24,8 @@ REGISTRY = "cn=Unique AE Titles Registry"
 
 @dataclass(frozen=True)
 class Entry:
+    """One LDAP entry: its DN and attributes."""
+
     dn: str
     attributes: dict[str, list[str | bytes]] = field(default_factory=dict)
 

@@ -78,6 +78,8 @@ class Refused(DirectoryError):
 
 @dataclass(frozen=True)
 class Search:
+    """Search for entries (an operation the driver performs)."""
+
     base: str
     scope: str = SUB
     object_class: str = "*"
@@ -94,17 +96,23 @@ class Search:
 
 @dataclass(frozen=True)
 class Add:
+    """Add an entry (an operation the driver performs)."""
+
     entry: plan.Entry
 
 
 @dataclass(frozen=True)
 class Modify:
+    """Modify an entry's attributes (an operation the driver performs)."""
+
     dn: str
     changes: tuple[tuple[str, str, tuple[Any, ...]], ...]  # (add|delete|replace, attr, values)
 
 
 @dataclass(frozen=True)
 class Delete:
+    """Delete an entry (an operation the driver performs)."""
+
     dn: str
 
 
@@ -277,6 +285,8 @@ def attribute_changes(kind: str, current: dict, wanted: plan.Entry) -> tuple:
 
 @dataclass
 class Registration:
+    """What a registration ended with: the device's DN, its titles, what changed."""
+
     device_dn: str
     titles: list[str]  # in the order of the configured AEs
     adopted: bool

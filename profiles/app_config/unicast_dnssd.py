@@ -46,6 +46,8 @@ class UpdateRefused(Exception):
 
 @dataclass(frozen=True)
 class TsigKey:
+    """A TSIG key for RFC 2136 updates."""
+
     name: str
     algorithm: str
     secret: str

@@ -32,6 +32,8 @@ REQUEST, REPLY = 1, 2
 
 @dataclass(frozen=True, slots=True)
 class ArpPacket:
+    """An ARP packet for IPv4 over Ethernet, decoded."""
+
     op: int
     sender_mac: bytes
     sender_ip: str

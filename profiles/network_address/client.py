@@ -89,6 +89,8 @@ class DhcpState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
+    """A DHCP message for the driver to send."""
+
     payload: bytes
     destination: str  # BROADCAST or the server's address
     port: int = SERVER_PORT
@@ -98,11 +100,15 @@ class Datagram:
 
 @dataclass(frozen=True, slots=True)
 class LeaseBound:
+    """A lease is bound: a new one acknowledged, or this boot's saved one reused."""
+
     lease: Lease
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseRenewed:
+    """The lease was extended at the same address (RENEWING or REBINDING)."""
+
     lease: Lease
 
 
@@ -115,12 +121,16 @@ class LeaseExpiring:
 
 @dataclass(frozen=True, slots=True)
 class LeaseLost:
+    """The lease is gone; `reason` says why."""
+
     lease: Lease
     reason: str  # "expired", "nak", "address-conflict", "new-address-in-use"
 
 
 @dataclass(frozen=True, slots=True)
 class AddressChanged:
+    """A new lease holds another address than the last one."""
+
     old_address: str
     lease: Lease
 
@@ -134,6 +144,8 @@ class ProbeRequested:
 
 @dataclass(frozen=True, slots=True)
 class AddressDeclined:
+    """The offered address answered our ARP probe: DHCPDECLINE sent."""
+
     address: str
     server_id: str
 
@@ -161,6 +173,8 @@ DhcpEvent = (LeaseBound | LeaseRenewed | LeaseExpiring | LeaseLost | AddressChan
 
 @dataclass
 class ClientSettings:
+    """What the client is told at the start."""
+
     mac: bytes
     client_id: bytes
     hostname: str | None = None  # requested name; sent as option 12 and 81 (S flag)

@@ -32,6 +32,8 @@ _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """One resource record of a response (class IN)."""
+
     name: str  # absolute, with the final dot, case as sent
     type: int
     ttl: int
@@ -41,6 +43,8 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """A response's id, flags and the records the resolver reads."""
+
     id: int
     flags: int
     answer: list[Record]

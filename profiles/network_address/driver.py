@@ -81,6 +81,8 @@ class CarrierChanged:
 
 @dataclass(frozen=True, slots=True)
 class AutoIpRemoved:
+    """The link-local address was removed."""
+
     address: str
     reason: str  # "lease" (a DHCP lease replaced it) or "conflict" (a defence failed)
 
@@ -95,6 +97,8 @@ def boottime() -> float:
 
 @dataclass
 class Paths:
+    """Where the driver keeps its files, for one interface."""
+
     state_dir: Path
     runtime_dir: Path
     interface: str

@@ -38,6 +38,8 @@ MIN_LEASE = 20  # s: dhcpcd's floor ("minimum lease is 20 seconds")
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """A bound DHCP lease: the address and every option kept, validated."""
+
     address: str
     prefix: int
     broadcast: str

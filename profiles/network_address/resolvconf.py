@@ -42,6 +42,8 @@ def resolv_conf_text(servers: tuple[str, ...] | list[str], search: list[str]) ->
 
 @dataclass
 class DnsApplier:
+    """Hands the lease's DNS servers and search list to the system resolver."""
+
     mode: str
     interface: str
     record: Path  # <runtime_dir>/resolv.conf

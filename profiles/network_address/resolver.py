@@ -34,6 +34,8 @@ class ResolveError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SrvRecord:
+    """An SRV record (RFC 2782)."""
+
     priority: int
     weight: int
     port: int

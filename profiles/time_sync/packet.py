@@ -22,6 +22,8 @@ LEAP_UNSYNCHRONIZED = 3
 
 @dataclass(frozen=True, slots=True)
 class NtpPacket:
+    """An NTP packet's header (RFC 5905 7.3), decoded."""
+
     leap: int
     version: int
     mode: int

@@ -63,6 +63,8 @@ class ClockActuator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    """One measurement from one server."""
+
     offset: float  # s, server minus us
     delay: float  # s, round trip
     stratum: int
@@ -77,6 +79,8 @@ class Sample:
 
 @dataclass
 class ServerState:
+    """One server during a round: its best sample, or why none counts."""
+
     address: str
     best: Sample | None = None
     reason: str | None = None  # why no sample counts (last rejection) or why it lost
@@ -100,6 +104,8 @@ class ServerState:
 
 @dataclass(frozen=True, slots=True)
 class RoundResult:
+    """What a round found and what it would do to the clock."""
+
     servers: tuple[dict, ...]
     selected: str | None
     offset: float | None  # s
@@ -147,6 +153,8 @@ class StepPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
+    """An NTP request for the driver to send."""
+
     payload: bytes
     destination: str
     port: int = NTP_PORT
