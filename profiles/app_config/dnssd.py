@@ -188,4 +188,4 @@ async def probe(zc, info) -> None:
             return
         else:
             zc.async_send(zc.generate_service_query(info))
-            sent, due = sent + 1, due + PROBE_INTERVAL
+            sent, due = sent + 1, loop.time() + PROBE_INTERVAL  # 250 ms after this one

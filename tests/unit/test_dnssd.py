@@ -1,9 +1,11 @@
-"""Which DNS-SD services a device advertises (PS3.15 H.2)."""
+"""Which DNS-SD services a device advertises (PS3.15 H.2), and how names are probed."""
 
+import asyncio
+import itertools
 from pathlib import Path
 
 from agent.config import load_config
-from profiles.app_config.dnssd import PLAIN, TLS, services
+from profiles.app_config.dnssd import PLAIN, TLS, probe, services
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"
 
@@ -43,3 +45,58 @@ def test_what_was_browsed_answers_a_lookup_the_directory_could_not():
         "connections": [{"hostname": "192.0.2.150", "port": 2762,
                          "tls_cipher_suites": ["(TLS)"], "addresses": ["192.0.2.150"]}]}
     assert adv.lookup("NOPE") is None
+
+
+class FakeZeroconf:
+    """What probe() uses of zeroconf: a cache another host's answer lands in, a wait that
+    an answer cuts short, and the probes it sends (each with the loop's time)."""
+
+    def __init__(self, taken: set[str] = frozenset()):
+        self.taken = set(taken)  # names some other host answers for
+        self.sent: list[tuple[float, str]] = []
+        self.cache = self
+        self.answered = asyncio.Event()
+
+    async def async_wait_for_start(self) -> None:
+        pass
+
+    def current_entry_with_name_and_alias(self, type_: str, name: str) -> bool:
+        return any(name == f"{t}.{type_}" for t in self.taken) and \
+            any(n == name for _, n in self.sent)  # answered once probed
+
+    async def async_wait(self, ms: float) -> None:
+        await asyncio.sleep(ms / 1000)
+
+    def generate_service_query(self, info) -> str:
+        return info.name
+
+    def async_send(self, name: str) -> None:
+        self.sent.append((asyncio.get_running_loop().time(), name))
+
+
+class Info:
+    def __init__(self, instance: str):
+        self.type = PLAIN
+        self.name = f"{instance}.{PLAIN}"
+
+
+def test_probing_keeps_rfc_6762_timing_and_renames_a_name_someone_answers_for():
+    async def main(zc, info):
+        start = asyncio.get_running_loop().time()
+        await probe(zc, info)
+        return start, asyncio.get_running_loop().time()
+
+    zc, info = FakeZeroconf(), Info("CT01_STORE")
+    start, end = asyncio.run(main(zc, info))
+    times = [t for t, _ in zc.sent]
+    assert [n for _, n in zc.sent] == [info.name] * 3 and info.name.startswith("CT01_STORE.")
+    gaps = [b - a for a, b in itertools.pairwise([start, *times, end])]
+    # RFC 6762 8.1: a random 0-250 ms, probes 250 ms apart, 250 ms more for an answer
+    # (lower bounds: never sooner; zeroconf's own check spaced them 500 ms apart)
+    assert gaps[0] >= 0 and all(0.25 <= g < 0.5 for g in gaps[1:]), gaps
+
+    zc, info = FakeZeroconf(taken={"CT01_STORE"}), Info("CT01_STORE")
+    asyncio.run(main(zc, info))
+    names = [n for _, n in zc.sent]
+    assert names[0] == f"CT01_STORE.{PLAIN}" and names.count(f"CT01_STORE-2.{PLAIN}") == 3
+    assert info.name == f"CT01_STORE-2.{PLAIN}"  # probed afresh under the new name
