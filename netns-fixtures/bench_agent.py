@@ -20,6 +20,9 @@ from lab import REGISTRAR_DN, Device, Lab
 
 HERE = Path(__file__).resolve().parent
 AGENT = str(HERE.parent / ".venv" / "bin" / "dicom-agent")
+PYTHON = str(HERE.parent / ".venv" / "bin" / "python")
+# What every boot of the benchmark configuration must import besides the agent's own code.
+LIBRARIES = "asyncio, ssl, json, logging, argparse, tomllib, ldap3, zeroconf.asyncio"
 IDLE = float(os.environ.get("BENCH_IDLE", "300"))
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -89,6 +92,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def import_cpu(statement: str, reps: int) -> float:
+    """CPU (user+sys, s) of a fresh interpreter of the agent's venv up to the end of
+    `statement`, median of `reps`: the anchors beside CPU to ready, from the same run."""
+    code = f"import time\n{statement}\nprint(time.process_time())"
+    return statistics.median(float(subprocess.run([PYTHON, "-c", code], capture_output=True,
+                                                  text=True, check=True).stdout)
+                             for _ in range(reps))
+
+
 def agent_bench(lab: Lab, reps: int) -> dict:
     readies, phases, cpus = [], {}, []
     for _ in range(reps):
@@ -110,5 +122,8 @@ def agent_bench(lab: Lab, reps: int) -> dict:
     proc.terminate()
     proc.wait(30)
     lab.remove_device(dev)
+    anchors = {"interpreter_s": import_cpu("pass", reps),
+               "libraries_s": import_cpu(f"import {LIBRARIES}", reps)}
     return {"ready_s": statistics.median(readies), "cpu_ready_s": statistics.median(cpus),
+            **anchors,
             "first_seen": {k: statistics.median(v) for k, v in phases.items()}, **idle}
