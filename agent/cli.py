@@ -9,9 +9,12 @@ import argparse
 import contextlib
 import gc
 import sys
+from typing import TYPE_CHECKING
 
-from agent.config import Config, load_config
 from profiles.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +35,9 @@ def importing():
 
 def load_or_report(path: str) -> Config | None:
     """The configuration, or None after printing every problem as `key.path: reason`."""
+    # Imported where needed: `wait`, `status`... without --config never read one.
+    from agent.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -131,6 +137,8 @@ def _socket_path(args: argparse.Namespace):
     if getattr(args, "socket", None):
         return Path(args.socket)
     if getattr(args, "config", None):
+        from agent.config import load_config  # see load_or_report
+
         return load_config(args.config).agent.status_socket
     return Path("/run/dicom-agent/status.sock")
 

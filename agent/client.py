@@ -24,13 +24,16 @@ bad-request, forbidden, busy, too-large, unknown-op, internal — and `message`)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 DEFAULT_SOCKET = Path("/run/dicom-agent/status.sock")
 # Boot states in boot order (CONTRACTS.md); `stopping` is not on the way to anything.
@@ -240,12 +243,18 @@ class AsyncAgentClient:
         self.timeout = timeout
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # asyncio where it is used: the blocking client (`dicom-agent wait`, most
+        # applications) does not pay its ~40 ms of imports; an asyncio one has it already.
+        import asyncio
+
         try:
             return await asyncio.open_unix_connection(str(self.socket_path), limit=MAX_LINE)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise AgentNotRunning(f"no agent at {self.socket_path}: {exc.strerror}") from None
 
     async def request(self, op: str, **fields: object) -> dict:
+        import asyncio  # see _open
+
         reader, writer = await self._open()
         try:
             writer.write(_request_line(op, **fields))
@@ -281,6 +290,8 @@ class AsyncAgentClient:
         return [Peer.from_answer(a) for a in answer.get("results") or ()]
 
     async def wait_ready(self, timeout: float, state: str = "ready") -> dict:
+        import asyncio  # see _open
+
         _check_state(state)
         last: dict = {}
 
