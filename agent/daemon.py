@@ -44,8 +44,6 @@ from agent.status import StatusServer
 from agent.supervise import Supervisor
 from agent.timekeeping import Timekeeping, next_offset_change
 from profiles import statefile
-from profiles.app_config.directory import DirectoryError
-from profiles.app_config.service import DirectoryService
 from profiles.errors import ConfigError
 from profiles.network_address.client import (
     AddressChanged,
@@ -66,6 +64,7 @@ from profiles.network_address.resolver import Resolver
 
 if TYPE_CHECKING:
     from profiles.app_config import unicast_dnssd
+    from profiles.app_config.service import DirectoryService
 
 log = logging.getLogger("dicom-agent")
 DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
@@ -617,6 +616,7 @@ class Agent:
             raise ValueError("cluster and device_type are strings or null")
         if self.directory is None:
             return {"v": 1, "results": []}
+        from profiles.app_config.registration import DirectoryError  # see service_for
         try:
             results = await self.directory.query(cluster, device_type)
         except DirectoryError as exc:  # unreachable: say so, as a lookup would be stale

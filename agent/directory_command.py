@@ -29,7 +29,8 @@ from agent.directory import (
 from profiles.app_config import plan
 from profiles.app_config.directory import DirectoryError, Refused, manual_ldif_path
 from profiles.app_config.model import ae_title_problem
-from profiles.app_config.service import DirectoryService, load_or_make_device_id
+from profiles.app_config.records import load_or_make_device_id
+from profiles.app_config.service import DirectoryService
 from profiles.errors import ConfigError
 from profiles.network_address.driver import Paths, load_saved_lease
 from profiles.network_address.lease import Lease

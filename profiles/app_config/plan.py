@@ -1,10 +1,11 @@
 """The LDAP entries of PS3.15 H.1 for this device, as pure data (no connection here).
 
 DNs are built from escaped RDN values (RFC 4514) and filters from escaped assertion
-values (RFC 4515) — AE titles may hold `,` `+` `*` `(` `)` `=` `#` `;` — with ldap3's
-pure helpers. The driver (directory.py) performs what this module plans; `to_ldif`
-writes the same entries as RFC 2849 LDIF for an administrator (the "-Manual" patterns
-of Table H.1-15, and `dicom-agent ldif`).
+values (RFC 4515) — AE titles may hold `,` `+` `*` `(` `)` `=` `#` `;` — by the rules of
+ldap3's escape_rdn and escape_filter_chars, without importing ldap3 (a device with no
+directory never loads it). The driver (directory.py) performs what this module plans;
+`to_ldif` writes the same entries as RFC 2849 LDIF for an administrator (the "-Manual"
+patterns of Table H.1-15, and `dicom-agent ldif`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn
 
 from profiles.app_config.model import Device, NetworkAE, NetworkConnection, TransferCapability
 
@@ -28,6 +26,27 @@ class Entry:
 
     dn: str
     attributes: dict[str, list[str | bytes]] = field(default_factory=dict)
+
+
+def escape_rdn(value: str) -> str:
+    """An attribute value for a DN (RFC 4514 2.4): a backslash before each of
+    `\\ , + " < > ; =` and NUL, before a leading `#` or space, and before a trailing space.
+    ldap3's escape_rdn, which wrote the DNs of earlier versions, to the character (a test
+    holds the two equal)."""
+    for char in '\\,+"<>;=\x00':
+        value = value.replace(char, "\\" + char)
+    if value[:1] in ("#", " "):
+        value = "\\" + value
+    if value[-1:] == " ":
+        value = value[:-1] + "\\ "
+    return value
+
+
+def escape_filter_value(value: str) -> str:
+    """An assertion value for a filter (RFC 4515 3): `\\ * ( )` and NUL as `\\XX`
+    (ldap3's escape_filter_chars for text, to the character)."""
+    return (value.replace("\\", "\\5c").replace("*", "\\2a").replace("(", "\\28")
+            .replace(")", "\\29").replace("\x00", "\\00"))
 
 
 def devices_dn(base: str) -> str:
@@ -123,7 +142,7 @@ def markers_in(values: list[str]) -> list[str]:
 
 
 def eq(attribute: str, value: str) -> str:
-    return f"({attribute}={escape_filter_chars(value)})"
+    return f"({attribute}={escape_filter_value(value)})"
 
 
 def boolean(value: bool) -> str:

@@ -33,8 +33,6 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ldap3.utils.conv import escape_filter_chars
-
 from profiles.app_config import plan
 from profiles.app_config.model import Device, NetworkAE, ae_title_problem
 
@@ -90,7 +88,7 @@ class Search:
     def filter(self) -> str:
         """RFC 4515 text, each assertion value escaped."""
         parts = [f"(objectClass={self.object_class})"]
-        parts += [f"({a}={escape_filter_chars(v)})" for a, v in self.equals]
+        parts += [plan.eq(a, v) for a, v in self.equals]
         return parts[0] if len(parts) == 1 else "(&" + "".join(parts) + ")"
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 from agent.config import load_config
@@ -52,6 +55,28 @@ def test_special_characters_are_escaped_in_dns_and_filters():
         "dicomAETitle=CT\\,\\+*()\\=#\\;1,cn=Unique AE Titles Registry," + BASE)
     assert plan.title_dn(BASE, "#1").startswith("dicomAETitle=\\#1,")
     assert plan.eq("dicomAETitle", title) == "(dicomAETitle=CT,+\\2a\\28\\29=#;1)"
+
+
+def test_escaping_is_ldap3s_to_the_character_without_importing_it():
+    """The DNs and filters earlier versions built with ldap3's helpers read the same now
+    (an entry's DN is how the agent finds it again); and plan never loads ldap3."""
+    from ldap3.utils.conv import escape_filter_chars
+    from ldap3.utils.dn import escape_rdn
+
+    rng = random.Random(4514)
+    alphabet = '\\,+"<>;=#*() \x00aZ9_-.\u00e9\u4e2d'
+    values = [" ", "#", "  ", " # ", "a ", " a", "\\", "CT,+*()=#;1"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        for _ in range(5000)]
+    for value in values:
+        assert plan.escape_rdn(value) == escape_rdn(value), repr(value)
+        assert plan.escape_filter_value(value) == escape_filter_chars(value), repr(value)
+    probe = ("import sys, profiles.app_config.plan, profiles.app_config.registration, "
+             "profiles.app_config.records\n"
+             "print([m for m in sys.modules if m.startswith('ldap3')])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_template_candidates_skip_taken_titles():

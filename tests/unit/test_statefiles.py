@@ -9,7 +9,7 @@ import pytest
 
 from profiles import statefile
 from profiles.app_config.cache import LookupCache
-from profiles.app_config.service import read_directory_record
+from profiles.app_config.records import read_directory_record
 from profiles.network_address.driver import Paths, load_saved_lease
 
 DEEP = "[" * 100_000 + "]" * 100_000

@@ -1,0 +1,46 @@
+"""What each kind of run loads (issue 18: a device pays at boot only for the profiles it
+uses): a daemon whose directory is disabled never loads ldap3, the standalone DHCP and
+time commands load neither the directory's nor DNS-SD's libraries, and none of them loads
+dnspython, pyroute2 or pynetdicom (health checks import it when they first run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("ldap3", "pyasn1", "zeroconf", "dns", "pyroute2", "pynetdicom")
+
+
+def loaded(code: str) -> list[str]:
+    """The heavy libraries a fresh interpreter holds after running `code`."""
+    probe = (f"import sys\n{code}\n"
+             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return eval(out.stdout.strip().splitlines()[-1])  # a list literal of names
+
+
+def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
+    config = tmp_path / "agent.toml"
+    archive = (REPO / "agent" / "examples" / "archive.toml").read_text()
+    assert 'security = "anonymous"' in archive
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'runtime_dir = "{tmp_path / "run"}"\n\n'
+                      + archive.replace('security = "anonymous"', "enabled = false"))
+    code = ("import asyncio\nfrom agent.config import load_config\nfrom agent.daemon import Agent\n"
+            "async def main():\n"
+            f"    agent = Agent(load_config({str(config)!r}))\n"
+            "    assert agent.snapshot()['directory']['state'] == 'disabled'\n"
+            "    await agent._directory()\n"  # the directory task of such a device: it ends
+            "asyncio.run(main())")
+    assert loaded(code) == ["zeroconf"]  # DNS-SD: the archive's AEs are announced
+
+
+@pytest.mark.parametrize("module", ["agent.dhcp_command", "agent.time_command"])
+def test_the_standalone_dhcp_and_time_commands_load_only_their_profile(module):
+    assert loaded(f"import {module}") == []
