@@ -3,7 +3,9 @@
 Boots `dicom-agent run` (archive example: two acceptor AEs, so DNS-SD probing is on the
 path; ARP probe off, no initial delay) on fresh devices, polling the status socket to
 time each boot state; then one agent idles for BENCH_IDLE seconds (300 by default) and
-its RSS and the CPU time it used meanwhile are read from /proc.
+its RSS and the CPU time it used meanwhile are read from /proc. Every boot is a first
+registration: the device's entry and titles are deleted after each (a fresh device of the
+same name would otherwise meet the last one's entry and stop at `conflict`, cheaper).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import REGISTRAR_DN, Device, Lab
+from lab import (
+    ADMIN_DN,
+    ADMIN_PASSWORD,
+    DEVICES_DN,
+    REGISTRAR_DN,
+    REGISTRY_DN,
+    SERVER_ADDRESS,
+    Device,
+    Lab,
+)
 
 HERE = Path(__file__).resolve().parent
 AGENT = str(HERE.parent / ".venv" / "bin" / "dicom-agent")
@@ -56,9 +67,10 @@ def status(sock: Path) -> dict | None:
 
 
 def boot(lab: Lab, dev: Device) -> tuple[subprocess.Popen, dict[str, float]]:
-    """Start the agent; the time (s) each boot state was first seen, until `ready`.
-    One `watch` subscription (a snapshot per change), not polling: a poll every few ms
-    would be CPU the agent spends answering the bench."""
+    """Start the agent; the time (s) each boot state was first seen, until `ready`, and
+    under "directory:<state>" the directory's state at `ready`. One `watch` subscription
+    (a snapshot per change), not polling: a poll every few ms would be CPU the agent
+    spends answering the bench."""
     sock = dev.run_dir / "agent-run" / "status.sock"
     t0 = time.perf_counter()
     proc = dev.popen([AGENT, "run", "--config", str(config(lab, dev))],
@@ -74,10 +86,19 @@ def boot(lab: Lab, dev: Device) -> tuple[subprocess.Popen, dict[str, float]]:
                     snap = json.loads(line)
                     seen.setdefault(snap["state"], time.perf_counter() - t0)
                     if snap["state"] == "ready":
+                        seen["directory:" + snap["directory"]["state"]] = seen["ready"]
                         return proc, seen
         except (OSError, ValueError):
             time.sleep(0.005)  # not listening yet
     raise RuntimeError(f"no ready in 60 s: {seen}")
+
+
+def forget(lab: Lab) -> None:
+    """The archive's entry and titles out of the directory: the next boot registers anew."""
+    admin = ["-x", "-H", f"ldap://{SERVER_ADDRESS}", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+    lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName=ARCHIVE2,{DEVICES_DN}"])
+    for title in ("ARCHIVE2_STORE", "ARCHIVE2_QR"):
+        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY_DN}"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -102,17 +123,21 @@ def import_cpu(statement: str, reps: int) -> float:
 
 
 def agent_bench(lab: Lab, reps: int) -> dict:
-    readies, phases, cpus = [], {}, []
+    readies, phases, cpus, directory = [], {}, [], {}
     for _ in range(reps):
         dev = lab.add_device()
         proc, seen = boot(lab, dev)
         cpus.append(cpu_seconds(proc.pid))  # user+sys of the agent at ready (issue 18)
         readies.append(seen["ready"])
         for state, at in seen.items():
-            phases.setdefault(state, []).append(at)
+            if state.startswith("directory:"):
+                directory[state[10:]] = directory.get(state[10:], 0) + 1
+            else:
+                phases.setdefault(state, []).append(at)
         proc.terminate()
         proc.wait(30)
         lab.remove_device(dev)
+        forget(lab)
     dev = lab.add_device()
     proc, _ = boot(lab, dev)
     time.sleep(5)  # let the first announcements and rounds settle
@@ -125,5 +150,5 @@ def agent_bench(lab: Lab, reps: int) -> dict:
     anchors = {"interpreter_s": import_cpu("pass", reps),
                "libraries_s": import_cpu(f"import {LIBRARIES}", reps)}
     return {"ready_s": statistics.median(readies), "cpu_ready_s": statistics.median(cpus),
-            **anchors,
+            "directory_at_ready": directory, **anchors,
             "first_seen": {k: statistics.median(v) for k, v in phases.items()}, **idle}

@@ -19,10 +19,7 @@ from pathlib import Path
 
 from bench_agent import AGENT, cpu_seconds, status
 from bench_agent import config as archive_config
-from lab import ADMIN_DN, ADMIN_PASSWORD, BASE_DN, Device, Lab
-
-REGISTRY = f"cn=Unique AE Titles Registry,cn=DICOM Configuration,{BASE_DN}"
-DEVICES = f"cn=Devices,cn=DICOM Configuration,{BASE_DN}"
+from lab import ADMIN_DN, ADMIN_PASSWORD, DEVICES_DN, REGISTRY_DN, Device, Lab
 
 
 @dataclass
@@ -117,10 +114,10 @@ def directory_view(lab: Lab, address: str, tag: str) -> tuple[set[str], dict[str
     """On one server: the storm's titles in the registry, and each title's AE holders."""
     argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", f"ldap://{address}"]
     # (dicomAETitle has no substring matching rule in H.1.3: filtered here.)
-    out = lab.srv_exec([*argv, "-b", REGISTRY, "-s", "one", "dicomAETitle"]).stdout
+    out = lab.srv_exec([*argv, "-b", REGISTRY_DN, "-s", "one", "dicomAETitle"]).stdout
     registry = {x.split(": ", 1)[1] for x in out.splitlines()
                 if x.startswith(f"dicomAETitle: {tag}")}
-    out = lab.srv_exec([*argv, "-b", DEVICES, "(objectClass=dicomNetworkAE)",
+    out = lab.srv_exec([*argv, "-b", DEVICES_DN, "(objectClass=dicomNetworkAE)",
                         "dicomAETitle"]).stdout
     holders: dict[str, list[str]] = {}
     dn = None
@@ -200,9 +197,9 @@ def remove(lab: Lab, storm: Storm, address: str) -> None:
     """The storm's devices and titles out of the directory (replicated to the others)."""
     admin = ["-x", "-H", f"ldap://{address}", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
     for booted in storm.booted:
-        lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName={booted.name},{DEVICES}"])
+        lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName={booted.name},{DEVICES_DN}"])
     for title in directory_view(lab, address, storm.tag)[0]:
-        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY}"])
+        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY_DN}"])
 
 
 def end(lab: Lab, storm: Storm) -> None:
