@@ -18,16 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab import (
-    ADMIN_DN,
-    ADMIN_PASSWORD,
-    DEVICES_DN,
-    REGISTRAR_DN,
-    REGISTRY_DN,
-    SERVER_ADDRESS,
-    Device,
-    Lab,
-)
+from lab import REGISTRAR_DN, Device, Lab
 
 HERE = Path(__file__).resolve().parent
 AGENT = str(HERE.parent / ".venv" / "bin" / "dicom-agent")
@@ -95,10 +86,7 @@ def boot(lab: Lab, dev: Device) -> tuple[subprocess.Popen, dict[str, float]]:
 
 def forget(lab: Lab) -> None:
     """The archive's entry and titles out of the directory: the next boot registers anew."""
-    admin = ["-x", "-H", f"ldap://{SERVER_ADDRESS}", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
-    lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName=ARCHIVE2,{DEVICES_DN}"])
-    for title in ("ARCHIVE2_STORE", "ARCHIVE2_QR"):
-        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY_DN}"])
+    lab.unregister(["ARCHIVE2"], ["ARCHIVE2_STORE", "ARCHIVE2_QR"])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -395,6 +395,16 @@ class Lab:
         return subprocess.run(["ip", "netns", "exec", self.server, *argv], capture_output=True,
                               text=True, timeout=timeout, check=check, env=env, input=input)
 
+    def unregister(self, names: list[str], titles: list[str],
+                   address: str = SERVER_ADDRESS) -> None:
+        """Devices (their whole subtrees) and registry titles out of the directory at
+        `address`, as the administrator; what is not there is passed over."""
+        admin = ["-x", "-H", f"ldap://{address}", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+        for name in names:
+            self.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName={name},{DEVICES_DN}"])
+        for title in titles:
+            self.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY_DN}"])
+
     def srv_popen(self, argv: list[str]) -> subprocess.Popen:
         """A long-running command in the server namespace (ended by down() at the latest)."""
         proc = subprocess.Popen(["ip", "netns", "exec", self.server, *argv],

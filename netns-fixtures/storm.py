@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench_agent import AGENT, cpu_seconds, status
 from bench_agent import config as archive_config
-from lab import ADMIN_DN, ADMIN_PASSWORD, DEVICES_DN, REGISTRY_DN, Device, Lab
+from lab import DEVICES_DN, REGISTRY_DN, Device, Lab
 
 
 @dataclass
@@ -195,11 +195,8 @@ def bench(lab: Lab, n: int, tag: str, addresses: list[str], timeout: float = 300
 
 def remove(lab: Lab, storm: Storm, address: str) -> None:
     """The storm's devices and titles out of the directory (replicated to the others)."""
-    admin = ["-x", "-H", f"ldap://{address}", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
-    for booted in storm.booted:
-        lab.srv_exec(["ldapdelete", *admin, "-r", f"dicomDeviceName={booted.name},{DEVICES_DN}"])
-    for title in directory_view(lab, address, storm.tag)[0]:
-        lab.srv_exec(["ldapdelete", *admin, f"dicomAETitle={title},{REGISTRY_DN}"])
+    lab.unregister([booted.name for booted in storm.booted],
+                   sorted(directory_view(lab, address, storm.tag)[0]), address)
 
 
 def end(lab: Lab, storm: Storm) -> None:

@@ -41,6 +41,11 @@ def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
     assert loaded(code) == ["zeroconf"]  # DNS-SD: the archive's AEs are announced
 
 
+def test_the_directory_cores_and_state_files_load_no_ldap3():
+    assert loaded("import profiles.app_config.plan, profiles.app_config.registration, "
+                  "profiles.app_config.records") == []
+
+
 @pytest.mark.parametrize("module", ["agent.dhcp_command", "agent.time_command"])
 def test_the_standalone_dhcp_and_time_commands_load_only_their_profile(module):
     assert loaded(f"import {module}") == []
