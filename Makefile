@@ -92,10 +92,10 @@ lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
 
 FLAVOUR ?= dnsmasq
-# The boot state diagram, generated from agent/boot.py's table (Graphviz dot; an SVG too
+# The boot state diagram, generated from agent/daemon/boot.py's table (Graphviz dot; an SVG too
 # when dot is installed). boot-states.dot is committed; a test fails when it differs.
 diagram: venv
-	$(PY) -m agent.boot > boot-states.dot
+	$(PY) -m agent.daemon.boot > boot-states.dot
 	@if command -v dot >/dev/null; then dot -Tsvg boot-states.dot -o boot-states.svg; fi
 	@echo "wrote boot-states.dot"
 
@@ -111,7 +111,7 @@ DESTDIR ?= /
 PREFIX ?= /opt/dicom-agent
 install: venv
 	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse .
-	python3 agent/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
+	python3 packaging/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
 
 # The socket client alone (stdlib only) for applications outside the agent's venv:
 # build/wheelhouse/dicom_agent_client-*.whl, module dicom_agent_client.
@@ -124,7 +124,7 @@ client-wheel: venv
 
 # Removes what install made; keeps /etc/dicom-agent, /var/lib/dicom-agent and the user.
 uninstall:
-	python3 agent/install.py --uninstall --root $(DESTDIR) --prefix $(PREFIX)
+	python3 packaging/install.py --uninstall --root $(DESTDIR) --prefix $(PREFIX)
 
 clean: lab-down
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -66,7 +66,7 @@ class NetworkSettings:
     server_allowlist: tuple[str, ...] = ()
     offer_window: float = 0.0
     release_on_stop: bool = False
-    resolver: str = "auto"  # auto | file | none (profiles.network_address.resolvconf)
+    resolver: str = "auto"  # auto | file | none (profiles.network_address.resolvconf_io)
 
 
 def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
@@ -74,7 +74,7 @@ def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
     """The DHCP core's settings from `[network]` (one place for the daemon and `dhcp`)."""
     import time
 
-    from profiles.network_address.client import ClientSettings
+    from profiles.network_address.dhcp_client import ClientSettings
 
     return ClientSettings(mac=mac, client_id=client_id, hostname=network.hostname,
                           initial_delay=network.initial_delay, arp_probe=network.arp_probe,

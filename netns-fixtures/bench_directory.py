@@ -25,7 +25,7 @@ DEVICES = 10_000
 MEASURE = r'''
 import json, random, statistics, sys, time
 from agent.config import parse_config
-from profiles.app_config.directory import Directory, Security, connect, find_configuration_root
+from profiles.app_config.ldap_io import Directory, Security, connect, find_configuration_root
 
 def config(name, title):
     return parse_config({"network": {"interface": "eth0"}, "device": {

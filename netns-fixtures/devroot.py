@@ -2,7 +2,7 @@
 
 A minimal Debian root (debootstrap --variant=minbase, systemd, python3-venv, iproute2,
 chrony) is built once and cached outside the repository (CACHE, about a minute and 300 MB
-the first time). Each device copies it, installs the product into the copy with agent/install.py
+the first time). Each device copies it, installs the product into the copy with packaging/install.py
 from a wheelhouse built on the host (a container joined to a lab namespace has no package
 index), writes the agent's configuration, enables the units and boots the copy with
 systemd-nspawn joined to a lab device's network namespace — so the container's eth0 is
@@ -133,7 +133,7 @@ def make(name: str, workdir: Path, netns: str, config: str, wheels: Path) -> Sys
     root = workdir / name
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base_root()), str(root)], check=True)
-    done = subprocess.run(["python3", str(REPO / "agent" / "install.py"), "--root", str(root),
+    done = subprocess.run(["python3", str(REPO / "packaging" / "install.py"), "--root", str(root),
                            "--wheelhouse", str(wheels)], capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:

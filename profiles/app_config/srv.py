@@ -44,7 +44,7 @@ async def candidate_urls(resolver, domain: str | None, manual: list[str], tls: b
     host resolved with the F.1.1 resolver (None when it does not resolve)."""
     from urllib.parse import urlsplit
 
-    from profiles.network_address.resolver import ResolveError
+    from profiles.network_address.resolver_io import ResolveError
 
     async def address(host: str) -> str | None:
         try:

@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.commands.conformance import statement
 from agent.config import load_config
-from agent.conformance import statement
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "agent" / "examples"

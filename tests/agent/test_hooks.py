@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from agent.hooks import Hooks, run_hooks
+from agent.daemon.hooks import Hooks, run_hooks
 
 
 def hook(directory: Path, name: str, body: str) -> Path:

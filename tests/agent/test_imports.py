@@ -32,7 +32,8 @@ def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
     config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
                       f'runtime_dir = "{tmp_path / "run"}"\n\n'
                       + archive.replace('security = "anonymous"', "enabled = false"))
-    code = ("import asyncio\nfrom agent.config import load_config\nfrom agent.daemon import Agent\n"
+    code = ("import asyncio\nfrom agent.config import load_config\n"
+            "from agent.daemon.router import Agent\n"
             "async def main():\n"
             f"    agent = Agent(load_config({str(config)!r}))\n"
             "    assert agent.snapshot()['directory']['state'] == 'disabled'\n"
@@ -43,9 +44,9 @@ def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
 
 def test_the_directory_cores_and_state_files_load_no_ldap3():
     assert loaded("import profiles.app_config.plan, profiles.app_config.registration, "
-                  "profiles.app_config.records") == []
+                  "profiles.app_config.records_io") == []
 
 
-@pytest.mark.parametrize("module", ["agent.dhcp_command", "agent.time_command"])
+@pytest.mark.parametrize("module", ["agent.commands.dhcp_command", "agent.commands.time_command"])
 def test_the_standalone_dhcp_and_time_commands_load_only_their_profile(module):
     assert loaded(f"import {module}") == []

@@ -1,9 +1,11 @@
-"""agent/install.py's files for a device image (the real install runs in
+"""packaging/install.py's files for a device image (the real install runs in
 tests/integration/test_systemd_unit.py, under systemd)."""
 
+import sys
 from pathlib import Path
 
-from agent import install
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
+import install
 
 
 def image(tmp_path: Path, groups: str = "root:x:0:\n", resolv_link: bool = False) -> Path:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import site
+from agent.commands import site
 from profiles.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from agent.status import MAX_LINE, StatusServer, may_mutate
+from agent.daemon.status import MAX_LINE, StatusServer, may_mutate
 
 
 async def start(tmp_path, **kw) -> tuple[StatusServer, dict]:
@@ -229,8 +229,8 @@ def test_an_unprivileged_flood_is_capped_and_the_daemon_keeps_its_files(tmp_path
     import tempfile
     from pathlib import Path
 
-    from agent import status
-    from profiles import statefile
+    from agent.daemon import status
+    from profiles import statefile_io
 
     monkeypatch.setattr(status, "REQUEST_DEADLINE", 3.0)
     public = Path(tempfile.mkdtemp(prefix="dicom-agent-flood-"))
@@ -247,7 +247,7 @@ def test_an_unprivileged_flood_is_capped_and_the_daemon_keeps_its_files(tmp_path
         busy = int((await proc.stdout.readline()) or b"-1")
         # Root is still answered, and the daemon can still open its files.
         during = await ask(server.path, b'{"v":1,"op":"status"}\n')
-        statefile.write_json(tmp_path / "lease-eth0.json", {"ok": True})
+        statefile_io.write_json(tmp_path / "lease-eth0.json", {"ok": True})
         await asyncio.sleep(3.5)  # the held half-requests time out
         after = dict(server.counters)
         proc.stdin.write(b"\n")

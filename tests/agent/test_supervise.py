@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from agent.supervise import FIRST_DELAY, HEALTHY, MAX_DELAY, Backoff, Supervisor
+from agent.daemon.supervise import FIRST_DELAY, HEALTHY, MAX_DELAY, Backoff, Supervisor
 
 
 def test_backoff_doubles_to_five_minutes_and_resets_after_a_healthy_run():

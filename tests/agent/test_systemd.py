@@ -3,7 +3,7 @@
 import socket
 from pathlib import Path
 
-from agent.sdnotify import Notifier
+from agent.daemon.sdnotify import Notifier
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "agent" / "systemd"
 UNIT = SYSTEMD / "dicom-agent.service"

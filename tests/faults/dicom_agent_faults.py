@@ -45,9 +45,9 @@ def stall_the_loop_forever() -> None:
 
 
 def after_ldap_add(n: int, then) -> None:
-    from profiles.app_config import directory, registration
+    from profiles.app_config import ldap_io, registration
 
-    original = directory.Directory.execute
+    original = ldap_io.Directory.execute
     done = 0
 
     def execute(self, op):
@@ -59,7 +59,7 @@ def after_ldap_add(n: int, then) -> None:
                 then()
         return result
 
-    directory.Directory.execute = execute
+    ldap_io.Directory.execute = execute
 
 
 def kill() -> None:

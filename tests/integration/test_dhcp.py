@@ -290,7 +290,7 @@ def test_a_device_that_may_auto_configure_says_so_in_discover(lab, device):
 
 RESOLVE = r'''
 import asyncio, dataclasses, json
-from profiles.network_address.resolver import Resolver, ResolveError
+from profiles.network_address.resolver_io import Resolver, ResolveError
 async def main():
     r = Resolver(("192.0.2.9", "192.0.2.1"), ("hospital.test",))  # .9: nobody answers
     out = {"ldap": await r.addresses("ldap"),

@@ -371,7 +371,7 @@ def test_ldif_loaded_into_a_fresh_slapd_equals_what_the_agent_creates(lab, host,
 QUERY = r"""
 import json
 from agent.config import load_config
-from profiles.app_config.directory import Directory, Security, find_directory
+from profiles.app_config.ldap_io import Directory, Security, find_directory
 config = load_config(__import__("sys").argv[1])
 conn, url, base, tried = find_directory([("ldap://192.0.2.1", None)], Security())
 d = Directory(conn, base)
@@ -400,8 +400,8 @@ def test_query_by_cluster_and_device_type_and_preferred_called_aes(host):
 SERVICE = r"""
 import asyncio, json, sys
 from agent.config import load_config
-from profiles.app_config.directory import Security
-from profiles.app_config.service import DirectoryService
+from profiles.app_config.ldap_io import Security
+from profiles.app_config.directory_io import DirectoryService
 
 config = load_config(sys.argv[1])
 mode = sys.argv[2]

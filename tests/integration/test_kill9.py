@@ -14,7 +14,7 @@ import time
 from agent_helpers import write_config
 from test_agent import start, stop, wait_for
 
-from profiles import statefile
+from profiles import statefile_io
 from profiles.network_address.lease import Lease
 
 TRIALS = int(os.environ.get("DICOM_AGENT_SOAK_TRIALS", "20"))
@@ -49,7 +49,7 @@ def test_kill_9_at_random_instants_leaves_an_intact_lease_or_none(lab, device):
     try:
         snap = wait_for(device, lambda s: s["state"] == "ready", 60)
         assert snap["network"]["state"] == "bound"
-        saved = statefile.read_json(lease_file)
+        saved = statefile_io.read_json(lease_file)
         assert saved["lease"]["address"] == snap["network"]["address"]
     finally:
         err = stop(proc)

@@ -1,6 +1,6 @@
 """The shipped units under a real systemd (issue 12): a minimal Debian root booted with
 systemd-nspawn as PID 1, joined to a lab device's network namespace, the product
-installed with agent/install.py from a wheelhouse. The agent runs as its own user with
+installed with packaging/install.py from a wheelhouse. The agent runs as its own user with
 ambient capabilities; its directory password reaches it through LoadCredential=."""
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, devi
             s["name"] == name for s in f))
         assert not any(s["name"] == name for s in gone)  # goodbye packets (RFC 6762 10.1)
         # make uninstall: what install made goes; configuration, state and user stay.
-        done = subprocess.run(["python3", str(REPO / "agent" / "install.py"), "--uninstall",
+        done = subprocess.run(["python3", str(REPO / "packaging" / "install.py"), "--uninstall",
                                "--root", str(box.root)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         for gone_path in ("opt/dicom-agent", "usr/local/bin/dicom-agent",

@@ -168,7 +168,7 @@ def test_nts_is_used_where_the_certificate_names_the_server_and_chronyd_authenti
 
 KEEP_TIME = r'''
 import asyncio, json, random
-from profiles.time_sync.driver import SntpDriver
+from profiles.time_sync.sntp_io import SntpDriver
 from profiles.time_sync.sntp import SntpClient
 
 async def main():

@@ -8,12 +8,12 @@ import datetime as dt
 import errno
 import time
 
+from agent.adapters.timekeeping import Timekeeping, next_offset_change
 from agent.config import TimeSettings
-from agent.timekeeping import Timekeeping, next_offset_change
-from profiles import statefile
-from profiles.network_address import resolvconf
+from profiles import statefile_io
+from profiles.network_address import resolvconf_io
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolvconf import DnsApplier
+from profiles.network_address.resolvconf_io import DnsApplier
 
 
 def applier(tmp_path, mode="auto") -> DnsApplier:
@@ -38,14 +38,14 @@ def test_auto_writes_the_system_file_and_puts_it_back_when_the_lease_goes(tmp_pa
 def test_a_bind_mounted_file_is_written_in_place(tmp_path, monkeypatch):
     a = applier(tmp_path)
     inode = a.etc.stat().st_ino
-    real = statefile.atomic_write
+    real = statefile_io.atomic_write
 
     def busy(path, data, mode=0o644):
         if path == a.etc:  # rename over a bind mount: EBUSY
             raise OSError(errno.EBUSY, "Device or resource busy")
         real(path, data, mode)
 
-    monkeypatch.setattr(resolvconf.statefile, "atomic_write", busy)
+    monkeypatch.setattr(resolvconf_io.statefile_io, "atomic_write", busy)
     a.apply(("192.0.2.1",), [])
     assert a.etc.stat().st_ino == inode and "nameserver 192.0.2.1" in a.etc.read_text()
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from agent import client as agent_client
-from agent.boot import BootState
 from agent.client import (
     BOOT_ORDER,
     AgentClient,
@@ -23,6 +22,7 @@ from agent.client import (
     AsyncAgentClient,
     ProtocolError,
 )
+from agent.daemon.boot import BootState
 
 ARCHIVE = {"v": 1, "aet": "ARCHIVE", "found": True, "stale": False, "source": "directory",
            "device": "PACS1", "installed": True,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.adapters.directory import credentials_may_go_to
 from agent.config import load_config
-from agent.directory import credentials_may_go_to
-from profiles.app_config import directory as d
+from profiles.app_config import ldap_io as d
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"
 

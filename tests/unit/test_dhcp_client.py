@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profiles.network_address import options as o
-from profiles.network_address.client import (
+from profiles.network_address.codec import (
+    FLAG_BROADCAST,
+    DhcpMessage,
+    MessageType,
+    build,
+    parse,
+)
+from profiles.network_address.dhcp_client import (
     BROADCAST,
     AddressChanged,
     AddressConflict,
@@ -27,13 +34,6 @@ from profiles.network_address.client import (
     LeaseRenewed,
     ProbeRequested,
     generate_client_id,
-)
-from profiles.network_address.codec import (
-    FLAG_BROADCAST,
-    DhcpMessage,
-    MessageType,
-    build,
-    parse,
 )
 from profiles.network_address.lease import Lease
 
@@ -240,7 +240,7 @@ def test_a_nak_message_is_logged_without_its_control_characters(caplog):
     server = FakeServer(nak_requests=True, nak_message=b"no \x1b[31mlease\x07\r\n\xff")
     c.start(0.0)
     c.handle_timer(0.0)
-    with caplog.at_level("INFO", logger="profiles.network_address.client"):
+    with caplog.at_level("INFO", logger="profiles.network_address.dhcp_client"):
         exchange(c, server, 0.0)
         exchange(c, server, 0.0)
     (line,) = [r.getMessage() for r in caplog.records if "NAK from" in r.getMessage()]

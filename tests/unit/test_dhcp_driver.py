@@ -10,8 +10,8 @@ import time
 from fake_dhcp_server import FakeServer
 from test_dhcp_client import acquire, client
 
-from profiles.network_address.client import LeaseBound, LeaseLost
-from profiles.network_address.driver import DhcpDriver, Paths, load_saved_lease
+from profiles.network_address.dhcp_client import LeaseBound, LeaseLost
+from profiles.network_address.dhcp_io import DhcpDriver, Paths, load_saved_lease
 
 
 class FakeNetlink:
@@ -52,7 +52,7 @@ def test_a_refused_part_is_counted_and_the_lease_still_reaches_the_handlers(tmp_
 def test_a_refused_address_is_a_fault_not_a_bound_lease(tmp_path):
     import pytest
 
-    from profiles.network_address.driver import AddressRefused
+    from profiles.network_address.dhcp_io import AddressRefused
 
     log: list = []
     lease = acquire(client(), FakeServer())

@@ -8,10 +8,10 @@ import contextlib
 import threading
 import time
 
-from profiles.app_config.cache import LookupCache
-from profiles.app_config.directory import Security
+from profiles.app_config.cache_io import LookupCache
+from profiles.app_config.directory_io import DirectoryService
+from profiles.app_config.ldap_io import Security
 from profiles.app_config.model import Device
-from profiles.app_config.service import DirectoryService
 
 ANSWER = {"v": 1, "aet": "ARCHIVE", "found": True, "stale": False, "source": "directory",
           "device": "PACS1", "installed": True,
@@ -66,7 +66,7 @@ def test_operations_on_the_connection_never_overlap(tmp_path):
 def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, monkeypatch):
     """Issue 14: a registered device asks the other providers again every
     REPLICA_CHECK_INTERVAL, not only at its (hourly) refresh; not while unregistered."""
-    from profiles.app_config import service as service_module
+    from profiles.app_config import directory_io as service_module
 
     monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.05)
     s = DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,
@@ -96,7 +96,7 @@ def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, m
 
 
 def test_no_replica_check_while_not_registered(tmp_path, monkeypatch):
-    from profiles.app_config import service as service_module
+    from profiles.app_config import directory_io as service_module
 
     monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.05)
     s = DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,

@@ -5,7 +5,7 @@ import itertools
 from pathlib import Path
 
 from agent.config import load_config
-from profiles.app_config.dnssd import PLAIN, TLS, probe, services
+from profiles.app_config.dnssd_io import PLAIN, TLS, probe, services
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "agent" / "examples"
 
@@ -34,7 +34,7 @@ def test_a_template_title_is_advertised_as_registered():
 
 
 def test_what_was_browsed_answers_a_lookup_the_directory_could_not():
-    from profiles.app_config.dnssd import Advertiser
+    from profiles.app_config.dnssd_io import Advertiser
 
     adv = Advertiser("ct01")
     adv.seen["WS07"] = {"aet": "WS07", "tls": True, "port": 2762, "hostname": "ws.local",

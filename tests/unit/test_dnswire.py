@@ -13,7 +13,7 @@ import dns.rrset
 import pytest
 
 from profiles.network_address import dnswire
-from profiles.network_address.resolver import udp_then_tcp
+from profiles.network_address.resolver_io import udp_then_tcp
 
 
 def reference_response(qname: str, rdtype: str, answers: list[tuple[str, int, str, list]],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from profiles.app_config.directory import (
+from profiles.app_config.ldap_io import (
     DirectoryError,
     OddEntry,
     _boolean,

@@ -200,7 +200,7 @@ def test_bad_names_raise_parse_error(data):
 
 
 def test_the_route_plan_reaches_an_off_link_gateway_first_and_only_once():
-    from profiles.network_address.netlink import RT_SCOPE_LINK, route_plan
+    from profiles.network_address.interface_io import RT_SCOPE_LINK, route_plan
 
     got = lease(_121=bytes((24, 198, 51, 100, 198, 51, 100, 99, 24, 203, 0, 113, 0, 0, 0, 0,
                             0, 198, 51, 100, 99)))

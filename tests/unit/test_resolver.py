@@ -12,7 +12,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from profiles.network_address.resolver import ResolveError, Resolver, SrvRecord
+from profiles.network_address.resolver_io import ResolveError, Resolver, SrvRecord
 
 ZONE = {
     ("ldap.hospital.test.", "A"): (60, ["192.0.2.1"]),

@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from profiles.network_address import rtnetlink
-from profiles.network_address.rtnetlink import (
+from profiles.network_address import rtnetlink_io
+from profiles.network_address.rtnetlink_io import (
     IFLA_ADDRESS,
     IFLA_MTU,
     NetlinkError,
@@ -52,13 +52,13 @@ def test_the_loopback_link_is_read_and_a_missing_link_refused():
 
 
 def test_route_messages_carry_no_destination_for_the_default_route():
-    body = RtNetlink._route("0.0.0.0/0", 3, 16, 0, rtnetlink.RTN_UNICAST, "192.0.2.1")
-    header = rtnetlink.RTMSG.unpack_from(body)
+    body = RtNetlink._route("0.0.0.0/0", 3, 16, 0, rtnetlink_io.RTN_UNICAST, "192.0.2.1")
+    header = rtnetlink_io.RTMSG.unpack_from(body)
     assert header[1] == 0 and header[5] == 16  # dst_len 0, proto dhcp
-    attrs = attributes(body[rtnetlink.RTMSG.size:])
-    assert rtnetlink.RTA_DST not in attrs
-    assert attrs[rtnetlink.RTA_GATEWAY] == socket.inet_aton("192.0.2.1")
-    assert attrs[rtnetlink.RTA_OIF] == struct.pack("=I", 3)
+    attrs = attributes(body[rtnetlink_io.RTMSG.size:])
+    assert rtnetlink_io.RTA_DST not in attrs
+    assert attrs[rtnetlink_io.RTA_GATEWAY] == socket.inet_aton("192.0.2.1")
+    assert attrs[rtnetlink_io.RTA_OIF] == struct.pack("=I", 3)
     body = RtNetlink._route("198.51.100.0/24", 3, 16, 253, 1, None)
-    assert attributes(body[rtnetlink.RTMSG.size:])[rtnetlink.RTA_DST] == \
+    assert attributes(body[rtnetlink_io.RTMSG.size:])[rtnetlink_io.RTA_DST] == \
         socket.inet_aton("198.51.100.0")

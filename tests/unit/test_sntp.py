@@ -340,7 +340,7 @@ def test_nonces_do_not_come_from_the_injected_random():
 
 
 def test_autodiscovery_forgets_a_server_after_three_of_its_intervals():
-    from profiles.time_sync.driver import Listener
+    from profiles.time_sync.sntp_io import Listener
 
     listener = Listener("eth0", window=2.0)
     for t in (0.0, 4.0, 8.0):  # a server announcing every 4 s

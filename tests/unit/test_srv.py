@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from profiles.app_config.srv import order_srv
-from profiles.network_address.resolver import SrvRecord
+from profiles.network_address.resolver_io import SrvRecord
 
 
 def targets(records, seed):

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from profiles import statefile
-from profiles.app_config.cache import LookupCache
-from profiles.app_config.records import read_directory_record
-from profiles.network_address.driver import Paths, load_saved_lease
+from profiles import statefile_io
+from profiles.app_config.cache_io import LookupCache
+from profiles.app_config.records_io import read_directory_record
+from profiles.network_address.dhcp_io import Paths, load_saved_lease
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -41,7 +41,7 @@ def test_a_good_directory_record_is_read(tmp_path):
     record = {"server": "ldap://x", "base_dn": "cn=DICOM Configuration,dc=x",
               "device_dn": "dicomDeviceName=CT01,cn=Devices,cn=DICOM Configuration,dc=x",
               "titles": ["CT01_SCU", "CT,+*()=#;1"]}
-    statefile.write_json(tmp_path / "directory.json", record)
+    statefile_io.write_json(tmp_path / "directory.json", record)
     assert read_directory_record(tmp_path) == record
 
 
@@ -59,7 +59,7 @@ def test_a_cached_answer_of_the_wrong_shape_is_not_served(tmp_path, record):
 
 def test_an_oversized_or_unreadable_file_is_set_aside(tmp_path):
     big = tmp_path / "big.json"
-    big.write_bytes(b" " * (statefile.MAX_STATE_FILE + 1) + b"{}")
-    assert statefile.read_json(big) is None and (tmp_path / "big.json.damaged").exists()
+    big.write_bytes(b" " * (statefile_io.MAX_STATE_FILE + 1) + b"{}")
+    assert statefile_io.read_json(big) is None and (tmp_path / "big.json.damaged").exists()
     (tmp_path / "dir.json").mkdir()
-    assert statefile.read_json(tmp_path / "dir.json") is None
+    assert statefile_io.read_json(tmp_path / "dir.json") is None

@@ -1,9 +1,9 @@
-"""Unicast DNS-SD records and the TSIG key file (profiles/app_config/unicast_dnssd.py)."""
+"""Unicast DNS-SD records and the TSIG key file (profiles/app_config/unicast_dnssd_io.py)."""
 
 import pytest
 
-from profiles.app_config.dnssd import PLAIN, TLS, Service
-from profiles.app_config.unicast_dnssd import read_tsig_key, records
+from profiles.app_config.dnssd_io import PLAIN, TLS, Service
+from profiles.app_config.unicast_dnssd_io import read_tsig_key, records
 
 
 def test_records_for_plain_and_tls_services_with_escaped_instance_names():

@@ -1,6 +1,6 @@
 """`dicom-agent directory find|register|lookup` and `dicom-agent ldif` (PS3.15 H.1).
 
-They run the daemon's directory adapter (agent/directory.py: the DirectoryService, the
+They run the daemon's directory adapter (agent/adapters/directory.py: the DirectoryService, the
 same domain, servers, security and host names) once, using the saved lease (domain, DNS
 servers, the device's name and address) from the configured state directory when there
 is one.
@@ -18,23 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import faults
-from agent.address import dns_of
-from agent.config import Config, load_config
-from agent.directory import (
+from agent.adapters.address import dns_of
+from agent.adapters.directory import (
     connection_hostnames,
     directory_domain,
     saved_record,
     service_for,
 )
+from agent.config import Config, load_config
 from profiles.app_config import plan
-from profiles.app_config.directory import DirectoryError, Refused, manual_ldif_path
+from profiles.app_config.directory_io import DirectoryService
+from profiles.app_config.ldap_io import DirectoryError, Refused, manual_ldif_path
 from profiles.app_config.model import ae_title_problem
-from profiles.app_config.records import load_or_make_device_id
-from profiles.app_config.service import DirectoryService
+from profiles.app_config.records_io import load_or_make_device_id
 from profiles.errors import ConfigError
-from profiles.network_address.driver import Paths, load_saved_lease
+from profiles.network_address.dhcp_io import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import Resolver
+from profiles.network_address.resolver_io import Resolver
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from agent.address import EVENT_NAMES, Address
+from agent.adapters.address import EVENT_NAMES, Address
 from agent.config import (
     AgentSettings,
     NetworkSettings,
@@ -22,8 +22,8 @@ from agent.config import (
     load_config,
 )
 from profiles.errors import ConfigError
-from profiles.network_address.client import DhcpEvent, LeaseBound
-from profiles.network_address.driver import AutoIpConfigured, AutoIpRemoved, boottime
+from profiles.network_address.dhcp_client import DhcpEvent, LeaseBound
+from profiles.network_address.dhcp_io import AutoIpConfigured, AutoIpRemoved, boottime
 
 
 def _settings(args: argparse.Namespace

@@ -18,10 +18,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 from profiles.app_config import plan, registration
-from profiles.app_config.cache import LookupCache
-from profiles.app_config.directory import (
+from profiles.app_config.cache_io import LookupCache
+from profiles.app_config.ldap_io import (
     OPERATIONS,
     Conflict,
     ConnectionLost,
@@ -36,7 +36,7 @@ from profiles.app_config.directory import (
     manual_ldif_path,
 )
 from profiles.app_config.model import Device
-from profiles.app_config.records import (
+from profiles.app_config.records_io import (
     intent_record,
     load_or_make_device_id,
     read_directory_record,
@@ -174,7 +174,7 @@ class DirectoryService:
         except (Refused, Conflict) as exc:
             # An administrator takes it from here: the entries as LDIF, marker included.
             path = manual_ldif_path(self.state_dir, self.device)
-            statefile.atomic_write(path, plan.registration_ldif(
+            statefile_io.atomic_write(path, plan.registration_ldif(
                 plan.with_marker(self.device, self.device_id), self.attempts, self.base,
                 hostnames, self.saved.get("titles", [])).encode())
             self.last_error = str(exc)
@@ -199,7 +199,7 @@ class DirectoryService:
         for old, new in result.title_changes:
             log.info("directory override: AE title %s is now %s (changed in the directory)",
                      old, new)
-        statefile.write_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
         manual_ldif_path(self.state_dir, self.device).unlink(missing_ok=True)
         # Found by name but registered by this device before: not an adoption.
         self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
@@ -213,7 +213,7 @@ class DirectoryService:
         """One registration on one connection (a worker thread). What a cut-short attempt
         added — a kill -9, or a provider lost mid-registration, when this runs again on
         the next provider — is undone first, from the intent record."""
-        intent = statefile.read_json(self.intent_path, intent_record)
+        intent = statefile_io.read_json(self.intent_path, intent_record)
         if intent:
             self.recovered, in_flight = directory.recover(intent)
             if in_flight:
@@ -276,7 +276,7 @@ class DirectoryService:
         self._gave_up = (title, list(self.saved.get("titles", [])))
         self.saved = {**self.saved, "titles": [t for t in self.saved.get("titles", [])
                                                if t != title], "keys": keys}
-        statefile.write_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
         return await self.register(self._hostnames_last)
 
     async def _read_back(self, device_dn: str) -> None:
@@ -330,7 +330,7 @@ class DirectoryService:
             log.warning("directory: health of %s not written: %s", title, exc)
             return
         self.saved["health_written"] = written
-        statefile.write_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
 
     async def unregister(self, keep_titles: bool) -> dict:
         """`dicom-agent directory unregister`: this device's own entries removed and its
@@ -341,7 +341,7 @@ class DirectoryService:
                 lambda d: d.unregister(self.device, self.device_id, keep_titles))
         except Refused as exc:
             path = manual_ldif_path(self.state_dir, self.device).with_suffix(".remove.ldif")
-            statefile.atomic_write(path, _removal_ldif(self, keep_titles).encode())
+            statefile_io.atomic_write(path, _removal_ldif(self, keep_titles).encode())
             exc.ldif = path
             raise
         if not keep_titles:

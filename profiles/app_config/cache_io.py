@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 
 
 def cache_record(value: object) -> dict:
@@ -35,11 +35,11 @@ class LookupCache:
         return self.directory / f"{title.encode().hex()}.json"  # any title, a safe name
 
     def put(self, answer: dict) -> None:
-        statefile.write_json(self._path(answer["aet"]),
+        statefile_io.write_json(self._path(answer["aet"]),
                              {"fetched_at": time.time(), "answer": answer})
 
     def get(self, title: str) -> dict | None:
-        record = statefile.read_json(self._path(title), cache_record)
+        record = statefile_io.read_json(self._path(title), cache_record)
         if record is None or record["answer"].get("aet") != title:
             return None
         return {**record["answer"], "source": "cache", "stale": True,

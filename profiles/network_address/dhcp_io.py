@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 from profiles.network_address.arp import (
     ETH_P_ARP,
     ArpProber,
@@ -41,7 +41,7 @@ from profiles.network_address.arp import (
     claim_filter,
     filter_bytes,
 )
-from profiles.network_address.client import (
+from profiles.network_address.dhcp_client import (
     AddressChanged,
     AutoIpWanted,
     DhcpClient,
@@ -52,9 +52,9 @@ from profiles.network_address.client import (
     LeaseRenewed,
     ProbeRequested,
 )
+from profiles.network_address.interface_io import Netlink
 from profiles.network_address.lease import Lease
-from profiles.network_address.netlink import Netlink
-from profiles.network_address.resolvconf import DnsApplier
+from profiles.network_address.resolvconf_io import DnsApplier
 
 log = logging.getLogger(__name__)
 CLIENT_PORT = 68
@@ -118,11 +118,11 @@ class Paths:
 
 def load_saved_lease(paths: Paths) -> tuple[Lease | None, bool]:
     """The saved lease and whether it is from this boot; (None, False) when unusable."""
-    record = statefile.read_json(paths.lease_file, _lease_record)
+    record = statefile_io.read_json(paths.lease_file, _lease_record)
     if record is None:
         return None, False
     lease, boot = record
-    return lease, boot == statefile.boot_id()
+    return lease, boot == statefile_io.boot_id()
 
 
 def _lease_record(record: object) -> tuple[Lease, str | None]:
@@ -136,8 +136,8 @@ def _lease_record(record: object) -> tuple[Lease, str | None]:
 
 
 def save_lease(paths: Paths, lease: Lease) -> None:
-    statefile.write_json(paths.lease_file, {
-        "boot_id": statefile.boot_id(), "saved_boottime": boottime(),
+    statefile_io.write_json(paths.lease_file, {
+        "boot_id": statefile_io.boot_id(), "saved_boottime": boottime(),
         "saved_wall": time.time(), "lease": lease.to_record()})
 
 
@@ -155,7 +155,7 @@ def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
     except (FileNotFoundError, ValueError):
         pass
     value = make()
-    statefile.atomic_write(paths.client_id_file, (value.hex(":") + "\n").encode())
+    statefile_io.atomic_write(paths.client_id_file, (value.hex(":") + "\n").encode())
     return value
 
 

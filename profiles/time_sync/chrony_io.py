@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 
 # chronyc -c sources: the state column (RFC-less, chronyc(1)).
 SOURCE_STATES = {"*": "selected", "+": "combined", "-": "not-combined", "?": "unusable",
@@ -47,7 +47,7 @@ async def chronyc(socket: Path, *args: str, timeout: float = 5.0) -> str:
 
 async def hand_over(sourcedir: Path, interface: str, servers: list[str], socket: Path,
                     nts: frozenset[str] | set[str] = frozenset()) -> None:
-    statefile.atomic_write(sourcedir / f"{interface}.sources",
+    statefile_io.atomic_write(sourcedir / f"{interface}.sources",
                            sources_text(servers, nts).encode())
     reply = await chronyc(socket, "reload", "sources")
     if "200 OK" not in reply:

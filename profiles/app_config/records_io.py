@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 from profiles.app_config.model import ae_title_problem
 
 
@@ -57,9 +57,9 @@ def load_or_make_device_id(state_dir: Path) -> str:
     except OSError:
         pass
     value = secrets.token_hex(16)
-    statefile.atomic_write(path, (value + "\n").encode())
+    statefile_io.atomic_write(path, (value + "\n").encode())
     return value
 
 
 def read_directory_record(state_dir: Path) -> dict:
-    return statefile.read_json(state_dir / "directory.json", directory_record) or {}
+    return statefile_io.read_json(state_dir / "directory.json", directory_record) or {}

@@ -4,7 +4,7 @@ the PS3.15 system management profiles, written from the actual configuration."""
 from __future__ import annotations
 
 from agent.config import Config
-from profiles.app_config import dnssd, plan
+from profiles.app_config import dnssd_io, plan
 from profiles.network_address import options as o
 
 OPTION_NAMES = {1: "Subnet Mask", 2: "Time Offset", 3: "Router", 6: "Domain Name Server",
@@ -32,7 +32,7 @@ def statement(config: Config) -> str:
     hostnames = {c.name: c.hostname or "<DHCP/DDNS host name>.<domain>"
                  for c in dev.connections}
     entries = plan.device_entries("<DICOM Configuration root>", dev, titles, hostnames)
-    services = dnssd.services(dev, titles)
+    services = dnssd_io.services(dev, titles)
     mode = {"sntp": "SNTP Client (built in, RFC 4330); it adjusts the clock",
             "chrony": "NTP Client (chronyd, RFC 5905), servers handed over by the agent",
             "observe": "SNTP Client that measures and reports only"}[t.mode]

@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiles import statefile
+from profiles import statefile_io
 
 log = logging.getLogger(__name__)
 ETC_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -67,9 +67,9 @@ class DnsApplier:
         text = resolv_conf_text(servers, search)
         try:
             if self.record.read_bytes() != text:
-                statefile.atomic_write(self.record, text)
+                statefile_io.atomic_write(self.record, text)
         except FileNotFoundError:
-            statefile.atomic_write(self.record, text)
+            statefile_io.atomic_write(self.record, text)
         if self.mode != "auto":
             return
         try:
@@ -89,7 +89,7 @@ class DnsApplier:
     def withdraw(self) -> None:
         """The lease is gone (or the agent stops): take back what was applied."""
         try:
-            statefile.atomic_write(self.record, resolv_conf_text((), []))
+            statefile_io.atomic_write(self.record, resolv_conf_text((), []))
         except OSError as exc:
             log.warning("resolv.conf record not cleared: %s", exc)
         if self.mode != "auto" or not self.applied:
@@ -125,7 +125,7 @@ class DnsApplier:
 
     def _put(self, text: bytes) -> None:
         try:
-            statefile.atomic_write(self.etc, text)
+            statefile_io.atomic_write(self.etc, text)
         except OSError as exc:
             if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EROFS):
                 raise  # EBUSY: a bind mount; EROFS: /etc read-only but the file writable

@@ -31,8 +31,8 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from profiles import statefile
-from profiles.app_config.dnssd import Service
+from profiles import statefile_io
+from profiles.app_config.dnssd_io import Service
 
 log = logging.getLogger(__name__)
 TIMEOUT = 5.0
@@ -153,7 +153,7 @@ class UnicastAdvertiser:
             done += [r for r in mine if r not in done]
         self.refused = None
         self.zone, self.server, self.registered = zone, server, done
-        statefile.write_json(self.state_file, {"zone": zone, "server": server,
+        statefile_io.write_json(self.state_file, {"zone": zone, "server": server,
                                                "records": done}, mode=0o600)
         return taken
 
@@ -167,7 +167,7 @@ class UnicastAdvertiser:
     def cleanup(self, keep: list[tuple[str, str, str]] = ()) -> None:
         """Records a previous run registered (a power loss): deleted, but those we are
         about to register again."""
-        saved = statefile.read_json(self.state_file)
+        saved = statefile_io.read_json(self.state_file)
         if not isinstance(saved, dict) or not saved.get("records"):
             return
         stale = [tuple(r) for r in saved["records"] if tuple(r) not in keep]

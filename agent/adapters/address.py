@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
-from agent.hooks import hooks_in
-from profiles.network_address.client import (
+from agent.daemon.hooks import hooks_in
+from profiles.network_address.dhcp_client import (
     AddressChanged,
     AddressConflict,
     AddressDeclined,
@@ -30,7 +30,7 @@ from profiles.network_address.client import (
     LeaseRenewed,
     generate_client_id,
 )
-from profiles.network_address.driver import (
+from profiles.network_address.dhcp_io import (
     CarrierChanged,
     DhcpDriver,
     Paths,
@@ -39,9 +39,9 @@ from profiles.network_address.driver import (
     load_or_make_client_id,
     load_saved_lease,
 )
+from profiles.network_address.interface_io import Netlink
 from profiles.network_address.lease import Lease
-from profiles.network_address.netlink import Netlink
-from profiles.network_address.resolvconf import DnsApplier
+from profiles.network_address.resolvconf_io import DnsApplier
 
 log = logging.getLogger(__name__)
 EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",

@@ -52,7 +52,7 @@ from ldap3 import (
 )
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 
-from profiles import statefile
+from profiles import statefile_io
 from profiles.app_config import plan, registration
 from profiles.app_config.model import Device
 from profiles.app_config.registration import (  # noqa: F401 (re-exported)
@@ -336,7 +336,7 @@ class Directory:
                     if op.intent is None:
                         self.intent_path.unlink(missing_ok=True)
                     else:
-                        statefile.write_json(self.intent_path, op.intent, mode=0o600)
+                        statefile_io.write_json(self.intent_path, op.intent, mode=0o600)
                 return None
         raise TypeError(f"not an operation: {op!r}")
 

@@ -1,7 +1,7 @@
 """Install dicom-agent on a device image (`make install`, `make uninstall`, the systemd tests).
 
-    python3 agent/install.py --root ROOT --wheelhouse DIR [--prefix /opt/dicom-agent]
-    python3 agent/install.py --uninstall --root ROOT [--prefix /opt/dicom-agent]
+    python3 packaging/install.py --root ROOT --wheelhouse DIR [--prefix /opt/dicom-agent]
+    python3 packaging/install.py --uninstall --root ROOT [--prefix /opt/dicom-agent]
 
 Stdlib only, so it runs before anything is installed. Into ROOT (`/` for this machine; a
 device image's directory otherwise — commands then run inside it with chroot, on the
@@ -32,7 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "agent"  # units and examples: package data
 UNITS = ("dicom-agent.service", "dicom-agent-wait-ready.service", "dicom-ready.target")
 USER = "dicom-agent"
 CHRONY_GROUPS = ("_chrony", "chrony")  # Debian, Fedora

@@ -84,27 +84,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_dhcp(args: argparse.Namespace) -> int:
     with importing():
-        from agent.dhcp_command import run_dhcp_command
+        from agent.commands.dhcp_command import run_dhcp_command
 
     return run_dhcp_command(args)
 
 
 def cmd_time(args: argparse.Namespace) -> int:
     with importing():
-        from agent.time_command import run_time_command
+        from agent.commands.time_command import run_time_command
 
     return run_time_command(args)
 
 
 def cmd_directory(args: argparse.Namespace) -> int:
     with importing():
-        from agent import directory_command
+        from agent.commands import directory_command
 
     return getattr(directory_command, f"cmd_{args.action}")(args)
 
 
 def cmd_ldif(args: argparse.Namespace) -> int:
-    from agent.directory_command import cmd_ldif as run
+    from agent.commands.directory_command import cmd_ldif as run
 
     return run(args)
 
@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     with importing():  # ~50,000 objects
-        from agent.daemon import Agent
+        from agent.daemon.router import Agent
 
     config = load_or_report(args.config)
     if config is None:
@@ -162,7 +162,7 @@ def _ask(args: argparse.Namespace, op: str, **fields: object) -> dict | None:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from agent.summary import summary
+    from agent.commands.summary import summary
 
     snap = _ask(args, "status")
     if snap is None:
@@ -190,7 +190,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_lookup(args: argparse.Namespace) -> int:
     import json
 
-    from agent.summary import lookup_text
+    from agent.commands.summary import lookup_text
 
     answer = _ask(args, "lookup", aet=args.aet, refresh=args.refresh)
     if answer is None:
@@ -202,7 +202,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     import json
 
-    from agent.summary import lookup_text
+    from agent.commands.summary import lookup_text
 
     reply = _ask(args, "query", cluster=args.cluster, device_type=args.device_type)
     if reply is None or "results" not in reply:
@@ -217,7 +217,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     the fleet (listed on stderr; nothing written), 2 usage (a bad site or device file)."""
     from pathlib import Path
 
-    from agent import site
+    from agent.commands import site
 
     try:
         fleet = site.load_site(Path(args.site), Path(args.device_dir))
@@ -242,7 +242,7 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from agent.conformance import statement
+    from agent.commands.conformance import statement
 
     config = load_or_report(args.config)
     if config is None:
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("site", help="the administrator's side: DHCP reservations, DNS "
                                      "records and directory pre-configuration of a fleet",
                         description="From a folder of device files and a site file (see "
-                                    "agent/site.py): kea (reservations JSON), dnsmasq "
+                                    "agent/commands/site.py): kea (reservations JSON), dnsmasq "
                                     "(dhcp-host lines), dns (a zone fragment), ldif (the "
                                     "directory's pre-configuration), check (conflicts). "
                                     "Exit 0, 1 conflicts found, 2 usage.")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import zeroconf.asyncio  # noqa: F401 -- see below
 
-from profiles.app_config import dnssd
+from profiles.app_config import dnssd_io
 from profiles.app_config.model import Device
 
 # The daemon browses and announces from its first address on, so zeroconf is imported
-# here, with the daemon's own imports under the paused collector (agent.cli.importing),
+# here, with the daemon's own imports under the paused collector (agent.commands.cli.importing),
 # rather than by dnssd in the event loop: ~15 ms less CPU to `ready` (issue 18: two A/B
 # runs of 8 and 10 boots each way, medians 0.425 -> 0.41 and 0.395 -> 0.38 s).
 
@@ -45,11 +45,11 @@ class Announcer:
 
     def __init__(self, device: Device, hostname: str):
         self.device = device
-        self.advertiser = dnssd.Advertiser(hostname)
-        self.announced: list[dnssd.Service] = []
+        self.advertiser = dnssd_io.Advertiser(hostname)
+        self.announced: list[dnssd_io.Service] = []
 
-    def services(self, titles: list[str | None]) -> list[dnssd.Service]:
-        return dnssd.services(self.device, titles)
+    def services(self, titles: list[str | None]) -> list[dnssd_io.Service]:
+        return dnssd_io.services(self.device, titles)
 
     async def announce(self, titles: list[str | None], address: str) -> None:
         wanted = self.services(titles)

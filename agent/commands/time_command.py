@@ -11,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from agent.adapters.timekeeping import Timekeeping
 from agent.config import AgentSettings, TimeSettings, load_config
-from agent.timekeeping import Timekeeping
 from profiles.errors import ConfigError
-from profiles.network_address.driver import Paths, load_saved_lease
+from profiles.network_address.dhcp_io import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
 
 

@@ -25,14 +25,14 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.address import dns_of
+from agent.adapters.address import dns_of
 from agent.config import TimeSettings
-from profiles import statefile
+from profiles import statefile_io
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import ResolveError, Resolver
-from profiles.time_sync import chrony, nts
-from profiles.time_sync.driver import Listener, SntpDriver, SystemClock
+from profiles.network_address.resolver_io import ResolveError, Resolver
+from profiles.time_sync import chrony_io, nts_io
 from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
+from profiles.time_sync.sntp_io import Listener, SntpDriver, SystemClock
 from profiles.time_sync.sources import (
     ZONEINFO,
     choose_servers,
@@ -99,7 +99,7 @@ def clock_floor(state_dir: Path | None) -> float:
     the agent was installed, or the last saved time report, whichever is later."""
     floor = Path(__file__).stat().st_mtime
     if state_dir is not None:
-        saved = statefile.read_json(state_dir / "time.json")
+        saved = statefile_io.read_json(state_dir / "time.json")
         wall = saved.get("saved_wall") if isinstance(saved, dict) else None
         if isinstance(wall, int | float) and not isinstance(wall, bool) and wall < 1e11:
             floor = max(floor, float(wall))
@@ -217,11 +217,11 @@ class Timekeeping:
             return self.report
         if self.mode == "chrony":
             try:
-                await chrony.hand_over(self.settings.chrony_sourcedir, self.interface,
+                await chrony_io.hand_over(self.settings.chrony_sourcedir, self.interface,
                                        addresses, self.settings.chronyc_socket,
                                        await self._nts_for(addresses))
                 self._chrony_report(await self._chrony_settled())
-            except chrony.ChronyError as exc:
+            except chrony_io.ChronyError as exc:
                 self._internal(str(exc))
             return self.report
         self.core = self._sntp_core()
@@ -234,7 +234,7 @@ class Timekeeping:
         """chronyd's state once it has selected a source (or CHRONY_SETTLE has passed)."""
         deadline = time.monotonic() + CHRONY_SETTLE
         while True:
-            state = await chrony.state(self.settings.chronyc_socket, self.settings.nts)
+            state = await chrony_io.state(self.settings.chronyc_socket, self.settings.nts)
             if any(s["state"] == "selected" for s in state["sources"]) \
                     or time.monotonic() > deadline:
                 return state
@@ -242,10 +242,10 @@ class Timekeeping:
 
     async def _nts_for(self, addresses: list[str]) -> set[str]:
         """With `[time] nts`: the servers whose NTS-KE certificate chronyd will accept
-        (nts.py); each server's finding goes to the report's `nts`."""
+        (nts_io.py); each server's finding goes to the report's `nts`."""
         if not self.settings.nts:
             return set()
-        problems = await nts.usable(addresses, self.settings.nts_ca_file)
+        problems = await nts_io.usable(addresses, self.settings.nts_ca_file)
         for address, problem in problems.items():
             if problem:
                 log.warning("NTS: %s: %s: using it without NTS", address, problem)
@@ -304,14 +304,14 @@ class Timekeeping:
                 continue
             try:
                 if addresses != handed:
-                    await chrony.hand_over(t.chrony_sourcedir, self.interface, addresses,
+                    await chrony_io.hand_over(t.chrony_sourcedir, self.interface, addresses,
                                            t.chronyc_socket, await self._nts_for(addresses))
                     handed = addresses
                     # chronyd needs a few samples (iburst) before it selects a source.
                     settle_until = time.monotonic() + CHRONY_SETTLE
-                state = await chrony.state(t.chronyc_socket, t.nts)
+                state = await chrony_io.state(t.chronyc_socket, t.nts)
                 fields = chrony_fields(state)
-            except chrony.ChronyError as exc:
+            except chrony_io.ChronyError as exc:
                 handed = None
                 log.warning("chrony: %s", exc)
                 if self.report["last_error"] != str(exc) or not reported:

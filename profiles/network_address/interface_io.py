@@ -20,7 +20,7 @@ import socket
 import struct
 
 from profiles.network_address.lease import ANY, INFINITE, Lease
-from profiles.network_address.rtnetlink import (
+from profiles.network_address.rtnetlink_io import (
     IFLA_ADDRESS,
     IFLA_CARRIER,
     IFLA_MAX_MTU,

@@ -1,15 +1,16 @@
 """`dicom-agent run`: the boot agent, a router.
 
 Each profile runs through its adapter — the same one its standalone command runs — as a
-task under the supervisor (agent/supervise.py), which outlives the task's faults:
+task under the supervisor (agent/daemon/supervise.py), which outlives the task's faults:
 
-    address   — agent/address.py: the DHCP client; resolver and NTP servers follow the lease
-    time      — agent/timekeeping.py: SNTP, or chronyd fed and watched
-    directory — agent/directory.py: the DirectoryService (after time when TLS wants a sane clock)
-    announce  — agent/announce.py: DNS-SD once an address and the titles are known
-    hooks     — agent/hooks.py: queued hooks, in order, off every profile's back
+    address   — adapters/address.py: the DHCP client; resolver and NTP servers follow the lease
+    time      — adapters/timekeeping.py: SNTP, or chronyd fed and watched
+    directory — adapters/directory.py: the DirectoryService (after time when TLS wants a sane
+                clock)
+    announce  — adapters/announce.py: DNS-SD once an address and the titles are known
+    hooks     — daemon/hooks.py: queued hooks, in order, off every profile's back
 
-Profile events become boot events (agent/boot.py, the whole truth of the boot state);
+Profile events become boot events (agent/daemon/boot.py, the whole truth of the boot state);
 every visible change reaches the status socket's watchers and systemd's STATUS=.
 The daemon exits only on SIGTERM/SIGINT (0) or an invalid configuration at start (2).
 
@@ -31,21 +32,22 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from agent import faults, health
-from agent.address import Address, dns_of, grace_for, remaining
-from agent.announce import Announcer, titles_for
-from agent.boot import BootMachine, BootState, Event
+from agent import faults
+from agent.adapters import health
+from agent.adapters.address import Address, dns_of, grace_for, remaining
+from agent.adapters.announce import Announcer, titles_for
+from agent.adapters.directory import connection_hostnames, saved_record, service_for
+from agent.adapters.health import AeHealth
+from agent.adapters.timekeeping import Timekeeping, next_offset_change
 from agent.config import Config, load_config
-from agent.directory import connection_hostnames, saved_record, service_for
-from agent.health import AeHealth
-from agent.hooks import Hooks
-from agent.sdnotify import Notifier
-from agent.status import StatusServer
-from agent.supervise import Supervisor
-from agent.timekeeping import Timekeeping, next_offset_change
-from profiles import statefile
+from agent.daemon.boot import BootMachine, BootState, Event
+from agent.daemon.hooks import Hooks
+from agent.daemon.sdnotify import Notifier
+from agent.daemon.status import StatusServer
+from agent.daemon.supervise import Supervisor
+from profiles import statefile_io
 from profiles.errors import ConfigError
-from profiles.network_address.client import (
+from profiles.network_address.dhcp_client import (
     AddressChanged,
     AddressConflict,
     LeaseBound,
@@ -53,18 +55,18 @@ from profiles.network_address.client import (
     LeaseLost,
     LeaseRenewed,
 )
-from profiles.network_address.driver import (
+from profiles.network_address.dhcp_io import (
     AutoIpConfigured,
     AutoIpRemoved,
     CarrierChanged,
     lease_search,
 )
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import Resolver
+from profiles.network_address.resolver_io import Resolver
 
 if TYPE_CHECKING:
-    from profiles.app_config import unicast_dnssd
-    from profiles.app_config.service import DirectoryService
+    from profiles.app_config import unicast_dnssd_io
+    from profiles.app_config.directory_io import DirectoryService
 
 log = logging.getLogger("dicom-agent")
 DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
@@ -110,7 +112,7 @@ class Agent:
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
         self.titles = titles_for(config.device, *self._owned_titles())
         self.health: dict[str, AeHealth] = {}  # per AE title, for health-checked AEs
-        self.unicast: unicast_dnssd.UnicastAdvertiser | None = None  # [dnssd] unicast
+        self.unicast: unicast_dnssd_io.UnicastAdvertiser | None = None  # [dnssd] unicast
         self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
@@ -398,7 +400,7 @@ class Agent:
             await self._event(Event.UNICAST_REFUSED)
             return
         # Imported here: only `[dnssd] unicast` needs it and its dnspython parts.
-        from profiles.app_config.unicast_dnssd import UnicastAdvertiser, read_tsig_key
+        from profiles.app_config.unicast_dnssd_io import UnicastAdvertiser, read_tsig_key
 
         try:
             if self.unicast is None:
@@ -487,7 +489,7 @@ class Agent:
         self.time_settled.set()
         # CONTRACTS.md "State directory": the last time report, for after a restart.
         try:
-            statefile.write_json(self.config.agent.state_dir / "time.json",
+            statefile_io.write_json(self.config.agent.state_dir / "time.json",
                                  {**self.timekeeping.report, "saved_wall": time.time()})
         except OSError as exc:
             log.warning("time.json not saved: %s", exc)
@@ -599,7 +601,7 @@ class Agent:
         domains = lease_search(lease)
         if not domains:
             return None
-        from profiles.app_config.unicast_dnssd import browse  # see _unicast_register
+        from profiles.app_config.unicast_dnssd_io import browse  # see _unicast_register
 
         try:
             answer = await asyncio.to_thread(browse, domains, list(lease.dns), title)

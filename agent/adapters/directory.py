@@ -21,19 +21,19 @@ from urllib.parse import urlsplit
 
 from agent.config import Config
 from profiles.app_config import plan
-from profiles.app_config.records import read_directory_record
+from profiles.app_config.records_io import read_directory_record
 from profiles.app_config.srv import candidate_urls
 from profiles.network_address.lease import Lease
-from profiles.network_address.resolver import Resolver
+from profiles.network_address.resolver_io import Resolver
 
 if TYPE_CHECKING:
-    from profiles.app_config.directory import Security
-    from profiles.app_config.service import DirectoryService
+    from profiles.app_config.directory_io import DirectoryService
+    from profiles.app_config.ldap_io import Security
 
 
 def security_for(config: Config) -> Security:
     """The Table H.1-15 pattern of `[directory]`, with the password read from its file."""
-    from profiles.app_config.directory import Security  # ldap3: only with a directory
+    from profiles.app_config.ldap_io import Security  # ldap3: only with a directory
     d = config.directory
     password = d.password_file.read_text().rstrip("\n") if d.password_file else None
     return Security(d.security, d.bind_dn, password, str(d.ca_file) if d.ca_file else None,
@@ -105,7 +105,7 @@ def credentials_may_go_to(config: Config) -> Callable[[str], bool]:
 
 def service_for(config: Config, lease: Callable[[], Lease | None],
                 resolver: Callable[[], Resolver]) -> DirectoryService:
-    from profiles.app_config.service import DirectoryService  # ldap3: only with a directory
+    from profiles.app_config.directory_io import DirectoryService  # ldap3: only with a directory
     d = config.directory
     async def resolve(name: str) -> list[str]:
         return await resolver().addresses(name)
