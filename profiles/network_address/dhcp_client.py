@@ -409,12 +409,12 @@ class DhcpClient:
             return self._ignore("no-message-type")
         cid = msg.options.get(o.CLIENT_ID)
         if cid is not None and cid != self.s.client_id:
-            return self._ignore("wrong-client-id")  # RFC 6842
+            return self._ignore("wrong-client-id", server=self._server_id(msg) or "?")  # RFC 6842
         server = self._server_id(msg)
         if server is None:
-            return self._ignore("no-server-id")
+            return self._ignore("no-server-id", server=msg.siaddr)
         if self.s.server_allowlist and server not in self.s.server_allowlist:
-            return self._ignore("server-not-allowed")
+            return self._ignore("server-not-allowed", server=server)
         match (self.state, mtype):
             case (DhcpState.SELECTING | DhcpState.AUTO_IP, MessageType.OFFER):
                 self._on_offer(msg, now)
@@ -429,8 +429,19 @@ class DhcpClient:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def _ignore(self, reason: str, detail: str = "") -> None:
+    def _ignore(self, reason: str, detail: str = "", server: str | None = None) -> None:
+        """Drop a message, counted. A reply to our own request (`server` known) that is
+        refused is also logged at the default level, once per server and reason, so that
+        "why no address?" is answered by the journal; the rest (other clients' replies,
+        stray or late messages) only at debug."""
         self.counters[reason] += 1
+        if server is not None and (server, reason) not in self._logged:
+            if len(self._logged) > 256:
+                self._logged.clear()
+            self._logged.add((server, reason))
+            log.warning("refused a reply from %s: %s%s", server, reason,
+                        f" ({detail})" if detail and detail != server else "")
+            return
         log.debug("ignoring a message: %s %s", reason, detail)
 
     def _server_id(self, msg: DhcpMessage) -> str | None:
@@ -445,7 +456,7 @@ class DhcpClient:
         if msg.options.get(o.AUTO_CONFIGURE) == b"\x00":
             self.auto_ip_forbidden = True  # RFC 2563 2.3: DoNotAutoConfigure
         if not _usable_address(msg.yiaddr):
-            return self._ignore("bad-offer", msg.yiaddr)
+            return self._ignore("bad-offer", msg.yiaddr, server=self._server_id(msg))
         self._offers.append(msg)
         if self.s.offer_window <= 0:
             self._choose_offer(now)
@@ -465,18 +476,18 @@ class DhcpClient:
         expected = self._expected_address()
         if expected is not None and msg.yiaddr != expected and self.state in (
                 DhcpState.REQUESTING, DhcpState.REBOOTING):
-            return self._ignore("ack-for-another-address", msg.yiaddr)
+            return self._ignore("ack-for-another-address", msg.yiaddr, server=server)
         if self.state is DhcpState.REQUESTING and self._offer is not None \
                 and server != self._server_id(self._offer):
-            return self._ignore("ack-from-another-server", server)
+            return self._ignore("ack-from-another-server", server, server=server)
         if self.state is DhcpState.RENEWING and self.lease and server != self.lease.server_id:
-            return self._ignore("ack-from-another-server", server)
+            return self._ignore("ack-from-another-server", server, server=server)
         if not _usable_address(msg.yiaddr):
-            return self._ignore("bad-ack", msg.yiaddr)
+            return self._ignore("bad-ack", msg.yiaddr, server=server)
         lease = Lease.from_ack(msg, now, self.s.wall_clock(), self.s.hostname,
                                self.s.configured_offset)
-        if lease.lease_time == 0 or o.LEASE_TIME not in msg.options:
-            return self._ignore("ack-without-lease-time")
+        if lease.lease_time == 0:  # absent or undecodable (a short one is raised)
+            return self._ignore("ack-without-lease-time", server=server)
         if lease.rejected:
             self.counters["rejected-options"] += len(lease.rejected)
             for code in lease.rejected:
@@ -517,7 +528,7 @@ class DhcpClient:
     def _on_nak(self, msg: DhcpMessage, server: str, now: float) -> None:
         if self.state is DhcpState.REQUESTING and self._offer is not None \
                 and server != self._server_id(self._offer):
-            return self._ignore("nak-from-another-server", server)
+            return self._ignore("nak-from-another-server", server, server=server)
         self.counters["nak"] += 1
         text = sanitize(msg.options.get(o.MESSAGE, b"").decode("latin-1"), 80)
         log.info("NAK from %s in %s: %s", server, self.state.value, text)

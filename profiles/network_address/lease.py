@@ -14,10 +14,12 @@ The validation boundary of Annex F (limits from the RFCs, dhcpcd and systemd-net
   address other than the leased one (121 also allows 0.0.0.0, on-link); bad entries are
   dropped, the rest kept; an off-link gateway is allowed (the driver adds an on-link
   host route first, as networkd and dhcpcd do);
-- DNS (6), NTP (42) servers: unicast, not loopback, not the leased address;
+- routers (3), DNS (6), NTP (42) servers: unicast, not loopback, not the leased address;
+  a server named twice is kept once, in the order first named;
 - MTU (26): 68-65535 (the driver also checks the link's maximum);
 - lease time (51): at least MIN_LEASE s (dhcpcd's floor), so a 1-s lease cannot make the
-  client renew and run hooks constantly;
+  client renew and run hooks constantly; 0 is raised to the floor too (a device bound for
+  20 s, and warned about, rather than no address at all);
 - time offset (2): within a day; POSIX TZ (100): fully validated (profiles.posix_tz);
   tz name (101): a tz database name, no path; names (12, 15, 81, 119): RFC 1123.
 """
@@ -123,7 +125,7 @@ class Lease:
             if len(good) != len(values):
                 refuse(code, "not a usable server: " + ", ".join(
                     a for a in values if a not in good))
-            return tuple(good)
+            return tuple(dict.fromkeys(good))  # a server named twice is asked once
 
         def gateways(code: int, pairs: list[tuple[str, str]] | None
                      ) -> list[tuple[str, str]]:
@@ -135,10 +137,12 @@ class Lease:
                     via for _, via in pairs if (_, via) not in good))
             return good
 
-        lease_time = get(o.LEASE_TIME, o.u32) or 0
-        if 0 < lease_time < MIN_LEASE:
-            refuse(o.LEASE_TIME, f"{lease_time} s is below the {MIN_LEASE} s floor")
+        lease_time = get(o.LEASE_TIME, o.u32)
+        if lease_time is not None and lease_time < MIN_LEASE:  # 0 included, as dhcpcd
+            refuse(o.LEASE_TIME, f"{lease_time} s is below the {MIN_LEASE} s floor: "
+                                 f"bound for {MIN_LEASE} s")
             lease_time = MIN_LEASE
+        lease_time = lease_time or 0  # absent or undecodable: the client refuses the ACK
         t1, t2 = sanitize_timers(lease_time, get(o.RENEWAL_TIME, o.u32),
                                  get(o.REBINDING_TIME, o.u32))
 

@@ -650,3 +650,33 @@ def test_renew_now_asks_the_server_at_once():
     c.receive_datagram(server.handle(renew.payload)[0], 100.1)
     assert [type(e) for e in events(c)] == [LeaseRenewed] and c.state is DhcpState.BOUND
     assert not client().renew_now(0.0)  # nothing to renew
+
+
+def test_a_lease_time_of_zero_binds_for_the_floor_and_the_journal_says_why(caplog):
+    """A server answering with option 51 = 0: bound for 20 s (dhcpcd's floor), with a
+    warning naming the server and the value; the next renewal is at 10 s."""
+    c, server = client(), FakeServer(lease_time=0)
+    with caplog.at_level("WARNING", logger="profiles.network_address.dhcp_client"):
+        lease = acquire(c, server)
+    assert c.state is DhcpState.BOUND and lease.lease_time == 20
+    assert c.get_timer() == pytest.approx(10.0)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("ACK from 192.0.2.1: refused option 51: 0 s is below the 20 s")
+
+
+def test_each_refused_reply_is_logged_once_per_server_and_reason(caplog):
+    """Replies to our own request that are refused are logged at the default level —
+    once per server and reason, however often they come — so "why no address?" is
+    answered by the journal; they are all counted."""
+    c = client(server_allowlist=("192.0.2.250",))
+    server = FakeServer()
+    c.start(0.0)
+    c.handle_timer(0.0)
+    with caplog.at_level("WARNING", logger="profiles.network_address.dhcp_client"):
+        for n in range(5):
+            c.handle_timer(c.get_timer())
+            exchange(c, server, float(n))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["refused a reply from 192.0.2.1: server-not-allowed"]
+    assert c.counters["server-not-allowed"] >= 5
+    assert c.state is DhcpState.SELECTING

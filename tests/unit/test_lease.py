@@ -212,3 +212,20 @@ def test_the_route_plan_reaches_an_off_link_gateway_first_and_only_once():
     on_link = lease(_3=bytes((192, 0, 2, 1)))
     assert route_plan(on_link) == [("default route", {"dst": "0.0.0.0/0",
                                                       "gateway": "192.0.2.1"})]
+
+
+def test_a_server_named_many_times_is_kept_once_in_the_order_first_named():
+    """Forty copies of one DNS server (and repeats among routers and NTP servers) are
+    one entry each, the order kept: resolv.conf has three nameserver lines at most."""
+    one, two = bytes((192, 0, 2, 53)), bytes((192, 0, 2, 54))
+    got = lease(_6=one * 40 + two + one, _3=two + two, _42=two + one + two)
+    assert got.dns == ("192.0.2.53", "192.0.2.54")
+    assert got.router == ("192.0.2.54",) and got.ntp == ("192.0.2.54", "192.0.2.53")
+    assert got.rejected == ()
+
+
+def test_a_lease_time_of_zero_is_raised_to_the_floor_and_named():
+    got = lease(_51=(0).to_bytes(4, "big"))
+    assert got.lease_time == 20 and got.rejected == (51,)
+    (note,) = got.notes
+    assert note == "option 51: 0 s is below the 20 s floor: bound for 20 s"
