@@ -67,6 +67,7 @@ class NetworkSettings:
     offer_window: float = 0.0
     release_on_stop: bool = False
     resolver: str = "auto"  # auto | file | none (profiles.network_address.resolvconf_io)
+    route_metric: int = 1024  # the lease's routes, beside the device's own (interface_io)
 
 
 def dhcp_client_settings(network: NetworkSettings, mac: bytes, client_id: bytes,
@@ -100,6 +101,7 @@ class TimeSettings:
     chronyc_socket: Path = Path("/run/chrony/chronyd.sock")
     nts: bool = False  # G.1.3 secure time through chronyd (NTS, RFC 8915)
     nts_ca_file: Path | None = None  # the CA the NTS servers' certificates chain to
+    nts_fallback: bool = False  # NTS servers that fail the check used without NTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +446,7 @@ def _network(t: _Table) -> NetworkSettings:
         offer_window=t.value("offer_window", "number", d.offer_window, non_negative),
         release_on_stop=t.value("release_on_stop", "bool", d.release_on_stop),
         resolver=t.value("resolver", "str", d.resolver, _one_of(("auto", "file", "none"))),
+        route_metric=t.value("route_metric", "int", d.route_metric, _in_range(0, 2**32 - 1)),
     )
     t.finish()
     return settings
@@ -465,12 +468,15 @@ def _time(t: _Table) -> TimeSettings:
         chronyc_socket=t.path_value("chronyc_socket", d.chronyc_socket),
         nts=t.value("nts", "bool", d.nts),
         nts_ca_file=_as_path(t.value("nts_ca_file", "str", None, _file_problem(False))),
+        nts_fallback=t.value("nts_fallback", "bool", d.nts_fallback),
     )
     if settings.nts and settings.mode != "chrony":
         t.error("nts", 'needs mode = "chrony": the built-in SNTP client has no NTS '
                        "(chronyd does it)")
     if settings.nts_ca_file is not None and not settings.nts:
         t.error("nts_ca_file", "used only with nts = true")
+    if settings.nts_fallback and not settings.nts:
+        t.error("nts_fallback", "used only with nts = true")
     t.finish()
     return settings
 

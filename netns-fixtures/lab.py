@@ -37,6 +37,7 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -186,9 +187,13 @@ class Device:
                 mounts.append((self.run_dir / sub, target))
         # The agent's default directories: what it writes there stays on the device.
         mounts += [(self.run_dir / sub, target) for sub, target in DEVICE_PRIVATE_DIRS]
+        # Each device its own machine ID, as real machines have (identifiers the agent
+        # derives from it when it cannot save them must differ between devices).
+        if os.path.isfile("/etc/machine-id") and (self.run_dir / "machine-id").is_file():
+            mounts.append((self.run_dir / "machine-id", "/etc/machine-id"))
         script = "set -e; "  # ${N}: positional parameters past 9 need the braces
         for i, (_, target) in enumerate(mounts):
-            if target != "/etc/resolv.conf":
+            if target not in ("/etc/resolv.conf", "/etc/machine-id"):
                 script += f'mkdir -p "${{{2 * i + 2}}}"; '
             script += f'mount --bind "${{{2 * i + 1}}}" "${{{2 * i + 2}}}"; '
         n = 2 * len(mounts) + 1
@@ -373,6 +378,7 @@ class Lab:
         for sub in ("dhcpcd", "dhclient", "state", *(d for d, _ in DEVICE_PRIVATE_DIRS)):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         (run_dir / "resolv.conf").write_text("")
+        (run_dir / "machine-id").write_text(secrets.token_hex(16) + "\n")
         _run(["ip", "netns", "add", ns])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         self._plug(ns, f"p-dev{index}", mac)

@@ -5,10 +5,21 @@ fsync the directory: a crash at any instant leaves the old file or the new one, 
 torn one (ARCHITECTURE "Persistence"). A file that does not parse — or parses to the
 wrong shape, as its reader's `check` says — is reported as None and kept for a person to
 look at, renamed with a `.damaged` suffix: the agent starts clean, never crashes on it.
+
+A state directory that cannot be written — full, read-only, failing — is never a reason to
+be off the network. `save()` is the tolerant write: a file that cannot be saved is kept in
+memory (what the agent uses is unchanged), logged once, counted, listed by `unsaved()` (the
+daemon's `state-not-saved`), and written by `retry_unsaved()` when the filesystem takes it
+again. A failed write leaves the old file whole and no temporary file behind. An
+identifier that must agree across restarts but cannot be saved is derived from
+/etc/machine-id by an application-specific hash (`machine_specific`), as systemd derives
+its per-application IDs, so the next start derives the same one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -40,8 +51,86 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
 def write_json(path: Path, value: Any, mode: int = 0o644) -> None:
-    atomic_write(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode(), mode)
+    atomic_write(path, _json(value), mode)
+
+
+# -- writes that may fail without harm ---------------------------------------------------
+
+_unsaved: dict[Path, tuple[bytes, int]] = {}  # path -> (what it should hold, its mode)
+counters = {"save-failures": 0, "saved-later": 0}
+
+
+def save(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """atomic_write, or — when the filesystem refuses (full, read-only, I/O error) — keep
+    `data` for retry_unsaved(), log once per file, count it; False then. A later save of
+    the same file replaces what was kept."""
+    try:
+        atomic_write(path, data, mode)
+    except OSError as exc:
+        counters["save-failures"] += 1
+        if path not in _unsaved:
+            log.warning("%s could not be saved (%s): kept in memory, saved when the "
+                        "filesystem takes it", path, exc.strerror or exc)
+        _unsaved[path] = (data, mode)
+        return False
+    if _unsaved.pop(path, None) is not None:
+        log.info("%s saved", path)
+    return True
+
+
+def save_json(path: Path, value: Any, mode: int = 0o644) -> bool:
+    return save(path, _json(value), mode)
+
+
+def remove(path: Path) -> bool:
+    """Delete a state file that is no longer true (a lost lease); a filesystem that
+    refuses is logged, not raised (the file's own checks make it harmless: an expired
+    lease is not used). Nothing is retried for it any more."""
+    _unsaved.pop(path, None)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s could not be removed: %s", path, exc.strerror or exc)
+        return False
+    return True
+
+
+def unsaved() -> list[Path]:
+    return sorted(_unsaved)
+
+
+def retry_unsaved() -> list[Path]:
+    """Try every file still unsaved again; returns those that still are."""
+    for path, (data, mode) in list(_unsaved.items()):
+        try:
+            atomic_write(path, data, mode)
+        except OSError:
+            continue
+        if _unsaved.get(path, (None,))[0] is data:
+            del _unsaved[path]
+        counters["saved-later"] += 1
+        log.info("%s saved (it could not be earlier)", path)
+    return unsaved()
+
+
+def machine_specific(app: str, machine_id: Path = Path("/etc/machine-id")) -> bytes | None:
+    """16 bytes derived from this machine's ID for one application purpose (HMAC-SHA256
+    keyed by the machine ID, as sd_id128_get_machine_app_specific): stable across
+    restarts and reinstalls, different per purpose, revealing nothing of the machine ID.
+    None when the machine has no usable ID."""
+    try:
+        raw = machine_id.read_text().strip()
+        key = bytes.fromhex(raw)
+    except (OSError, ValueError):
+        return None
+    if len(key) != 16 or not any(key):
+        return None
+    return hmac.new(key, app.encode(), hashlib.sha256).digest()[:16]
 
 
 MAX_STATE_FILE = 1 << 20  # bytes: no state file of ours comes near it

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
 from agent.daemon.hooks import hooks_in
+from profiles import statefile_io
 from profiles.network_address.dhcp_client import (
     AddressChanged,
     AddressConflict,
@@ -95,7 +96,7 @@ class Address:
         (`dicom-agent dhcp --print-client-id`)."""
         n = self.network
         return n.client_id or load_or_make_client_id(
-            self.paths, lambda: generate_client_id(n.interface, self.rng))
+            self.paths, lambda uuid: generate_client_id(n.interface, self.rng, uuid))
 
     @property
     def state(self) -> str:
@@ -127,7 +128,7 @@ class Address:
             self._counters, self._validation = Counter(self.counters()), Counter(
                 self.validation())
             self.client = self.driver = None
-        netlink = await Netlink.open(n.interface)
+        netlink = await Netlink.open(n.interface, n.route_metric)
         try:
             client_id = self.client_id()
             self.client = DhcpClient(dhcp_client_settings(
@@ -152,13 +153,14 @@ class Address:
     async def remove_expired(self, lease: Lease) -> None:
         """The driver is down and `lease` has run out: take its address away, forget the
         lease (what the driver does on expiry, for when it cannot)."""
-        netlink = await Netlink.open(self.network.interface)
+        netlink = await Netlink.open(self.network.interface,
+                                     self.network.route_metric)
         try:
             await netlink.remove(lease)
         finally:
             netlink.close()
         self.dns.withdraw()
-        self.paths.lease_file.unlink(missing_ok=True)
+        statefile_io.remove(self.paths.lease_file)
         log.warning("lease for %s expired while the address task was down: removed",
                     lease.address)
 

@@ -43,6 +43,7 @@ from profiles.time_sync.sources import (
 log = logging.getLogger(__name__)
 CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
 CHRONY_RETRY = 10.0  # s between attempts while chronyc fails
+NTS_RECHECK = 300.0  # s between NTS checks of a server that failed one
 
 OnReport = Callable[[bool], Awaitable[None]]
 
@@ -121,6 +122,7 @@ class Timekeeping:
         self.listener: Listener | None = None  # G.1.1.1: broadcast and 224.0.1.1
         self.source = "internal"
         self.core: SntpClient | None = None
+        self._nts_checked = 0.0  # monotonic time of the last NTS check
         self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
                              "offset_ms": None, "synced": False,
                              "utc_offset_s": settings.utc_offset, "tz": None,
@@ -217,9 +219,12 @@ class Timekeeping:
             return self.report
         if self.mode == "chrony":
             try:
+                servers, nts = await self._chrony_sources(addresses)
                 await chrony_io.hand_over(self.settings.chrony_sourcedir, self.interface,
-                                       addresses, self.settings.chronyc_socket,
-                                       await self._nts_for(addresses))
+                                          servers, self.settings.chronyc_socket, nts)
+                if not servers:
+                    self._internal("no server passed the NTS check (nts = true)")
+                    return self.report
                 self._chrony_report(await self._chrony_settled())
             except chrony_io.ChronyError as exc:
                 self._internal(str(exc))
@@ -240,19 +245,41 @@ class Timekeeping:
                 return state
             await asyncio.sleep(0.5)
 
-    async def _nts_for(self, addresses: list[str]) -> set[str]:
-        """With `[time] nts`: the servers whose NTS-KE certificate chronyd will accept
-        (nts_io.py); each server's finding goes to the report's `nts`."""
-        if not self.settings.nts:
-            return set()
-        problems = await nts_io.usable(addresses, self.settings.nts_ca_file)
-        for address, problem in problems.items():
-            if problem:
-                log.warning("NTS: %s: %s: using it without NTS", address, problem)
-        self.report["nts"] = {"servers": {
-            a: {"certificate": problem or "ok", "authenticated": False}
-            for a, problem in problems.items()}}
-        return {a for a, problem in problems.items() if problem is None}
+    async def _chrony_sources(self, addresses: list[str]) -> tuple[list[str], set[str]]:
+        """What chronyd is given: (the servers, those of them with `nts`). Without `[time]
+        nts`, every server. With it, NTS or nothing (G.1.3): only the servers whose NTS-KE
+        service passes the check chronyd would make (nts_io.py: certificate, ALPN, the port
+        answering), each with `nts` — a server that fails is left out, never written
+        without `nts`, unless `nts_fallback`. Each server's finding goes to the report's
+        `nts`; `unauthenticated` when none passed."""
+        t = self.settings
+        if not t.nts:
+            return addresses, set()
+        problems = await nts_io.usable(addresses, t.nts_ca_file)
+        passed = [a for a in addresses if problems.get(a) is None]
+        for address in addresses:
+            if problems.get(address):
+                log.warning("NTS: %s: %s: %s", address, problems[address],
+                            "used without NTS (nts_fallback)" if t.nts_fallback
+                            else "not used (NTS or nothing)")
+        self.report["nts"] = {
+            "servers": {a: {"certificate": problems.get(a) or "ok", "authenticated": False,
+                            "used": problems.get(a) is None or t.nts_fallback}
+                        for a in addresses},
+            "unauthenticated": not passed, "fallback": t.nts_fallback}
+        self._nts_checked = time.monotonic()
+        return (addresses if t.nts_fallback else passed), set(passed)
+
+    def nts_unauthenticated(self) -> bool:
+        """NTS is configured and no server could be authenticated (`time-unauthenticated`)."""
+        return bool(self.report.get("nts", {}).get("unauthenticated"))
+
+    def _nts_recheck_due(self) -> bool:
+        """A server left out (or used without NTS) for its NTS check is checked again
+        every NTS_RECHECK: a certificate put right is taken without a restart."""
+        nts = self.report.get("nts")
+        return bool(nts) and any(s["certificate"] != "ok" for s in nts["servers"].values()) \
+            and time.monotonic() - self._nts_checked > NTS_RECHECK
 
     def _chrony_report(self, state: dict) -> None:
         self.report.update(chrony_fields(state))
@@ -303,12 +330,21 @@ class Timekeeping:
                 addresses = await updates.get()
                 continue
             try:
-                if addresses != handed:
-                    await chrony_io.hand_over(t.chrony_sourcedir, self.interface, addresses,
-                                           t.chronyc_socket, await self._nts_for(addresses))
+                if addresses != handed or self._nts_recheck_due():
+                    servers, nts = await self._chrony_sources(addresses)
+                    await chrony_io.hand_over(t.chrony_sourcedir, self.interface, servers,
+                                              t.chronyc_socket, nts)
                     handed = addresses
                     # chronyd needs a few samples (iburst) before it selects a source.
                     settle_until = time.monotonic() + CHRONY_SETTLE
+                    if not servers:  # NTS or nothing, and nothing passed
+                        self._internal("no server passed the NTS check (nts = true)")
+                        reported = True
+                        await on_report(False)
+                        with contextlib.suppress(TimeoutError):
+                            addresses = await asyncio.wait_for(updates.get(),
+                                                               NTS_RECHECK) or addresses
+                        continue
                 state = await chrony_io.state(t.chronyc_socket, t.nts)
                 fields = chrony_fields(state)
             except chrony_io.ChronyError as exc:

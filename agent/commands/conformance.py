@@ -67,9 +67,15 @@ def statement(config: Config) -> str:
            + ", else DHCP option 42, else "
            + (", ".join(t.servers) if t.servers else "no manual servers")
            + ", else the internal clock, reported as not synchronized.",
-           "Secure transactions: "
-           + ("NTS when chronyd is configured for it (chrony mode)." if t.mode == "chrony"
-              else "not supported (SNTP has none)."),
+           "Secure transactions (G.1.3): " + (
+               ("NTS (RFC 8915) through chronyd: a server whose NTS-KE certificate does not "
+                "pass the agent's check is " + (
+                    "used without NTS (nts_fallback = true: unauthenticated time is "
+                    "accepted)." if t.nts_fallback else
+                    "not used; with none left, time is reported unauthenticated "
+                    "(no fallback to plain NTP).")) if t.nts else
+               "none (NTP without authentication; [time] nts is off)." if t.mode == "chrony"
+               else "not supported (SNTP has none)."),
            ("Clock corrections (sntp): a step only in the first "
             f"{t.step_updates} updates after start, slewing after; after the first sync a "
             f"correction over {t.step_limit_s:g} s needs three agreeing servers, and no step "

@@ -68,6 +68,8 @@ class Condition(enum.StrEnum):
     NOT_INSTALLED = "not-installed"
     AE_UNREACHABLE = "ae-unreachable"
     DNSSD_UNICAST_REFUSED = "dnssd-unicast-refused"
+    STATE_NOT_SAVED = "state-not-saved"
+    TIME_UNAUTHENTICATED = "time-unauthenticated"
 
 
 class Event(enum.StrEnum):
@@ -101,6 +103,10 @@ class Event(enum.StrEnum):
     PROFILES_HEALTHY = "profiles-healthy"  # no task is between restarts
     CLOCK_STEP_REFUSED = "clock-step-refused"  # the step policy refused a correction
     CLOCK_STEP_SETTLED = "clock-step-settled"  # a later round needed no refusal
+    STATE_NOT_SAVED = "state-not-saved"  # the state directory refused a file
+    STATE_SAVED = "state-saved"  # every state file is written
+    TIME_UNAUTHENTICATED = "time-unauthenticated"  # NTS configured, no server passed
+    TIME_AUTHENTICATED = "time-authenticated"  # NTS works with a server (or is not asked)
     STOP = "stop"
 
 
@@ -184,6 +190,10 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
     Event.PROFILES_HEALTHY: (_ANY, _e(recover=[C.PROFILE_FAILING])),
     Event.CLOCK_STEP_REFUSED: (_ANY, _e(degrade=[C.CLOCK_STEP_REFUSED])),
     Event.CLOCK_STEP_SETTLED: (_ANY, _e(recover=[C.CLOCK_STEP_REFUSED])),
+    Event.STATE_NOT_SAVED: (_ANY, _e(degrade=[C.STATE_NOT_SAVED])),
+    Event.STATE_SAVED: (_ANY, _e(recover=[C.STATE_NOT_SAVED])),
+    Event.TIME_UNAUTHENTICATED: (_ANY, _e(degrade=[C.TIME_UNAUTHENTICATED])),
+    Event.TIME_AUTHENTICATED: (_ANY, _e(recover=[C.TIME_UNAUTHENTICATED])),
     Event.STOP: (_ANY, _e(done=[S.STOPPED])),
 }
 

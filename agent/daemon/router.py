@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicom-agent")
 DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
+STATE_CHECK = 5.0  # s: how soon a state file the filesystem refused shows as degraded
+STATE_RETRY = 10.0  # s: how often such a file is tried again
 DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                     "registered": Event.DIRECTORY_REGISTERED,
                     "awaiting-manual-registration": Event.DIRECTORY_AWAITING,
@@ -259,6 +261,7 @@ class Agent:
                 "sntp": self.timekeeping.counters(),
                 "boot": dict(self.machine.ignored), "status": dict(self.status_server.counters),
                 "hooks": dict(self.hooks.counters),
+                "state": {**statefile_io.counters, "unsaved": len(statefile_io.unsaved())},
                 "directory": self.directory.counters() if self.directory else
                 {"reconnects": 0, "odd-entries": 0, "operations": 0, "replica-conflicts": 0}}
 
@@ -488,12 +491,11 @@ class Agent:
         first = not self.time_settled.is_set()
         self.time_settled.set()
         # CONTRACTS.md "State directory": the last time report, for after a restart.
-        try:
-            statefile_io.write_json(self.config.agent.state_dir / "time.json",
-                                 {**self.timekeeping.report, "saved_wall": time.time()})
-        except OSError as exc:
-            log.warning("time.json not saved: %s", exc)
+        statefile_io.save_json(self.config.agent.state_dir / "time.json",
+                               {**self.timekeeping.report, "saved_wall": time.time()})
         await self._event(Event.TIME_SYNCED if synced else Event.TIME_INTERNAL)
+        await self._event(Event.TIME_UNAUTHENTICATED if self.timekeeping.nts_unauthenticated()
+                          else Event.TIME_AUTHENTICATED)
         refused = self.timekeeping.report.get("correction") == "refused"
         await self._event(Event.CLOCK_STEP_REFUSED if refused else Event.CLOCK_STEP_SETTLED)
         self._changed()
@@ -686,6 +688,19 @@ class Agent:
             else:
                 log.error("watchdog withheld: the event loop was %.1f s late", late)
 
+    async def _state_files(self) -> None:
+        """`state-not-saved` while the state directory refuses a file (full, read-only);
+        each refused file is written again as soon as the filesystem takes it."""
+        unsaved = False
+        while True:
+            pending = statefile_io.retry_unsaved() if unsaved else statefile_io.unsaved()
+            if bool(pending) != unsaved:
+                unsaved = bool(pending)
+                if unsaved:
+                    log.warning("state not saved: %s", ", ".join(map(str, pending)))
+                await self._event(Event.STATE_NOT_SAVED if unsaved else Event.STATE_SAVED)
+            await asyncio.sleep(STATE_RETRY if unsaved else STATE_CHECK)
+
     async def _until_stopped(self) -> None:
         await self._stop.wait()
         raise Stopped
@@ -713,7 +728,8 @@ class Agent:
                 for name, job in (("time", self._time), ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve),
                                   ("offset", self._offset), ("discovery", self._discovery),
-                                  ("health", self._health)):
+                                  ("health", self._health),
+                                  ("state", self._state_files)):
                     tg.create_task(sv.run(name, faulty(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")

@@ -35,8 +35,8 @@ class LookupCache:
         return self.directory / f"{title.encode().hex()}.json"  # any title, a safe name
 
     def put(self, answer: dict) -> None:
-        statefile_io.write_json(self._path(answer["aet"]),
-                             {"fetched_at": time.time(), "answer": answer})
+        statefile_io.save_json(self._path(answer["aet"]),
+                               {"fetched_at": time.time(), "answer": answer})
 
     def get(self, title: str) -> dict | None:
         record = statefile_io.read_json(self._path(title), cache_record)
@@ -46,10 +46,10 @@ class LookupCache:
                 "fetched_at": record.get("fetched_at")}
 
     def drop(self, title: str) -> None:
-        self._path(title).unlink(missing_ok=True)
+        statefile_io.remove(self._path(title))
 
     def purge(self) -> int:
         files = list(self.directory.glob("*.json")) if self.directory.is_dir() else []
         for path in files:
-            path.unlink(missing_ok=True)
+            statefile_io.remove(path)
         return len(files)

@@ -199,8 +199,8 @@ class DirectoryService:
         for old, new in result.title_changes:
             log.info("directory override: AE title %s is now %s (changed in the directory)",
                      old, new)
-        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
-        manual_ldif_path(self.state_dir, self.device).unlink(missing_ok=True)
+        statefile_io.save_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.remove(manual_ldif_path(self.state_dir, self.device))
         # Found by name but registered by this device before: not an adoption.
         self.last, self.adopted = result, result.adopted and previous_dn != result.device_dn
         self.last_error = None
@@ -276,7 +276,7 @@ class DirectoryService:
         self._gave_up = (title, list(self.saved.get("titles", [])))
         self.saved = {**self.saved, "titles": [t for t in self.saved.get("titles", [])
                                                if t != title], "keys": keys}
-        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.save_json(self.state_dir / "directory.json", self.saved)
         return await self.register(self._hostnames_last)
 
     async def _read_back(self, device_dn: str) -> None:
@@ -330,7 +330,7 @@ class DirectoryService:
             log.warning("directory: health of %s not written: %s", title, exc)
             return
         self.saved["health_written"] = written
-        statefile_io.write_json(self.state_dir / "directory.json", self.saved)
+        statefile_io.save_json(self.state_dir / "directory.json", self.saved)
 
     async def unregister(self, keep_titles: bool) -> dict:
         """`dicom-agent directory unregister`: this device's own entries removed and its

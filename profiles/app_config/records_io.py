@@ -47,8 +47,13 @@ def intent_record(value: object) -> dict:
     return value
 
 
+DEVICE_ID_PURPOSE = "dicom-agent device-id"  # statefile_io.machine_specific()
+
+
 def load_or_make_device_id(state_dir: Path) -> str:
-    """This device's identity in the directory (plan.marker): 32 hex digits, made once."""
+    """This device's identity in the directory (plan.marker): 32 hex digits, made once
+    (random) and saved. When it cannot be saved it is made from the machine ID instead,
+    so every start agrees — the directory still knows the device — until it can be."""
     path = state_dir / "device-id"
     try:
         value = path.read_text().strip()
@@ -57,7 +62,11 @@ def load_or_make_device_id(state_dir: Path) -> str:
     except OSError:
         pass
     value = secrets.token_hex(16)
-    statefile_io.atomic_write(path, (value + "\n").encode())
+    if not statefile_io.save(path, (value + "\n").encode()):
+        derived = statefile_io.machine_specific(DEVICE_ID_PURPOSE)
+        if derived is not None:
+            value = derived.hex()
+            statefile_io.save(path, (value + "\n").encode())
     return value
 
 

@@ -153,8 +153,8 @@ class UnicastAdvertiser:
             done += [r for r in mine if r not in done]
         self.refused = None
         self.zone, self.server, self.registered = zone, server, done
-        statefile_io.write_json(self.state_file, {"zone": zone, "server": server,
-                                               "records": done}, mode=0o600)
+        statefile_io.save_json(self.state_file, {"zone": zone, "server": server,
+                                                 "records": done}, mode=0o600)
         return taken
 
     def withdraw(self) -> None:
@@ -162,7 +162,7 @@ class UnicastAdvertiser:
         if self.registered and self.zone and self.server:
             self._delete(self.zone, self.server, self.registered)
         self.registered = []
-        self.state_file.unlink(missing_ok=True)
+        statefile_io.remove(self.state_file)
 
     def cleanup(self, keep: list[tuple[str, str, str]] = ()) -> None:
         """Records a previous run registered (a power loss): deleted, but those we are

@@ -189,11 +189,15 @@ class ClientSettings:
     wall_clock: Callable[[], float] = field(default=lambda: 0.0)
 
 
-def generate_client_id(interface: str, rng: random.Random) -> bytes:
+def generate_client_id(interface: str, rng: random.Random,
+                       uuid: bytes | None = None) -> bytes:
     """RFC 4361: 0xff, a 4-byte IAID (from the interface name), and a DUID — here a
-    DUID-UUID (RFC 6355) from the injected RNG. Generated once, then persisted."""
+    DUID-UUID (RFC 6355): `uuid` when given (derived from the machine ID when the id
+    cannot be saved), else from the injected RNG. Generated once, then persisted."""
     iaid = zlib.crc32(interface.encode()).to_bytes(4, "big")
-    return b"\xff" + iaid + b"\x00\x04" + rng.getrandbits(128).to_bytes(16, "big")
+    if uuid is None or len(uuid) != 16:
+        uuid = rng.getrandbits(128).to_bytes(16, "big")
+    return b"\xff" + iaid + b"\x00\x04" + uuid
 
 
 class DhcpClient:

@@ -135,8 +135,10 @@ def _lease_record(record: object) -> tuple[Lease, str | None]:
     return Lease.from_record(record["lease"]), boot
 
 
-def save_lease(paths: Paths, lease: Lease) -> None:
-    statefile_io.write_json(paths.lease_file, {
+def save_lease(paths: Paths, lease: Lease) -> bool:
+    """The lease for the next start (INIT-REBOOT); False when the state directory refuses
+    it for now (the lease is in force all the same, and saved when it can be)."""
+    return statefile_io.save_json(paths.lease_file, {
         "boot_id": statefile_io.boot_id(), "saved_boottime": boottime(),
         "saved_wall": time.time(), "lease": lease.to_record()})
 
@@ -146,16 +148,27 @@ def lease_search(lease: Lease) -> list[str]:
     return list(lease.search) or ([lease.domain] if lease.domain else [])
 
 
-def load_or_make_client_id(paths: Paths, make: Callable[[], bytes]) -> bytes:
+CLIENT_ID_PURPOSE = "dicom-agent dhcp client-id"  # machine_specific(): its own hash
+
+
+def load_or_make_client_id(paths: Paths, make: Callable[[bytes | None], bytes]) -> bytes:
+    """The saved client id; else a new one (`make(None)`: random), saved. When it cannot
+    be saved, the id is made from the machine ID instead (`make(uuid)`), so that every
+    start until the state directory takes it again asks with the same id — and gets the
+    same address (RFC 2131 4.2)."""
     try:
         raw = paths.client_id_file.read_text().strip()
         value = bytes.fromhex(raw.replace(":", ""))
         if len(value) >= 2:
             return value
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         pass
-    value = make()
-    statefile_io.atomic_write(paths.client_id_file, (value.hex(":") + "\n").encode())
+    value = make(None)
+    if not statefile_io.save(paths.client_id_file, (value.hex(":") + "\n").encode()):
+        derived = statefile_io.machine_specific(CLIENT_ID_PURPOSE)
+        if derived is not None:
+            value = make(derived)
+            statefile_io.save(paths.client_id_file, (value.hex(":") + "\n").encode())
     return value
 
 
@@ -450,11 +463,8 @@ class DhcpDriver:
                     await self._stop_link_local("lease")  # RFC 3927 1.9: DHCP wins
                 # Validated (the lease core), saved, then applied part by part with no
                 # part fatal: a restart re-applying the saved lease meets no crash.
-                try:
-                    save_lease(self.paths, lease)
-                except OSError as exc:  # EMFILE, ENOSPC: keep the lease in memory
+                if not save_lease(self.paths, lease):  # full, read-only: saved later
                     self.apply_failures["save-lease"] += 1
-                    log.warning("lease not saved: %s", exc)
                 refused = await self.netlink.apply(lease, now, self.grace)
                 for failure in refused:
                     self.apply_failures["apply-" + failure.split(":")[0].split(" ")[0]] += 1
@@ -481,6 +491,6 @@ class DhcpDriver:
                     log.warning("lease-lost handlers took over %.1f s", self.grace)
                 await self.netlink.remove(lease)
                 await asyncio.to_thread(self.dns.withdraw)
-                self.paths.lease_file.unlink(missing_ok=True)
+                statefile_io.remove(self.paths.lease_file)
             case _:
                 await self.on_event(event)

@@ -10,6 +10,13 @@ and reported, never raised: a lease whose MTU or
 one route the kernel refuses still gives the device its address and the other routes.
 An MTU above the link's maximum is not tried. A gateway outside the leased subnet gets
 an on-link host route first, as systemd-networkd and dhcpcd do.
+
+Routes. The lease's routes carry proto `dhcp` and a metric of their own (`[network]
+route_metric`, 1024 by default as systemd-networkd's DHCP routes), and are added beside
+what is there — never with NLM_F_REPLACE, which would take the place of another route to
+the same destination at the same metric, on any interface (a second NIC's static routes).
+Only routes the agent added are deleted: those of this run, and at the first lease those of
+an earlier run, found in the kernel's table by proto `dhcp` on this interface.
 """
 
 from __future__ import annotations
@@ -20,16 +27,20 @@ import socket
 import struct
 
 from profiles.network_address.lease import ANY, INFINITE, Lease
-from profiles.network_address.rtnetlink_io import (
+from profiles.network_address.rtnetlink import (
     IFLA_ADDRESS,
     IFLA_CARRIER,
     IFLA_MAX_MTU,
-    RtNetlink,
+    RT_SCOPE_LINK,
+    RT_TABLE_MAIN,
 )
+from profiles.network_address.rtnetlink_io import RtNetlink
 
 log = logging.getLogger(__name__)
 RTPROT_DHCP = 16  # routes we install carry proto "dhcp", as dhcpcd's do
-RT_SCOPE_LINK = 253
+ROUTE_METRIC = 1024  # as systemd-networkd's DHCP routes
+
+RouteKey = tuple[str, str | None]  # destination, gateway (None: on-link)
 
 
 def route_plan(lease: Lease) -> list[tuple[str, dict]]:
@@ -60,20 +71,23 @@ def route_plan(lease: Lease) -> list[tuple[str, dict]]:
 class Netlink:
     """The lease on one interface. Create with `await Netlink.open(interface)`."""
 
-    def __init__(self, interface: str, ipr: RtNetlink, index: int):
+    def __init__(self, interface: str, ipr: RtNetlink, index: int,
+                 metric: int = ROUTE_METRIC):
         self.interface = interface
         self.ipr = ipr
         self.index = index
+        self.metric = metric
         self._applied: Lease | None = None
-        self._routes: set[str] = set()  # destinations of routes we installed
+        self._routes: set[RouteKey] | None = None  # ours; None: not yet read from the kernel
+        self._stale_metric: dict[RouteKey, int] = {}  # an earlier run's, at another metric
 
     @classmethod
-    async def open(cls, interface: str) -> Netlink:
+    async def open(cls, interface: str, metric: int = ROUTE_METRIC) -> Netlink:
         try:
             index = socket.if_nametoindex(interface)
         except OSError:
             raise OSError(f"no interface {interface!r}") from None
-        return cls(interface, RtNetlink(), index)
+        return cls(interface, RtNetlink(), index, metric)
 
     def close(self) -> None:
         self.ipr.close()
@@ -89,12 +103,14 @@ class Netlink:
         "mtu: ...", "route 198.51.100.0/24: ..."), empty when all of it took."""
         failed: list[str] = []
 
-        async def step(what: str, action) -> None:
+        async def step(what: str, action) -> bool:
             try:
                 await action
+                return True
             except Exception as exc:  # NetlinkError and OSError alike: this part only
                 failed.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
                 log.warning("%s on %s refused: %s", what, self.interface, exc)
+                return False
 
         old = self._applied
         if old is not None and (old.address, old.prefix) != (lease.address, lease.prefix):
@@ -113,22 +129,45 @@ class Netlink:
             else:
                 await step("mtu", self.ipr.set_mtu(self.index, lease.mtu))
         plan = route_plan(lease)
-        wanted = {route["dst"] for _, route in plan}
-        await self._delete_routes(self._routes - wanted)  # an earlier lease's, not wanted now
-        self._routes = wanted
+        wanted = {(route["dst"], route.get("gateway")) for _, route in plan}
+        ours = await self._ours()
+        elsewhere = {key for key in ours if self._stale_metric.get(key, self.metric)
+                     != self.metric}  # an earlier run's, at another metric
+        await self._delete_routes((ours - wanted) | elsewhere)  # not wanted (there) now
+        self._routes = ours & wanted - elsewhere
         for what, route in plan:
-            await step(what, self.ipr.replace_route(index=self.index, proto=RTPROT_DHCP,
-                                                    **route))
+            if await step(what, self.ipr.add_route(index=self.index, proto=RTPROT_DHCP,
+                                                   metric=self.metric, **route)):
+                self._routes.add((route["dst"], route.get("gateway")))
         self._applied = lease
         log.info("applied %s/%d on %s (valid %s s)%s", lease.address, lease.prefix,
                  self.interface, lifetimes.get("valid", "forever"),
                  f"; refused: {'; '.join(failed)}" if failed else "")
         return failed
 
-    async def _delete_routes(self, destinations: set[str]) -> None:
-        for dst in sorted(destinations):
+    async def _ours(self) -> set[RouteKey]:
+        """The routes this agent put on the interface: known since the first lease of this
+        run; before it, read from the kernel (proto dhcp, this interface, the main table:
+        a restart, or a crash, left them), at whatever metric they have."""
+        if self._routes is None:
+            self._routes = set()
             try:
-                await self.ipr.delete_route(dst, self.index, RTPROT_DHCP)
+                found = await self.ipr.routes()
+            except Exception as exc:  # NetlinkError, OSError: adopt nothing
+                log.warning("could not list the routes of %s: %s", self.interface, exc)
+                return set()
+            for route in found:
+                if (route.proto, route.oif, route.table) == (RTPROT_DHCP, self.index,
+                                                             RT_TABLE_MAIN):
+                    self._stale_metric[(route.dst, route.gateway)] = route.metric
+                    self._routes.add((route.dst, route.gateway))
+        return set(self._routes)
+
+    async def _delete_routes(self, routes: set[RouteKey]) -> None:
+        for dst, gateway in sorted(routes, key=str):
+            metric = self._stale_metric.pop((dst, gateway), self.metric)
+            try:
+                await self.ipr.delete_route(dst, self.index, RTPROT_DHCP, metric, gateway)
             except Exception as exc:  # gone with an address or prefix already
                 log.debug("route %s already gone: %s", dst, exc)
 
@@ -141,7 +180,7 @@ class Netlink:
     async def remove(self, lease: Lease) -> None:
         """Delete the lease's routes and address (an on-link host route would outlive
         the address; the kernel drops the others with it)."""
-        await self._delete_routes(self._routes)
+        await self._delete_routes(await self._ours())
         self._routes = set()
         try:
             await self.ipr.delete_address(self.index, lease.address, lease.prefix)

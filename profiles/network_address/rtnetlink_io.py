@@ -1,66 +1,18 @@
-"""The few rtnetlink requests the agent makes (rtnetlink(7), RFC 3549), on one
-NETLINK_ROUTE socket: read a link (MAC, carrier, maximum MTU), set its MTU, add or
-replace and delete an IPv4 address with lifetimes, replace and delete a route.
-
-Written here rather than taken from pyroute2 (issue 18): importing pyroute2 0.9 costs
-~130 ms of CPU and ~210 modules at every start — a third of the boot budget on an
-embedded CPU — for requests that are a header, a fixed struct and a few attributes each.
-Every request asks for an acknowledgement; a refusal is a NetlinkError (an OSError with
-the kernel's errno), raised to the caller, which records it per part.
-"""
+"""One NETLINK_ROUTE socket carrying rtnetlink.py's requests, one at a time, each
+acknowledged: a refusal is a NetlinkError (an OSError with the kernel's errno and its
+extended-ack text), raised to the caller, which records it per part."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
-import struct
 
-NETLINK_ROUTE = 0
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
-RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-IFLA_ADDRESS, IFLA_MTU, IFLA_CARRIER, IFLA_MAX_MTU = 1, 4, 33, 51
-IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_CACHEINFO = 1, 2, 4, 6
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE, RTN_UNICAST = 254, 0, 255, 1
-INFINITY_LIFE_TIME = 0xFFFFFFFF
+from profiles.network_address import rtnetlink as rt
+from profiles.network_address.rtnetlink import NetlinkError, Route
 
-HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
-RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst/src len, tos, table, proto, scope, type, flags
-CACHEINFO = struct.Struct("=IIII")  # preferred, valid, created, updated
-
-
-class NetlinkError(OSError):
-    """The kernel refused a request (errno and strerror as the kernel said)."""
-
-
-def attribute(kind: int, value: bytes) -> bytes:
-    """One rtattr: length, type, value, padded to 4 bytes."""
-    length = 4 + len(value)
-    return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
-
-
-def attributes(data: bytes) -> dict[int, bytes]:
-    """The rtattrs of a message body, by type (a malformed tail is ignored)."""
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            break
-        out[kind & 0x3FFF] = data[offset + 4:offset + length]  # without NLA_F_* bits
-        offset += (length + 3) & ~3
-    return out
-
-
-def _ipv4(address: str) -> bytes:
-    return socket.inet_aton(address)
+__all__ = ["NetlinkError", "Route", "RtNetlink"]
 
 
 class RtNetlink:
@@ -68,100 +20,82 @@ class RtNetlink:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                  | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+                                  | socket.SOCK_CLOEXEC, rt.NETLINK_ROUTE)
+        with contextlib.suppress(OSError):  # before Linux 4.12: refusals without text
+            self.sock.setsockopt(rt.SOL_NETLINK, rt.NETLINK_EXT_ACK, 1)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.stale = 0  # answers to requests that had timed out
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
         self.sock.close()
 
-    async def request(self, kind: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+    async def request(self, kind: int, flags: int, body: bytes) -> list[rt.Message]:
         """Send one request, acknowledged: the messages answered before the
-        acknowledgement (type, body). NetlinkError when the kernel refuses."""
+        acknowledgement (or the end of a dump). NetlinkError when the kernel refuses."""
         async with self._lock:
             self.seq += 1
-            seq = self.seq
-            self.sock.send(HEADER.pack(HEADER.size + len(body), kind,
-                                       flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
+            exchange = rt.Exchange(self.seq)
+            self.sock.send(rt.message(kind, flags | rt.NLM_F_ACK, self.seq, body))
             loop = asyncio.get_running_loop()
-            answers: list[tuple[int, bytes]] = []
-            while True:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)
-                offset = 0
-                while offset + HEADER.size <= len(data):
-                    length, mtype, _, mseq, _ = HEADER.unpack_from(data, offset)
-                    if length < HEADER.size:
-                        break
-                    payload = data[offset + HEADER.size:offset + length]
-                    offset += (length + 3) & ~3
-                    if mseq != seq:
-                        continue  # an answer to an earlier request that timed out
-                    if mtype == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", payload)[0]
-                        if code:
-                            raise NetlinkError(code, errno.errorcode.get(code, str(code)))
-                        return answers
-                    if mtype == NLMSG_DONE:
-                        return answers
-                    answers.append((mtype, payload))
+            try:
+                while not exchange.feed(
+                        await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5)):
+                    pass
+            finally:
+                self.stale += exchange.stale
+            return exchange.answers
 
     # -- links -------------------------------------------------------------------------------
 
     async def link(self, index: int) -> dict[int, bytes]:
         """The link's attributes (IFLA_*), by type."""
-        answers = await self.request(RTM_GETLINK, 0,
-                                     IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
-        for mtype, payload in answers:
-            if mtype == RTM_NEWLINK:
-                return attributes(payload[IFINFOMSG.size:])
+        for msg in await self.request(rt.RTM_GETLINK, 0, rt.link_body(index)):
+            if msg.kind == rt.RTM_NEWLINK:
+                return rt.attributes(msg.body[rt.IFINFOMSG.size:])
         raise NetlinkError(errno.ENODEV, f"no link {index}")
 
     async def set_mtu(self, index: int, mtu: int) -> None:
-        await self.request(RTM_SETLINK, 0, IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
-                           + attribute(IFLA_MTU, struct.pack("=I", mtu)))
+        await self.request(rt.RTM_SETLINK, 0, rt.mtu_body(index, mtu))
 
     # -- addresses ---------------------------------------------------------------------------
 
     async def replace_address(self, index: int, address: str, prefix: int,
-                              broadcast: str | None = None, scope: int = RT_SCOPE_UNIVERSE,
+                              broadcast: str | None = None, scope: int = rt.RT_SCOPE_UNIVERSE,
                               valid: int | None = None, preferred: int | None = None) -> None:
         """Add the address, or update it (lifetimes) if the interface has it."""
-        body = IFADDRMSG.pack(socket.AF_INET, prefix, 0, scope, index)
-        body += attribute(IFA_LOCAL, _ipv4(address)) + attribute(IFA_ADDRESS, _ipv4(address))
-        if broadcast:
-            body += attribute(IFA_BROADCAST, _ipv4(broadcast))
-        if valid is not None:
-            body += attribute(IFA_CACHEINFO, CACHEINFO.pack(
-                INFINITY_LIFE_TIME if preferred is None else preferred, valid, 0, 0))
-        await self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body)
+        await self.request(rt.RTM_NEWADDR, rt.NLM_F_CREATE | rt.NLM_F_REPLACE,
+                           rt.address_body(index, address, prefix, broadcast, scope,
+                                           valid, preferred))
 
     async def delete_address(self, index: int, address: str, prefix: int) -> None:
-        await self.request(RTM_DELADDR, 0, IFADDRMSG.pack(socket.AF_INET, prefix, 0, 0, index)
-                           + attribute(IFA_LOCAL, _ipv4(address))
-                           + attribute(IFA_ADDRESS, _ipv4(address)))
+        await self.request(rt.RTM_DELADDR, 0, rt.address_body(index, address, prefix, scope=0))
 
     # -- routes ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _route(dst: str, index: int, proto: int, scope: int, kind: int,
-               gateway: str | None) -> bytes:
-        network, _, length = dst.partition("/")
-        prefix = int(length or 32)
-        body = RTMSG.pack(socket.AF_INET, prefix, 0, 0, RT_TABLE_MAIN, proto, scope, kind, 0)
-        if prefix:
-            body += attribute(RTA_DST, _ipv4(network))
-        body += attribute(RTA_OIF, struct.pack("=I", index))
-        if gateway:
-            body += attribute(RTA_GATEWAY, _ipv4(gateway))
-        return body
+    async def add_route(self, dst: str, index: int, proto: int, metric: int,
+                        scope: int = rt.RT_SCOPE_UNIVERSE, gateway: str | None = None) -> None:
+        """Add a route beside whatever is there — never in place of another's route (no
+        NLM_F_REPLACE). The same route already present (ours, from before a restart) is
+        not an error."""
+        try:
+            await self.request(rt.RTM_NEWROUTE, rt.NLM_F_CREATE,
+                               rt.route_body(dst, index, proto, scope, rt.RTN_UNICAST,
+                                             gateway, metric))
+        except NetlinkError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
 
-    async def replace_route(self, dst: str, index: int, proto: int,
-                            scope: int = RT_SCOPE_UNIVERSE, gateway: str | None = None) -> None:
-        await self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
-                           self._route(dst, index, proto, scope, RTN_UNICAST, gateway))
+    async def delete_route(self, dst: str, index: int, proto: int, metric: int | None = None,
+                           gateway: str | None = None) -> None:
+        """The route to `dst` through `index` that `proto` installed (at `metric`, via
+        `gateway` when given), in any scope."""
+        await self.request(rt.RTM_DELROUTE, 0, rt.route_body(
+            dst, index, proto, rt.RT_SCOPE_NOWHERE, 0, gateway, metric))
 
-    async def delete_route(self, dst: str, index: int, proto: int) -> None:
-        """The route to `dst` through `index` that `proto` installed, in any scope."""
-        await self.request(RTM_DELROUTE, 0,
-                           self._route(dst, index, proto, RT_SCOPE_NOWHERE, 0, None))
+    async def routes(self) -> list[Route]:
+        """The kernel's IPv4 routes (all tables)."""
+        answers = await self.request(rt.RTM_GETROUTE, rt.NLM_F_DUMP, rt.route_dump_body())
+        parsed = (rt.parse_route(m.body) for m in answers if m.kind == rt.RTM_NEWROUTE)
+        return [r for r in parsed if r is not None]

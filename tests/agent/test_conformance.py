@@ -24,7 +24,7 @@ def test_archive_statement_names_its_services_attributes_and_security():
            "TLS_RSA_WITH_3DES_EDE_CBC_SHA" in text
     assert "121 (Classless Static Route)" in text
     assert "Security: anonymous access, no TLS. Update LDAP Server option: no" in text
-    assert "Secure transactions: not supported (SNTP has none)." in text
+    assert "Secure transactions (G.1.3): not supported (SNTP has none)." in text
 
 
 def test_an_initiator_only_ct_advertises_nothing_and_the_cli_prints_it():
@@ -34,3 +34,26 @@ def test_an_initiator_only_ct_advertises_nothing_and_the_cli_prints_it():
     assert proc.returncode == 0, proc.stderr
     assert "Nothing is advertised: no AE of this device accepts associations." in proc.stdout
     assert "sent as options 12 and 81 with the S flag" in proc.stdout
+
+
+def test_the_statement_says_nts_or_nothing_and_reports_a_fallback(tmp_path):
+    """G.1.3 as configured: with nts, a server failing the NTS check is not used — or,
+    only with nts_fallback, used without authentication, which the statement says."""
+    import tomllib
+
+    from agent.commands.conformance import statement
+    from agent.config import parse_config as parse
+
+    def parse_config(text: str):
+        return parse(tomllib.loads(text))
+
+    base = (EXAMPLES / "ct.toml").read_text().replace('mode = "observe"', 'mode = "chrony"')
+    strict = statement(parse_config(base.replace('mode = "chrony"',
+                                                 'mode = "chrony"\nnts = true')))
+    assert "not used; with none left, time is reported unauthenticated" in strict
+    assert "fallback to plain NTP" in strict and "unauthenticated time is accepted" not in strict
+    loose = statement(parse_config(base.replace(
+        'mode = "chrony"', 'mode = "chrony"\nnts = true\nnts_fallback = true')))
+    assert "used without NTS (nts_fallback = true: unauthenticated time is accepted)" in loose
+    plain = statement(parse_config(base))
+    assert "Secure transactions (G.1.3): none (NTP without authentication" in plain

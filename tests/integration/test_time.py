@@ -127,11 +127,15 @@ def test_chrony_mode_hands_the_servers_to_a_real_chronyd(device):
 
 
 
-def test_nts_is_used_where_the_certificate_names_the_server_and_chronyd_authenticates(
+def test_nts_or_nothing_where_the_certificate_names_the_server_and_chronyd_authenticates(
         lab, device):
-    """G.1.3 secure time: the agent writes `nts` only for the server whose NTS-KE
-    certificate names its address under the lab CA (192.0.2.11); the device's chronyd,
-    trusting that CA, authenticates it (chronyc authdata: NTS, cookies held)."""
+    """G.1.3 secure time, fail closed: with `nts = true` the agent hands chronyd only the
+    server whose NTS-KE certificate names its address under the lab CA (192.0.2.11), with
+    `nts`; the two without an NTS-KE service are left out, never written without `nts`.
+    The device's chronyd, trusting that CA, authenticates it (chronyc authdata: NTS,
+    cookies held). With a CA the certificate does not chain to, nothing passes: chronyd is
+    given no server, time is unauthenticated and not synchronized, each server's reason
+    said. Plain NTP is used only with `nts_fallback = true`."""
     dhcp_once(device)
     ca = lab.run / "tls" / "ca.pem"
     sourcedir, sock = device.start_chronyd(nts_ca=ca)
@@ -141,10 +145,11 @@ def test_nts_is_used_where_the_certificate_names_the_server_and_chronyd_authenti
                                                f'chronyc_socket = "{sock}"')
     _, report = time_once(device, "--config", config, "--mode", "chrony")
     assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == [
-        "server 192.0.2.11 iburst nts", "server 192.0.2.12 iburst", "server 192.0.2.13 iburst"]
+        "server 192.0.2.11 iburst nts"]
     servers = report["nts"]["servers"]
-    assert servers["192.0.2.11"]["certificate"] == "ok"
+    assert servers["192.0.2.11"]["certificate"] == "ok" and servers["192.0.2.11"]["used"]
     assert servers["192.0.2.12"]["certificate"].startswith("no NTS-KE service on port 4460")
+    assert servers["192.0.2.12"]["used"] is False and report["nts"]["unauthenticated"] is False
     auth = {}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -154,16 +159,28 @@ def test_nts_is_used_where_the_certificate_names_the_server_and_chronyd_authenti
             break
         time.sleep(0.5)
     assert auth["192.0.2.11"][1] == "NTS" and int(auth["192.0.2.11"][8]) > 0, auth
-    assert auth["192.0.2.12"][1] == "-"  # plain NTP for the others
-    # A certificate that does not name the address is refused, said so, and not used
-    # for NTS: another CA stands for a site CA the server's certificate does not chain to.
+    assert set(auth) == {"192.0.2.11"}  # no unauthenticated source at all
+    # A certificate that does not chain to the configured CA (another CA stands for a site
+    # CA the server's certificate does not chain to): refused, said so, and nothing is
+    # written — chronyd drops its sources rather than run unauthenticated NTP.
     other = device.run_dir / "other-ca.pem"
     other.write_text((lab.run / "tls" / "registrar.pem").read_text())
     Path(config).write_text(Path(config).read_text().replace(str(ca), str(other)))
     _, report = time_once(device, "--config", config, "--mode", "chrony")
     assert report["nts"]["servers"]["192.0.2.11"]["certificate"].startswith(
         "certificate not accepted")
-    assert "nts" not in (sourcedir / "eth0.sources").read_text()
+    assert report["nts"]["unauthenticated"] is True
+    assert report["synced"] is False and report["source"] == "internal"
+    assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == []
+    out = device.run(["chronyc", "-h", str(sock), "-n", "-c", "sources"]).stdout
+    assert out.strip() == "", out  # chronyd holds no source
+    # Only when the site says so: plain NTP as a fallback, reported.
+    Path(config).write_text(Path(config).read_text().replace(
+        "nts = true", "nts = true\nnts_fallback = true"))
+    _, report = time_once(device, "--config", config, "--mode", "chrony")
+    assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == [
+        "server 192.0.2.11 iburst", "server 192.0.2.12 iburst", "server 192.0.2.13 iburst"]
+    assert report["nts"]["fallback"] is True and report["nts"]["unauthenticated"] is True
 
 
 KEEP_TIME = r'''
