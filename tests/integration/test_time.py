@@ -183,6 +183,33 @@ def test_nts_or_nothing_where_the_certificate_names_the_server_and_chronyd_authe
     assert report["nts"]["fallback"] is True and report["nts"]["unauthenticated"] is True
 
 
+def test_the_daemon_says_time_unauthenticated_when_no_nts_server_passes(lab, device):
+    """The daemon in chrony mode with NTS and a CA no server's certificate chains to:
+    `time-unauthenticated` (with `internal-clock`), each server's reason in the status,
+    and chronyd holds no source; nothing degrades the device's address."""
+    from test_agent import start, stop, wait_for
+
+    sourcedir, sock = device.start_chronyd()
+    other = device.run_dir / "other-ca.pem"
+    other.write_text((lab.run / "tls" / "registrar.pem").read_text())
+    config = write_config(device, network="arp_probe = false\ninitial_delay = [0.0, 0.0]",
+                          time_section=f'mode = "chrony"\nnts = true\n'
+                                       f'nts_ca_file = "{other}"\n'
+                                       f'chrony_sourcedir = "{sourcedir}"\n'
+                                       f'chronyc_socket = "{sock}"')
+    proc = start(device, config)
+    try:
+        snap = wait_for(device, lambda s: "time-unauthenticated" in s["degraded"])
+        assert "internal-clock" in snap["degraded"] and snap["time"]["synced"] is False
+        servers = snap["time"]["nts"]["servers"]
+        assert servers["192.0.2.11"]["certificate"].startswith("certificate not accepted")
+        assert not any(s["used"] for s in servers.values())
+        assert snap["network"]["state"] == "bound"
+        assert (sourcedir / "eth0.sources").read_text().splitlines()[1:] == []
+    finally:
+        stop(proc)
+
+
 KEEP_TIME = r'''
 import asyncio, json, random
 from profiles.time_sync.sntp_io import SntpDriver
