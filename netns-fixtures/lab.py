@@ -82,11 +82,17 @@ HOSTS = {
     "ntp3": NTP_ADDRESSES[2],
     "pacs1": PACS_ADDRESS,
     **{f"ldap{i}": a for i, a in enumerate(PROVIDER_ADDRESSES, 1)},
+    # Addresses nobody holds: a connection gets no ARP answer, let alone a SYN-ACK.
+    **{f"ldap-silent{i}": f"192.0.2.{240 + i}" for i in (1, 2, 3)},
 }
 # SRV layouts for _ldap._tcp (PS3.15 H.1.4.1): (priority, weight, port, target).
 SRV_LAYOUTS = {
     "live-first": [(0, 100, 389, "ldap"), (10, 100, 389, "ldap-backup")],
     "dead-first": [(0, 100, 389, "ldap-backup"), (10, 100, 389, "ldap")],
+    # Three priority-0 targets that never answer before the live one (weight 0: drawn
+    # last but for a 1-in-301 chance, RFC 2782).
+    "silent-first": [(0, 100, 389, "ldap-silent1"), (0, 100, 389, "ldap-silent2"),
+                     (0, 100, 389, "ldap-silent3"), (0, 0, 389, "ldap")],
     # The replicated providers (start_replicated), equal priority and weight (issue 14).
     "replicated": [(0, 50, 389, "ldap1"), (0, 50, 389, "ldap2")],
 }

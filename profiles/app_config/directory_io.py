@@ -97,13 +97,21 @@ class DirectoryService:
     async def locate(self) -> Directory:
         """Connect to the first candidate holding a DICOM configuration root (H.1.4.1)."""
         self.srv_records, urls = await self.candidates()
+        # Each candidate's rank: its SRV priority; the manual URLs after them, in order.
+        records = len(self.srv_records)
+        ranks = [int(r["priority"]) for r in self.srv_records][:len(urls)] + [
+            65536 + n for n in range(len(urls) - records)]
         # Where the DICOM tree was found last time comes first (H.1.2 note: remember it).
         if self.server and self.server not in [u for u, _ in urls]:
             urls.insert(0, (self.server, None))
+            ranks.insert(0, -1)
         elif self.server:
-            urls.sort(key=lambda pair: pair[0] != self.server)
+            first = [u for u, _ in urls].index(self.server)
+            urls.insert(0, urls.pop(first))
+            ranks.pop(first)
+            ranks.insert(0, -1)
         conn, url, base, tried = await asyncio.to_thread(find_directory, urls, self.security,
-                                                         self.trusted)
+                                                         self.trusted, ranks)
         self.tried = tried
         self.urls = urls  # every provider this device knows, for the replica check
         if conn is None:

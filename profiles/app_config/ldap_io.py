@@ -4,7 +4,9 @@ Synchronous ldap3 (the daemon runs it in a thread, never on the event loop). Wha
 written comes from plan.py; this module decides the order of operations and reads the
 answers:
 
-- find (H.1.4.1): SRV targets in RFC 2782 order, then `directory.servers`; on each, the
+- find (H.1.4.1): SRV targets in RFC 2782 order, then `directory.servers`, tried
+  staggered (a target that never answers costs a quarter of a second, and an answer is
+  taken once no better-priority attempt has answered within 1 s of its start); on each, the
   root DSE's namingContexts are searched for `dicomConfigurationRoot`, accepted only
   with `cn=Devices` (dicomDevicesRoot) and `cn=Unique AE Titles Registry`
   (dicomUniqueAETitlesRegistryRoot) directly below it (H.1.2 note);
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +70,7 @@ from profiles.app_config.registration import (  # noqa: F401 (re-exported)
     Refused,
     Registration,
 )
+from profiles.app_config.srv import Staggered
 
 log = logging.getLogger(__name__)
 
@@ -261,38 +266,94 @@ def find_configuration_root(conn: Connection) -> str | None:
     return None
 
 
+def _try(url: str, address: str | None, security: Security, trusted
+         ) -> tuple[Connection | None, str | None, str]:
+    """One candidate: (connection, base DN, what it gave) — a connection only when the
+    server holds a DICOM tree."""
+    use = security
+    if security.has_credentials and not trusted(url):
+        use = security.without_credentials()
+        log.info("%s: not a configured server; connecting without credentials", url)
+    try:
+        conn = connect(url, use, address)
+    except DirectoryError as exc:
+        return None, None, str(exc)
+    try:
+        base = find_configuration_root(conn)
+    except DirectoryError as exc:
+        close(conn)
+        return None, None, str(exc)
+    if base is None:
+        close(conn)
+        return None, None, ("no dicomConfigurationRoot with cn=Devices and the Unique AE "
+                            "Titles Registry")
+    return conn, base, "ok" if use is security else \
+        "ok (anonymous: credentials only go to configured servers)"
+
+
 def find_directory(urls: list[tuple[str, str | None]], security: Security,
-                   trusted=lambda url: True
+                   trusted=lambda url: True, ranks: list[int] | None = None,
+                   clock=time.monotonic
                    ) -> tuple[Connection | None, str | None, str | None, list[dict]]:
-    """Try each (URL, address) in order until one holds a DICOM tree:
-    (connection, URL, base DN, what each try gave). Credentials go only to a URL
-    `trusted` accepts; the others are tried anonymously (reads only)."""
+    """Try the (URL, address) candidates, staggered (srv.Staggered: a target that does
+    not answer costs about a quarter of a second, not a connect timeout), until one holds
+    a DICOM tree: (connection, URL, base DN, what each try gave, in candidate order).
+    `ranks`: each candidate's SRV priority (default: each its own, in order). Credentials
+    go only to a URL `trusted` accepts; the others are tried anonymously (reads only).
+    Attempts not waited for finish in the background; a connection they make is closed."""
+    plan = Staggered(ranks if ranks is not None else list(range(len(urls))))
+    results: queue.Queue[tuple[int, Connection | None, str | None, str]] = queue.Queue()
+    lock = threading.Lock()
+    over = False
+
+    def attempt(i: int) -> None:
+        conn, base, result = _try(*urls[i], security, trusted)
+        with lock:
+            if over:  # decided without it: a late connection is not kept
+                if conn is not None:
+                    close(conn)
+                return
+            results.put((i, conn, base, result))
+
+    got: dict[int, tuple[Connection | None, str | None, str]] = {}
+    chosen: int | None = None
+    while True:
+        now = clock()
+        for i in plan.start_due(now):
+            threading.Thread(target=attempt, args=(i,), daemon=True,
+                             name=f"ldap-try-{i}").start()
+        chosen = plan.choice(now)
+        if chosen is not None or plan.exhausted():
+            break
+        due = plan.wakeup(now)
+        try:
+            i, conn, base, result = results.get(timeout=None if due is None
+                                                else max(due - clock(), 0.0))
+        except queue.Empty:
+            continue
+        got[i] = (conn, base, result)
+        (plan.answer if conn is not None else plan.fail)(i)
+    with lock:
+        over = True
+        while not results.empty():
+            i, conn, base, result = results.get_nowait()
+            got[i] = (conn, base, result)
     tried = []
-    for url, address in urls:
-        use = security
-        if security.has_credentials and not trusted(url):
-            use = security.without_credentials()
-            log.info("%s: not a configured server; connecting without credentials", url)
-        try:
-            conn = connect(url, use, address)
-        except DirectoryError as exc:
-            tried.append({"url": url, "result": str(exc)})
+    for i in sorted(plan.started):
+        url = urls[i][0]
+        if i not in got:
+            tried.append({"url": url, "result": f"no answer within "
+                          f"{clock() - plan.started[i]:.1f} s: not waited for"})
             continue
-        try:
-            base = find_configuration_root(conn)
-        except DirectoryError as exc:
+        conn, base, result = got[i]
+        if conn is not None and i != chosen:
             close(conn)
-            tried.append({"url": url, "result": str(exc)})
-            continue
-        if base is None:
-            close(conn)
-            tried.append({"url": url, "result": "no dicomConfigurationRoot with cn=Devices "
-                                                "and the Unique AE Titles Registry"})
-            continue
-        tried.append({"url": url, "result": "ok" if use is security
-                      else "ok (anonymous: credentials only go to configured servers)"})
-        return conn, url, base, tried
-    return None, None, None, tried
+            result += " (another answered first)"
+        tried.append({"url": url, "result": result})
+    if chosen is None:
+        return None, None, None, tried
+    conn, base, _ = got[chosen]
+    return conn, urls[chosen][0], base, tried
 
 
 # The LDAP boundary (presence and type of what a server answered): the core's checks.

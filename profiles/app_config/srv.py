@@ -62,3 +62,68 @@ async def candidate_urls(resolver, domain: str | None, manual: list[str], tls: b
              await address(r.target + ".")) for r in records]
     urls += [(url, await address(urlsplit(url).hostname)) for url in manual]
     return records, urls
+
+
+class Staggered:
+    """Which directory candidates to try, and when, RFC 8305 style (sans IO: times are
+    passed in). Candidates come in the order to try them, each with a rank — its SRV
+    priority (a lower rank is preferred; candidates come in rank order). The first is
+    tried at once; while attempts are still running, the next starts `stagger` seconds
+    after the last one started, or at once when an attempt fails — so targets that never
+    answer cost about `stagger` each, not a connect timeout each. No attempt starts once
+    one has answered. An answer is taken when no attempt of a better rank is still
+    running within `patience` seconds of its start (so RFC 2782's order still decides
+    among those that answer); among equal ranks the first in order that answered."""
+
+    def __init__(self, ranks: Sequence[int], stagger: float = 0.25, patience: float = 1.0):
+        self.ranks = list(ranks)
+        self.stagger, self.patience = stagger, patience
+        self.started: dict[int, float] = {}
+        self.failed: set[int] = set()
+        self.answered: set[int] = set()
+        self._last_start: float | None = None
+
+    def _running(self) -> list[int]:
+        return [i for i in self.started if i not in self.failed and i not in self.answered]
+
+    def start_due(self, now: float) -> list[int]:
+        """The candidates to start now (each is started once)."""
+        due = []
+        while not self.answered and len(self.started) < len(self.ranks) and (
+                not self._running() or now >= self._last_start + self.stagger):
+            i = len(self.started)
+            self.started[i] = self._last_start = now
+            due.append(i)
+        return due
+
+    def fail(self, i: int) -> None:
+        self.failed.add(i)
+
+    def answer(self, i: int) -> None:
+        self.answered.add(i)
+
+    def _waited_for(self, i: int, now: float) -> list[int]:
+        return [j for j in self._running() if self.ranks[j] < self.ranks[i]
+                and now < self.started[j] + self.patience]
+
+    def choice(self, now: float) -> int | None:
+        """The candidate to take now, or None (nothing answered, or a better-ranked
+        attempt still has time to answer)."""
+        if not self.answered:
+            return None
+        best = min(self.answered, key=lambda i: (self.ranks[i], i))
+        return None if self._waited_for(best, now) else best
+
+    def exhausted(self) -> bool:
+        """Every candidate was tried and failed."""
+        return len(self.failed) == len(self.ranks)
+
+    def wakeup(self, now: float) -> float | None:
+        """When something is next due without an attempt finishing (None: wait for one)."""
+        times = []
+        if not self.answered and len(self.started) < len(self.ranks) and self._running():
+            times.append(self._last_start + self.stagger)
+        if self.answered:
+            best = min(self.answered, key=lambda i: (self.ranks[i], i))
+            times += [self.started[j] + self.patience for j in self._waited_for(best, now)]
+        return min(times) if times else None

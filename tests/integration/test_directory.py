@@ -94,6 +94,27 @@ def test_find_follows_srv_order_and_fails_over_past_a_dead_target(lab, host):
     assert "Connection refused" in found["tried"][0]["result"]
 
 
+def test_targets_that_never_answer_cost_a_quarter_second_each_not_a_timeout(lab, host):
+    """Three priority-0 SRV targets nobody answers (no ARP reply) before the live one:
+    attempts are staggered, so the live one is tried a quarter of a second after each
+    (before: a connect timeout each, 10.4 s in all); the silent ones are named as not
+    waited for."""
+    config = write_config(host, network=f'hostname = "h{host.index}"',
+                          directory='domain = "hospital.test"')
+    try:
+        lab.set_srv_layout("silent-first")
+        rc, found = run_json(host, "directory", "find", "--config", config)
+    finally:
+        lab.set_srv_layout("live-first")
+    assert rc == 0 and found["server"] == "ldap://ldap.hospital.test:389", found
+    silent = [t for t in found["tried"] if "silent" in t["url"]]
+    if found["srv"][-1]["target"] == "ldap.hospital.test":  # drawn last (300 in 301)
+        assert len(silent) == 3
+    # Each silent one started is left behind, never waited for to its connect timeout
+    # (make bench measures the time to the directory).
+    assert all("not waited for" in t["result"] for t in silent), silent
+
+
 def test_manual_servers_when_dns_has_no_srv(host):
     config = write_config(host, directory='domain = "nosrv.test"\n'
                                           'servers = ["ldap://192.0.2.2", "ldap://192.0.2.1"]')

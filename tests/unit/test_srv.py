@@ -39,3 +39,49 @@ def test_weight_zero_is_tried_last_almost_always():
 def test_a_lone_dot_target_means_no_service():
     assert targets([SrvRecord(0, 0, 0, ".")], 1) == []
     assert targets([], 1) == []
+
+
+def test_staggered_attempts_skip_dead_targets_in_a_quarter_second_each():
+    """Three priority-0 targets that never answer before the live one: started 0.25 s
+    apart while they hang, the live one (also priority 0) taken when it answers."""
+    from profiles.app_config.srv import Staggered
+
+    plan = Staggered([0, 0, 0, 0])
+    assert plan.start_due(0.0) == [0]
+    assert plan.wakeup(0.0) == 0.25 and plan.start_due(0.2) == []
+    assert plan.start_due(0.25) == [1] and plan.start_due(0.5) == [2]
+    assert plan.start_due(0.75) == [3] and plan.wakeup(0.75) is None  # all started
+    plan.answer(3)
+    assert plan.choice(0.8) == 3  # the hanging ones have the same priority: not waited for
+
+
+def test_a_failure_starts_the_next_at_once_and_all_failing_is_exhausted():
+    from profiles.app_config.srv import Staggered
+
+    plan = Staggered([0, 1])
+    assert plan.start_due(0.0) == [0]
+    plan.fail(0)
+    assert plan.start_due(0.01) == [1] and not plan.exhausted()
+    plan.fail(1)
+    assert plan.exhausted() and plan.choice(0.02) is None and plan.start_due(0.03) == []
+
+
+def test_a_better_priority_still_trying_is_waited_for_up_to_one_second():
+    """RFC 2782 order decides among those that answer: a priority-10 answer waits while
+    the priority-0 attempt is within 1 s of its start, and is taken after."""
+    from profiles.app_config.srv import Staggered
+
+    plan = Staggered([0, 10, 10])
+    plan.start_due(0.0)
+    plan.start_due(0.25)
+    plan.answer(1)
+    assert plan.start_due(0.5) == []  # no new attempt once one answered
+    assert plan.choice(0.3) is None and plan.wakeup(0.3) == 1.0
+    assert plan.choice(1.0) == 1
+    # The better one answering in time wins over an earlier worse answer.
+    plan = Staggered([0, 10])
+    plan.start_due(0.0)
+    plan.start_due(0.25)
+    plan.answer(1)
+    plan.answer(0)
+    assert plan.choice(0.6) == 0
