@@ -64,14 +64,16 @@ def test_operations_on_the_connection_never_overlap(tmp_path):
 
 
 def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, monkeypatch):
-    """Issue 14: a registered device asks the other providers again every
-    REPLICA_CHECK_INTERVAL, not only at its (hourly) refresh; not while unregistered."""
+    """A registered device looks at its own provider for other holders of its titles
+    every TITLE_CHECK_INTERVAL and asks every provider every REPLICA_CHECK_INTERVAL, not
+    only at its (hourly) refresh; not while unregistered."""
     from profiles.app_config import directory_io as service_module
 
-    monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(service_module, "TITLE_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(service_module, "REPLICA_CHECK_INTERVAL", 0.2)
     s = DirectoryService(Device(name="CT01", connections=(), aes=()), Security(), unreachable,
                          tmp_path, 10, refresh_interval=0.5)
-    registrations, checks = [], []
+    registrations, checks, looks = [], [], []
     result = object()
 
     async def register(hostnames):
@@ -83,7 +85,11 @@ def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, m
         checks.append(result)
         return None
 
-    s.register, s._check_replicas = register, check
+    async def look(result):
+        looks.append(result)
+        return None
+
+    s.register, s._check_replicas, s.check_titles = register, check, look
 
     async def main() -> None:
         with contextlib.suppress(TimeoutError):
@@ -91,8 +97,9 @@ def test_the_replicas_are_checked_between_refreshes_while_registered(tmp_path, m
 
     asyncio.run(main())
     assert len(registrations) == 3  # at 0, 0.5 and 1.0 s
-    assert 12 <= len(checks) <= 27  # ~9 a refresh period (0.05 s steps), none at a refresh
-    assert all(c is result for c in checks)
+    assert 3 <= len(checks) <= 8  # ~2 a refresh period (every 0.2 s), none at a refresh
+    assert 10 <= len(looks) <= 27  # the rest of the 0.04-0.06 s steps
+    assert all(c is result for c in checks + looks)
 
 
 def test_no_replica_check_while_not_registered(tmp_path, monkeypatch):
