@@ -20,3 +20,15 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"tests are never skipped here: {report.longrepr}"
+
+
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test of tests/integration/ builds the lab (root, namespaces, real servers)
+    and carries the `integration` marker; the privileged tests of the other tiers are
+    marked by hand. `make unit` runs the rest with every capability dropped."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)

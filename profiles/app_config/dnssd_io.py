@@ -168,24 +168,26 @@ class Advertiser:
                                                if a.count(".") == 3]}]}
 
 
-async def probe(zc, info) -> None:
+async def probe(zc, info, now=None, sleep=asyncio.sleep, rng=random) -> None:
     """RFC 6762 8.1 for one service name: after a random 0-250 ms, three probes 250 ms
     apart and 250 ms more for an answer; a name another host answers for is renamed
     ("TITLE-2", "TITLE-3"...) and probed afresh. zeroconf's own check spaces its probes
-    500 ms apart: 1.15-1.25 s to a name instead of 0.75-1.0 s (issue 18)."""
+    500 ms apart: 1.15-1.25 s to a name instead of 0.75-1.0 s. `now` and `sleep` are the
+    clock (the event loop's by default; a test's own), `zc.async_wait` the wait for an
+    answer."""
+    now = now or asyncio.get_running_loop().time
     await zc.async_wait_for_start()
-    await asyncio.sleep(random.uniform(0, PROBE_INTERVAL))
-    loop = asyncio.get_running_loop()
+    await sleep(rng.uniform(0, PROBE_INTERVAL))
     instance = info.name[: -len(info.type) - 1]
-    number, sent, due = 2, 0, loop.time()
+    number, sent, due = 2, 0, now()
     while True:
         if zc.cache.current_entry_with_name_and_alias(info.type, info.name):
             info.name = f"{instance}-{number}.{info.type}"  # someone answered for it
-            number, sent, due = number + 1, 0, loop.time()
-        elif loop.time() < due:
-            await zc.async_wait((due - loop.time()) * 1000)  # woken early by an answer
+            number, sent, due = number + 1, 0, now()
+        elif now() < due:
+            await zc.async_wait((due - now()) * 1000)  # woken early by an answer
         elif sent == PROBES:
             return
         else:
             zc.async_send(zc.generate_service_query(info))
-            sent, due = sent + 1, loop.time() + PROBE_INTERVAL  # 250 ms after this one
+            sent, due = sent + 1, now() + PROBE_INTERVAL  # 250 ms after this one

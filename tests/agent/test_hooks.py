@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.daemon.hooks import Hooks, run_hooks
 
 
@@ -56,7 +58,8 @@ def test_queued_events_run_in_order_and_lease_lost_holds(tmp_path):
         server = asyncio.create_task(h.serve())
         h.post("lease-bound", {"address": "192.0.2.100"})
         h.post("time-synced", {"address": "192.0.2.100"})
-        await asyncio.sleep(0.05)  # lease-bound's hook is running
+        while not (log.exists() and log.read_text()):  # lease-bound's hook is running
+            await asyncio.sleep(0.01)
         await h.run_now("lease-lost", {"address": "192.0.2.100"})
         # run_now returned: lease-lost's hooks have run, after the one running then
         assert log.read_text().splitlines()[:2] == ["lease-bound 192.0.2.100",
@@ -87,6 +90,7 @@ def test_a_failing_hook_is_counted(tmp_path):
     assert os.access(hooks_dir / "10-fails", os.X_OK)
 
 
+@pytest.mark.integration  # privileged: files of other owners: CAP_CHOWN
 def test_only_trusted_hooks_run(tmp_path):
     hooks_dir = tmp_path / "hooks.d"
     hooks_dir.mkdir()

@@ -146,6 +146,7 @@ print(f.readline().strip())
 """
 
 
+@pytest.mark.integration  # privileged: another user's peer: setpriv
 def test_a_peer_outside_the_status_group_is_forbidden_to_mutate():
     import shutil
     import subprocess
@@ -222,6 +223,7 @@ sys.stdin.readline()  # hold the rest until told
 """
 
 
+@pytest.mark.integration  # privileged: another user's clients: setpriv
 def test_an_unprivileged_flood_is_capped_and_the_daemon_keeps_its_files(tmp_path, monkeypatch):
     import resource
     import shutil

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import socket
 
+import pytest
+
 from profiles.network_address.arp import (
     DEFEND_INTERVAL,
     ETH_P_ARP,
@@ -138,6 +140,7 @@ def test_the_kernel_filter_keeps_only_claims_on_our_address():
     assert len(filter_bytes(program)) == 8 * len(program)  # struct sock_filter
 
 
+@pytest.mark.integration  # privileged: an AF_PACKET socket: CAP_NET_RAW
 def test_the_filter_is_accepted_by_the_kernel():
     """SO_ATTACH_FILTER on a real AF_PACKET socket (bound to lo: no traffic leaves)."""
     import ctypes
