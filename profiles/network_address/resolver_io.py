@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from profiles.errors import ParseError
 from profiles.network_address import dnswire
 from profiles.network_address.dnswire import CNAME, SOA, SRV, TYPE_NAMES, A
 
@@ -146,7 +147,7 @@ class Resolver:
             raise ResolveError("no DNS servers (none from DHCP, none configured)")
         try:
             query = dnswire.query(qname, rdtype, secrets.randbits(16))
-        except ValueError as exc:
+        except ParseError as exc:
             raise ResolveError(str(exc)) from None
         errors = []
         for server in self.servers:
@@ -155,7 +156,7 @@ class Resolver:
             except (OSError, EOFError) as exc:  # timeout, refused, cut short
                 errors.append(f"{server}: {exc.__class__.__name__}")
                 continue
-            except ValueError as exc:
+            except ParseError as exc:
                 errors.append(f"{server}: malformed answer ({exc})")
                 continue
             rcode = response.rcode

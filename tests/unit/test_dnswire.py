@@ -12,6 +12,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from profiles.errors import ParseError
 from profiles.network_address import dnswire
 from profiles.network_address.resolver_io import udp_then_tcp
 
@@ -40,7 +41,7 @@ def test_the_query_is_what_dnspython_reads():
 @pytest.mark.parametrize("name", ["", "a..b", "a" * 64 + ".test", "caf\u00e9.test",
                                   "a\\046b.test", ".".join(["abcdefgh"] * 32)])
 def test_names_that_cannot_be_asked_are_refused(name):
-    with pytest.raises(ValueError):
+    with pytest.raises(ParseError):
         dnswire.query(name, dnswire.A, 1) if name else dnswire.encode_name("a..")
 
 
@@ -75,7 +76,7 @@ def test_odd_octets_in_a_label_cannot_become_a_dot():
             + struct.pack("!HHIH", 1, 1, 5, 4) + bytes((192, 0, 2, 9)))
     (record,) = dnswire.decode(wire).answer
     assert record.name == "a\\046b.test."
-    with pytest.raises(ValueError):
+    with pytest.raises(ParseError):
         dnswire.encode_name(record.name)  # never asked for as "a" under "b.test"
 
 
@@ -110,7 +111,7 @@ def header(an: int) -> bytes:
     (b"\x00" * 11, "short header"),
 ])
 def test_malformed_responses_are_value_errors(wire, why):
-    with pytest.raises(ValueError):
+    with pytest.raises(ParseError):
         dnswire.decode(wire)
 
 
@@ -127,7 +128,7 @@ def test_a_name_over_255_octets_through_pointers_is_refused():
     wire = (header(2) + b"\x00" + struct.pack("!HHIH", 99, 1, 5, len(chain)) + chain
             + struct.pack("!H", 0xC000 | previous) + struct.pack("!HHIH", 1, 1, 5, 4)
             + b"\xc0\0\2\1")
-    with pytest.raises(ValueError, match="longer than 255"):
+    with pytest.raises(ParseError, match="longer than 255"):
         dnswire.decode(bytes(wire))
 
 
@@ -139,7 +140,7 @@ def test_truncations_and_mutations_only_ever_raise_value_error():
         authority=[("hospital.test.", 300, "SOA",
                     ["ns.hospital.test. h.hospital.test. 1 3600 600 86400 20"])])
     for cut in range(len(wire)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ParseError):
             dnswire.decode(wire[:cut])
     rng = random.Random(1812)
     decoded = refused = 0
@@ -149,7 +150,7 @@ def test_truncations_and_mutations_only_ever_raise_value_error():
             mutated[rng.randrange(len(mutated))] = rng.randrange(256)
         try:
             response = dnswire.decode(bytes(mutated))
-        except ValueError:
+        except ParseError:
             refused += 1
             continue
         decoded += 1
@@ -212,3 +213,33 @@ def test_the_transport_times_out_on_silence():
 
     with pytest.raises(TimeoutError):
         asyncio.run(main())
+
+
+def test_one_name_codec_for_dns_messages_and_dhcp_options():
+    """dnsname is the only RFC 1035 name codec: the resolver's messages and DHCP options
+    119/81 read the same bytes to the same name, and refuse bad ones with ParseError."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from profiles.network_address import dnsname
+    from profiles.network_address import options as o
+
+    wire = dnsname.to_wire("ct01.hospital.test")
+    assert dnswire._name(wire, 0) == ("ct01.hospital.test.", len(wire))
+    assert o.domain_search(wire) == ["ct01.hospital.test"]
+    assert o.client_fqdn(b"\x05\0\0" + wire) == (5, "ct01.hospital.test")
+    looping = b"\x04ct01\xc0\x00"  # a pointer to itself
+    for read in (lambda: dnswire._name(looping, 0), lambda: o.domain_search(looping)):
+        with pytest.raises(ParseError):
+            read()
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.binary(max_size=300), st.integers(0, 20))
+    def only_parse_errors(data: bytes, pos: int):
+        try:
+            name, after = dnsname.read_name(data, pos)
+        except ParseError:
+            return
+        assert after <= len(data) and len(name) <= 4 * 255  # \DDD escapes at most
+
+    only_parse_errors()
