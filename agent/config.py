@@ -139,8 +139,10 @@ class Config:
     time: TimeSettings
     directory: DirectorySettings
     device: Device
-    source: Path | None = None
+    source: Path | None = None  # the --config FILE
     dnssd: DnssdSettings = DnssdSettings()
+    files: tuple[Path, ...] = ()  # every file read, in order (FILE.d and drop-ins too)
+    from_system: bool = False  # read from the system's files (no --config)
 
 
 # -- value checks: each returns a reason, or None ----------------------------------------
@@ -757,19 +759,21 @@ def _dnssd(t: _Table) -> DnssdSettings:
     return settings
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML configuration file."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([(str(path), f"not UTF-8 at byte {exc.start}")]) from exc
-    import tomllib  # only with a file: `dhcp --interface` has none (~14 ms, issue 18)
+def load_config(path: str | os.PathLike[str] | None = None, root: Path = Path("/")
+                ) -> Config:
+    """Read, merge and validate the configuration: FILE and FILE.d/*.toml, or without a
+    FILE the system's files (agent/config_files.py). ConfigError names each problem's
+    file (and line)."""
+    from dataclasses import replace
 
+    from agent import config_files
+
+    main = Path(path) if path is not None else None
+    paths = config_files.files(main, root)
+    merged, read = config_files.load(paths, required=main)
+    fallback = main or root / config_files.MAIN.relative_to("/")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([(str(path), f"TOML syntax: {exc}")]) from exc
-    return parse_config(data, source=path)
+        config = parse_config(merged.data, source=main)
+    except ConfigError as exc:
+        raise config_files.attributed(exc, merged, fallback) from None
+    return replace(config, files=tuple(read), from_system=main is None)

@@ -33,8 +33,9 @@ def importing():
         gc.enable()
 
 
-def load_or_report(path: str) -> Config | None:
-    """The configuration, or None after printing every problem as `key.path: reason`."""
+def load_or_report(path: str | None) -> Config | None:
+    """The configuration (FILE and FILE.d/, or the system's files when `path` is None),
+    or None after printing every problem as `FILE[:LINE]: key.path: reason`."""
     # Imported where needed: `wait`, `status`... without --config never read one.
     from agent.config import load_config
 
@@ -72,12 +73,26 @@ def _degraded(snap: dict) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_or_report(args.file)
+    if args.file and args.config and args.file != args.config:
+        print("check-config: give the file once (FILE or --config FILE)", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.config or args.file
+    config = load_or_report(path)
     if config is None:
         return EXIT_USAGE
+    if args.show:
+        from pathlib import Path
+
+        from agent import config_files
+
+        merged, _ = config_files.load(config_files.files(Path(path) if path else None),
+                                      required=Path(path) if path else None)
+        sys.stdout.write(config_files.render(merged))
+        return EXIT_OK
     device = config.device
     titles = [ae.title or f"template {ae.title_template!r}" for ae in device.aes]
-    print(f"{args.file}: valid (device {device.name}, {len(device.connections)} connection(s), "
+    read = ", ".join(str(f) for f in config.files) or "no file: every default"
+    print(f"{read}: valid (device {device.name}, {len(device.connections)} connection(s), "
           f"AEs: {', '.join(titles)})")
     return EXIT_OK
 
@@ -257,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot-time network agent for DICOM devices (PS3.15 Annexes F, G, H).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="the daemon, in the foreground, logging to stderr")
-    run.add_argument("--config", metavar="FILE", required=True)
+    run.add_argument("--config", metavar="FILE",
+                     help="read FILE and FILE.d/*.toml (default: the system's files, "
+                          "/usr/lib/dicom-agent/agent.toml.d/, /etc/dicom-agent/agent.toml, "
+                          "/etc/dicom-agent/agent.toml.d/)")
     run.set_defaults(func=cmd_run)
 
     def where(p: argparse.ArgumentParser) -> None:
@@ -290,10 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true")
     where(query)
     query.set_defaults(func=cmd_query)
-    check = sub.add_parser("check-config", help="validate a configuration file",
-                           description="Validate FILE; every error on stderr as "
-                                       "'key.path: reason'. Exit 0 valid, 2 invalid.")
-    check.add_argument("file", metavar="FILE")
+    check = sub.add_parser("check-config", help="validate the configuration",
+                           description="Validate the configuration the daemon would read "
+                                       "(FILE and FILE.d/*.toml, or the system's files); "
+                                       "every error on stderr as 'FILE[:LINE]: key.path: "
+                                       "reason'. Exit 0 valid, 2 invalid.")
+    check.add_argument("file", metavar="FILE", nargs="?", help="the same as --config FILE")
+    check.add_argument("--config", metavar="FILE", help="read FILE and FILE.d/*.toml")
+    check.add_argument("--show", action="store_true",
+                       help="print the merged configuration, each value with its file")
     check.set_defaults(func=cmd_check_config)
 
     dhcp = sub.add_parser("dhcp", help="PS3.15 Annex F alone: get and keep a DHCP lease",

@@ -635,7 +635,7 @@ class Agent:
     async def _op_reload(self, req: dict) -> dict:
         """Re-read the configuration; the device part takes effect (re-register,
         re-announce), other sections need a restart."""
-        if self.config.source is None:
+        if self.config.source is None and not self.config.from_system:
             return {"v": 1, "ok": False}
         try:
             config = load_config(self.config.source)

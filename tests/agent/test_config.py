@@ -412,9 +412,13 @@ def test_check_config_exit_2_with_every_error_on_stderr(tmp_path):
     proc = run_cli("check-config", str(bad))
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        "device.ae[0].title: at most 16 characters, got 23",
-        'device.ae[0].transfer_capability[0].role: must be "SCU" or "SCP", got "scu"',
+    lines = bad.read_text().splitlines()
+    title = lines.index('title = "CT01_SCU_WITH_LONG_NAME"') + 1
+    role = lines.index('role = "scu"') + 1
+    assert proc.stderr.splitlines() == [  # FILE:LINE: key.path: reason
+        f"{bad}:{title}: device.ae[0].title: at most 16 characters, got 23",
+        f'{bad}:{role}: device.ae[0].transfer_capability[0].role: must be "SCU" or "SCP", '
+        'got "scu"',
     ]
 
 
@@ -423,7 +427,7 @@ def test_check_config_reports_toml_syntax_and_missing_file(tmp_path):
     broken.write_text("[network\ninterface = 'eth0'\n")
     proc = run_cli("check-config", str(broken))
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"{broken}: TOML syntax: ")
+    assert proc.stderr.startswith(f"{broken}:1: TOML syntax: ")
     assert "line 1" in proc.stderr
     missing = run_cli("check-config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2

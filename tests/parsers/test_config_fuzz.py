@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import string
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,3 +72,46 @@ def test_option_decoders_return_or_raise_parse_error(data):
             decode(data)
         except ParseError as exc:
             assert str(exc)
+
+
+EXAMPLE = (Path(__file__).resolve().parents[2] / "agent" / "examples" / "archive.toml"
+           ).read_bytes()
+
+
+def mutated(data: bytes, draw) -> bytes:
+    """The example with a few edits: bytes flipped, inserted (TOML's own punctuation,
+    huge numbers, deep nesting, a BOM), deleted or cut off."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "cut"]))
+        at = draw(st.integers(0, len(out)))
+        if kind == "flip" and at < len(out):
+            out[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "insert":
+            out[at:at] = draw(st.sampled_from([
+                b"[", b"]", b"=", b'"', b"\n", b"[[device.ae]]\n", b"x = 1\n", b"\xef\xbb\xbf",
+                b"9" * 400, b"1e999", b"-0", b"[" * 300, b"{a = {b = {c = 1}}}", b"\x00",
+                b"\xff\xfe", b"inf", b"nan", b"1979-05-27T07:32:00Z", b"'''", b'"""']))
+        elif kind == "delete":
+            del out[at:at + draw(st.integers(1, 40))]
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_bytes_as_a_configuration_file_give_config_or_config_error(tmp_path_factory, data):
+    """What check-config and the daemon read (agent.config.load_config, drop-ins and
+    all): a Config, or a ConfigError whose every line names the file — never anything
+    else, whatever the bytes."""
+    from agent.config import load_config
+
+    path = tmp_path_factory.mktemp("fuzz") / "agent.toml"
+    raw = mutated(EXAMPLE, data.draw) if data.draw(st.booleans()) else \
+        data.draw(st.binary(max_size=200))
+    path.write_bytes(raw)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert exc.errors and all(line.startswith(str(path)) for line in exc.lines())
