@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicom-agent")
 DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
+HEALTH_SETTLE = 1.0  # s after the address before the first AE health check
 STATE_CHECK = 5.0  # s: how soon a state file the filesystem refused shows as degraded
 STATE_RETRY = 10.0  # s: how often such a file is tried again
 DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
@@ -224,7 +225,7 @@ class Agent:
         a = self.config.agent
         ca_file = self.config.directory.ca_file
         await self.addressed.wait()
-        await asyncio.sleep(1.0)  # the application's port may open with the address
+        await asyncio.sleep(HEALTH_SETTLE)  # the application's port may open with the address
         while True:
             address = self.lease.address if self.lease else self.auto_ip
             for i, ae in checked:
@@ -239,6 +240,10 @@ class Agent:
                 state = self.health.setdefault(title, AeHealth())
                 before = state.state
                 if health.checked(state, problem):
+                    # The AE's health and the degraded condition change together, before
+                    # anything else is awaited: no snapshot shows one without the other.
+                    await self._event(Event.AE_DOWN if self._any_down() else Event.AES_UP)
+                    self._changed()
                     log.info("AE %s: %s%s", title, state.state,
                              f" ({problem})" if problem else "")
                     if state.state == "down" or before == "down":
@@ -250,11 +255,13 @@ class Agent:
                         # Down: flagged FALSE; up: restored, if the flag is still ours.
                         await self.directory.mark_health(title, state.state == "down")
                     self.announce_wanted.set()
-            down = any(self.health.get(t, AeHealth()).state == "down"
-                       for t in self.titles if t is not None)
-            await self._event(Event.AE_DOWN if down else Event.AES_UP)
+            await self._event(Event.AE_DOWN if self._any_down() else Event.AES_UP)
             self._changed()
             await asyncio.sleep(a.health_interval)
+
+    def _any_down(self) -> bool:
+        return any(self.health.get(t, AeHealth()).state == "down"
+                   for t in self.titles if t is not None)
 
     def counters(self) -> dict:
         return {"dhcp": self.address.counters(), "validation": self.address.validation(),

@@ -1,0 +1,64 @@
+"""An AE's health and the degraded condition `ae-unreachable` change together: an
+observer that reads the snapshot at every turn of the event loop, while the health task
+finds an acceptor down and then up again, never sees one without the other. (Before, the
+AE's health changed, then a directory update or the next AE's C-ECHO was awaited, and only
+after every AE was checked did `degraded` follow: a status request in between saw `down`
+without `ae-unreachable`.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.config import load_config
+from agent.daemon import router
+from agent.daemon.router import Agent
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_path,
+                                                                          monkeypatch):
+    archive = (REPO / "agent" / "examples" / "archive.toml").read_text()
+    archive = archive.replace('title = "ARCHIVE2_STORE"',
+                              'title = "ARCHIVE2_STORE"\nhealth_check = true')
+    archive = archive.replace('title = "ARCHIVE2_QR"', 'title = "ARCHIVE2_QR"\nhealth_check = true')
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'runtime_dir = "{tmp_path / "run"}"\nhealth_interval = 1\n\n'
+                      + archive.replace('security = "anonymous"', "enabled = false"))
+    answers = iter([None, None, "refused", None, "refused", "refused", None, None])
+    checked: list[str] = []
+
+    def echo(calling, called, host, port, tls, ca_file):
+        checked.append(called)
+        return next(answers)
+
+    monkeypatch.setattr(router.health, "echo", echo)
+    monkeypatch.setattr(router, "HEALTH_SETTLE", 0.0)
+
+    async def main() -> list[tuple[tuple[str, ...], bool]]:
+        agent = Agent(load_config(config))
+        agent.auto_ip = "192.0.2.57"
+        agent.addressed.set()
+
+        async def interval(seconds: float) -> None:  # the health interval, made short
+            await real_sleep(0.01 if seconds >= 1 else seconds)
+
+        real_sleep = asyncio.sleep
+        monkeypatch.setattr(router.asyncio, "sleep", interval)
+        task = asyncio.create_task(agent._health())
+        seen = []
+        while len(checked) < 8:
+            snap = agent.snapshot()
+            health = tuple(e["health"] for e in snap["directory"]["effective"])
+            seen.append((health, "ae-unreachable" in snap["degraded"]))
+            await real_sleep(0)
+        task.cancel()
+        return seen
+
+    seen = asyncio.run(main())
+    assert {h for h, _ in seen} >= {("up", "up"), ("down", "up"), ("down", "down"),
+                                    ("up", "down")}  # every combination was shown
+    bad = [(h, d) for h, d in seen if ("down" in h) != d]
+    assert not bad, bad[:5]
