@@ -202,6 +202,63 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MUTATING = {
+    "reload": ("re-read the configuration (as SIGHUP and systemctl reload do): the device "
+               "part takes effect, other sections need a restart",
+               "dicom-agent reload"),
+    "renew": ("renew the DHCP lease now and read the directory's word on this device again",
+              "dicom-agent renew --socket /run/dicom-agent/status.sock"),
+    "purge-cache": ("forget every cached lookup answer (H.1.6)",
+                    "dicom-agent purge-cache"),
+    "accept-time-step": ("accept the clock correction the step policy refused "
+                         "(degraded clock-step-refused): the next round applies it",
+                         "dicom-agent accept-time-step"),
+}
+
+
+def cmd_mutate(args: argparse.Namespace) -> int:
+    """The mutating socket ops (root or status_group): 0 done, 1 unreachable or refused."""
+    reply = _ask(args, args.op)
+    if reply is None:
+        return EXIT_FAILED
+    if reply.get("ok") is False:
+        print(f"{args.op}: the agent did not do it (started without a configuration "
+              "file to read again)", file=sys.stderr)
+        return EXIT_FAILED
+    if args.op == "reload":
+        restart = reply.get("restart_needed") or []
+        print("reloaded" + (f"; a restart is needed for [{'], ['.join(restart)}]"
+                            if restart else ""))
+    elif args.op == "accept-time-step":
+        refused = reply.get("refused")
+        print("accepted: the next round applies "
+              + (f"the {refused} s correction" if refused is not None else "its correction"))
+    else:
+        print({"renew": "renewing", "purge-cache": "cache purged"}[args.op])
+    return EXIT_OK
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed package's metadata only when asked."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"dicom-agent {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("dicom-agent")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     import json
 
@@ -270,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
         description="Boot-time network agent for DICOM devices (PS3.15 Annexes F, G, H).")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="the daemon, in the foreground, logging to stderr")
     run.add_argument("--config", metavar="FILE",
@@ -280,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def where(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()
-        group.add_argument("--config", metavar="FILE")
-        group.add_argument("--socket", metavar="PATH")
+        group.add_argument("--config", metavar="FILE",
+                           help="find the socket from FILE's [agent] status_socket")
+        group.add_argument("--socket", metavar="PATH",
+                           help="the agent's status socket (default: "
+                                "/run/dicom-agent/status.sock)")
 
     status = sub.add_parser("status", help="one snapshot of the running agent")
     status.add_argument("--json", action="store_true")
@@ -308,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true")
     where(query)
     query.set_defaults(func=cmd_query)
+    for op, (what, example) in MUTATING.items():
+        mutate = sub.add_parser(op, help=what, description=what[0].upper() + what[1:] + ".",
+                                epilog=f"example: {example}")
+        where(mutate)
+        mutate.set_defaults(func=cmd_mutate, op=op)
     check = sub.add_parser("check-config", help="validate the configuration",
                            description="Validate the configuration the daemon would read "
                                        "(FILE and FILE.d/*.toml, or the system's files); "

@@ -659,6 +659,18 @@ class Agent:
         self.announce_wanted.set()
         return {"v": 1, "ok": True, "restart_needed": restart}
 
+    def _sighup(self) -> None:
+        """SIGHUP (systemctl reload): the `reload` op, its outcome in the journal."""
+        async def reload() -> None:
+            reply = await self._op_reload({})
+            if "error" in reply:
+                log.error("reload refused, the configuration in force is kept: %s",
+                          reply["error"]["message"])
+            else:
+                log.info("reloaded%s", f"; a restart is needed for {reply['restart_needed']}"
+                         if reply.get("restart_needed") else "")
+        self._reload_task = asyncio.ensure_future(reload())
+
     async def _op_accept_time_step(self, req: dict) -> dict:
         """An operator accepts the correction the step policy refused (issue 11): the
         next round applies it once."""
@@ -723,6 +735,7 @@ class Agent:
             injected.arm(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.status_server.start()
         self.supervisor.record("status")
         await self._event(Event.STARTED)

@@ -342,11 +342,26 @@ def test_reload_takes_the_device_part_and_names_what_needs_a_restart(lab, device
         assert ask(device, {"v": 1, "op": "status"})["directory"]["ae_titles"] == ["CT01_NEW"]
         path.write_text(path.read_text().replace('mode = "observe"', 'mode = "sntp"'))
         assert ask(device, {"v": 1, "op": "reload"})["restart_needed"] == ["time"]
+        # The operator's command, and SIGHUP (the unit's ExecReload=), do the same.
+        path.write_text(path.read_text().replace('title = "CT01_NEW"', 'title = "CT01_CMD"'))
+        done = agent(device, "reload", "--socket", str(sock(device)))
+        assert done.returncode == 0 and done.stdout.startswith("reloaded; a restart is "
+                                                               "needed for [time]"), done
+        assert ask(device, {"v": 1, "op": "status"})["directory"]["ae_titles"] == ["CT01_CMD"]
+        path.write_text(path.read_text().replace('title = "CT01_CMD"', 'title = "CT01_HUP"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(device, lambda s: s["directory"]["ae_titles"] == ["CT01_HUP"], 10)
         path.write_text(path.read_text().replace('role = "SCU"', 'role = "scu"'))
         bad = ask(device, {"v": 1, "op": "reload"})
         assert bad["error"]["code"] == "bad-request" and "role" in bad["error"]["message"]
+        refused = agent(device, "reload", "--socket", str(sock(device)))
+        assert refused.returncode == 1 and "role" in refused.stderr
+        proc.send_signal(signal.SIGHUP)  # refused too: the configuration in force stays
+        assert wait_for(device, lambda s: s["state"] == "ready")["directory"][
+            "ae_titles"] == ["CT01_HUP"]
     finally:
-        stop(proc)
+        err = stop(proc)
+    assert "reload refused, the configuration in force is kept" in err
 
 
 def test_carrier_loss_shows_waiting_for_link_and_its_return_confirms_the_lease(lab, device):
