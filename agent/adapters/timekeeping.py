@@ -405,3 +405,129 @@ def next_offset_change(lease: Lease | None, now: float, zoneinfo_dir: Path = ZON
             return high
         at += step
     return None
+
+
+DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
+
+
+class TimeService:
+    """The time profile in the daemon, around Timekeeping: keeps time, evaluates G.1.1's
+    order again on every lease and autodiscovery change, keeps the UTC offset across DST
+    transitions, saves `time.json`, raises the time events and hooks, and answers
+    `accept-time-step`. It owns the time part of the snapshot. A lease event only marks
+    the lease changed: the DNS look-ups of the NTP servers' names run in this profile's
+    own task, never inside the DHCP driver's callback."""
+
+    def __init__(self, tk: Timekeeping, bus, state_dir: Path, discover_timeout: float,
+                 lease: Callable[[], Lease | None], resolver: Callable[[], Resolver]):
+        self.tk = tk
+        self.bus = bus
+        self.state_dir = state_dir
+        self.discover_timeout = discover_timeout
+        self.lease = lease
+        self._resolver = resolver
+        self.updates: asyncio.Queue[list[str]] = asyncio.Queue()
+        self.settled = asyncio.Event()  # a first result: synced or the internal clock
+        self.addressed = asyncio.Event()  # set by the daemon with an address
+        self._lease_changes = asyncio.Event()
+        self._offset_rules = asyncio.Event()
+        self._offset_rule: tuple | None = None
+        self._offset_known = False
+
+    def resolver(self) -> Resolver | None:
+        lease = self.lease()
+        return self._resolver() if lease is not None and lease.dns else None
+
+    def snapshot(self) -> dict:
+        return dict(self.tk.report)
+
+    def ops(self) -> dict:
+        return {"accept-time-step": self._op_accept_time_step}
+
+    def tasks(self) -> dict:
+        return {"time": self.keep, "offset": self.offset, "discovery": self.discovery,
+                "time-servers": self.follow_leases}
+
+    # -- the tasks --------------------------------------------------------------------------
+
+    async def keep(self) -> None:
+        # No address after a while: the manual servers may still be reachable.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.addressed.wait(), self.discover_timeout + 10)
+        await self.tk.keep(self.lease, self.resolver, self.updates, self.result)
+
+    async def discovery(self) -> None:
+        """G.1.1.1 autodiscovery for good (`broadcast_discovery`): after the time task's
+        first listening window, servers heard or lost re-evaluate G.1.1's order."""
+        await self.settled.wait()
+        await self.tk.autodiscover(self.servers_changed)
+
+    async def follow_leases(self) -> None:
+        """Each lease change (marked by lease_changed): G.1.1's order evaluated again."""
+        while True:
+            await self._lease_changes.wait()
+            self._lease_changes.clear()
+            await self.servers_changed()
+
+    async def servers_changed(self) -> None:
+        """G.1.1's order evaluated again — autodiscovered > option 42 > manual > internal
+        clock — and what it gives handed to the time task."""
+        addresses = await self.tk.follow(self.lease(), self.resolver())
+        self.updates.put_nowait(addresses)
+        if not addresses and self.settled.is_set():
+            await self.result(False)  # G.1.1.5: nothing left but the internal clock
+        else:
+            await self.bus.publish()
+
+    def lease_changed(self) -> None:
+        """Every lease event (from the DHCP driver's callback: nothing is awaited here).
+        The servers are evaluated again in this profile's task; a new option 2, 100 or 101
+        changes the offset at once, and its timer follows the rule in force."""
+        lease = self.lease()
+        self._lease_changes.set()
+        rule = (lease.tz_name, lease.tz_posix) if lease is not None else None
+        if rule != self._offset_rule:  # a renewal with the same rule: the timer stands
+            self._offset_rule = rule
+            self._offset_rules.set()
+        if self.tk.refresh_offset(lease) and self._offset_known:
+            self.bus.hook("time-offset-changed")
+        self._offset_known = True  # the first lease sets it; later ones change it
+
+    async def offset(self) -> None:
+        """The UTC offset across DST transitions: a timer to the next transition of the
+        rule in force (option 101's zone or option 100's rule), re-armed on lease events."""
+        while True:
+            self._offset_rules.clear()
+            when = next_offset_change(self.lease(), time.time())
+            wait = DAY if when is None else min(max(when - time.time(), 0.0) + 0.5, DAY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._offset_rules.wait(), wait)
+                continue  # a new lease: compute again
+            if self.tk.refresh_offset(self.lease()):
+                log.info("UTC offset now %+d s", self.tk.report["utc_offset_s"])
+                self.bus.hook("time-offset-changed")
+                await self.bus.publish()
+
+    async def result(self, synced: bool) -> None:
+        """A time report: saved for after a restart, and its events — synchronized or the
+        internal clock, authenticated or not (NTS), a refused step — applied together."""
+        from agent.daemon.boot import Event
+
+        first = not self.settled.is_set()
+        self.settled.set()
+        statefile_io.save_json(self.state_dir / "time.json",
+                               {**self.tk.report, "saved_wall": time.time()})
+        refused = self.tk.report.get("correction") == "refused"
+        await self.bus.apply(
+            Event.TIME_SYNCED if synced else Event.TIME_INTERNAL,
+            Event.TIME_UNAUTHENTICATED if self.tk.nts_unauthenticated()
+            else Event.TIME_AUTHENTICATED,
+            Event.CLOCK_STEP_REFUSED if refused else Event.CLOCK_STEP_SETTLED)
+        if synced and first:
+            self.bus.hook("time-synced")
+
+    async def _op_accept_time_step(self, req: dict) -> dict:
+        """An operator accepts the correction the step policy refused: the next round
+        applies it once."""
+        self.tk.policy.accept()
+        return {"v": 1, "ok": True, "refused": self.tk.report.get("correction_refused")}

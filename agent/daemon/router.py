@@ -23,7 +23,6 @@ same and removes the address.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -33,14 +32,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agent import faults
-from agent.adapters import health
 from agent.adapters.address import Address, dns_of, grace_for, remaining
 from agent.adapters.announce import Announcer, titles_for
 from agent.adapters.directory import connection_hostnames, saved_record, service_for
-from agent.adapters.health import AeHealth
-from agent.adapters.timekeeping import Timekeeping, next_offset_change
+from agent.adapters.health import HealthService
+from agent.adapters.timekeeping import Timekeeping, TimeService
 from agent.config import Config, load_config
 from agent.daemon.boot import BootMachine, BootState, Event
+from agent.daemon.bus import Bus
 from agent.daemon.hooks import Hooks
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.status import StatusServer
@@ -59,18 +58,14 @@ from profiles.network_address.dhcp_io import (
     AutoIpConfigured,
     AutoIpRemoved,
     CarrierChanged,
-    lease_search,
 )
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver_io import Resolver
 
 if TYPE_CHECKING:
-    from profiles.app_config import unicast_dnssd_io
     from profiles.app_config.directory_io import DirectoryService
 
 log = logging.getLogger("dicom-agent")
-DAY = 86400.0  # s: the longest the offset timer sleeps before it looks again
-HEALTH_SETTLE = 1.0  # s after the address before the first AE health check
 STATE_CHECK = 5.0  # s: how soon a state file the filesystem refused shows as degraded
 STATE_RETRY = 10.0  # s: how often such a file is tried again
 DIRECTORY_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
@@ -107,28 +102,29 @@ class Agent:
         self.lease: Lease | None = None
         self.auto_ip: str | None = None
         self._last_address: str | None = None
+        self.bus = Bus(self._apply, self._hook, self._hook_now)
         self.timekeeping = Timekeeping(config.time, config.time.mode,
                                        config.network.interface, self.rng,
                                        config.agent.state_dir)
-        self.ntp_updates: asyncio.Queue[list[str]] = asyncio.Queue()
+        self.time = TimeService(self.timekeeping, self.bus, config.agent.state_dir,
+                                config.network.discover_timeout, lambda: self.lease,
+                                lambda: self.resolver)
         self.directory: DirectoryService | None = None
         self.directory_state = "disabled" if not config.directory.enabled else "locating"
         self.titles = titles_for(config.device, *self._owned_titles())
-        self.health: dict[str, AeHealth] = {}  # per AE title, for health-checked AEs
-        self.unicast: unicast_dnssd_io.UnicastAdvertiser | None = None  # [dnssd] unicast
-        self.announcer = Announcer(config.device, config.network.hostname or config.device.name)
+        self.health = HealthService(
+            config, self.bus, lambda: self.lease.address if self.lease else self.auto_ip,
+            lambda: self.titles, self._mark_health, self.announce_wanted_set)
+        self.announcer = Announcer(config.device, config.network.hostname or config.device.name,
+                                   config.dnssd, config.agent.state_dir)
         self.address_changed = asyncio.Event()  # directory: rewrite the connections
         self.announce_wanted = asyncio.Event()  # announce: (re)advertise
-        self.time_settled = asyncio.Event()
-        self.addressed = asyncio.Event()
-        self._offset_rules = asyncio.Event()  # the lease (and its tz options) changed
-        self._offset_known = False
-        self._offset_rule: tuple | None = None  # (option 101, option 100) the timer is for
+        self.addressed = self.time.addressed  # an address (lease or link-local) is up
+        self.health.addressed = self.addressed
         self.status_server = StatusServer(
             config.agent.status_socket, self.snapshot,
             {"lookup": self._op_lookup, "query": self._op_query, "renew": self._op_renew,
-             "reload": self._op_reload, "purge-cache": self._op_purge,
-             "accept-time-step": self._op_accept_time_step},
+             "reload": self._op_reload, "purge-cache": self._op_purge, **self.time.ops()},
             config.agent.status_group, on_error=self._status_error)
         self._ready_once = False
         self._stop = asyncio.Event()
@@ -170,7 +166,7 @@ class Agent:
                      "effective": self._effective()}
         return {"v": 1, "state": self.machine.state.value,
                 "degraded": sorted(c.value for c in self.machine.degraded),
-                "network": network, "time": dict(self.timekeeping.report), "directory": directory,
+                "network": network, "time": self.time.snapshot(), "directory": directory,
                 "dnssd": self.announcer.to_json(),
                 "supervision": self.supervisor.snapshot(),
                 "counters": self.counters()}
@@ -193,7 +189,7 @@ class Agent:
                     else ae.installed
                 clusters = sorted(ae.application_cluster)
                 called = sorted(ae.preferred_called_ae_title)
-            h = self.health.get(title, AeHealth())
+            h = self.health.of(title)
             out.append({"aet": title, "installed": bool(installed),
                         "application_cluster": list(clusters),
                         "preferred_called_ae_title": list(called), "health": h.state,
@@ -207,61 +203,17 @@ class Agent:
         out = []
         for ae, title in zip(self.config.device.aes, self.titles, strict=False):
             checked = not ae.health_check or (
-                title is not None and self.health.get(title, AeHealth()).state == "up")
+                title is not None and self.health.of(title).state == "up")
             out.append(title if title is not None and installed.get(title, True) and checked
                        else None)
         return out
 
-    # -- AE health (issue 16) -------------------------------------------------------------
+    async def _mark_health(self, title: str, down: bool) -> None:
+        if self.directory is not None and self.directory_state == "registered":
+            await self.directory.mark_health(title, down)
 
-    async def _health(self) -> None:
-        """C-ECHO each health-checked acceptor AE on the device's own address: soon after
-        the address (health never holds up `ready`), then every health_interval. Down:
-        withdrawn from DNS-SD, degraded ae-unreachable, the ae-down hook; up again:
-        announced, ae-up."""
-        checked = [(i, ae) for i, ae in enumerate(self.config.device.aes) if ae.health_check]
-        if not checked:
-            return
-        a = self.config.agent
-        ca_file = self.config.directory.ca_file
-        await self.addressed.wait()
-        await asyncio.sleep(HEALTH_SETTLE)  # the application's port may open with the address
-        while True:
-            address = self.lease.address if self.lease else self.auto_ip
-            for i, ae in checked:
-                title = self.titles[i] if i < len(self.titles) else None
-                conn = next((c for c in map(self.config.device.connection, ae.connections)
-                             if c.port is not None), None)
-                if title is None or address is None or conn is None:
-                    continue
-                tls = (conn.hostname or address) if conn.tls_cipher_suites else None
-                problem = await asyncio.to_thread(
-                    health.echo, a.health_calling_aet, title, address, conn.port, tls, ca_file)
-                state = self.health.setdefault(title, AeHealth())
-                before = state.state
-                if health.checked(state, problem):
-                    # The AE's health and the degraded condition change together, before
-                    # anything else is awaited: no snapshot shows one without the other.
-                    await self._event(Event.AE_DOWN if self._any_down() else Event.AES_UP)
-                    self._changed()
-                    log.info("AE %s: %s%s", title, state.state,
-                             f" ({problem})" if problem else "")
-                    if state.state == "down" or before == "down":
-                        self.hooks.post("ae-" + state.state,
-                                        {**self._hook_values(), "health_aet": title,
-                                         "health_reason": problem})
-                    if a.health_updates_directory and self.directory is not None \
-                            and self.directory_state == "registered":
-                        # Down: flagged FALSE; up: restored, if the flag is still ours.
-                        await self.directory.mark_health(title, state.state == "down")
-                    self.announce_wanted.set()
-            await self._event(Event.AE_DOWN if self._any_down() else Event.AES_UP)
-            self._changed()
-            await asyncio.sleep(a.health_interval)
-
-    def _any_down(self) -> bool:
-        return any(self.health.get(t, AeHealth()).state == "down"
-                   for t in self.titles if t is not None)
+    def announce_wanted_set(self) -> None:
+        self.announce_wanted.set()
 
     def counters(self) -> dict:
         return {"dhcp": self.address.counters(), "validation": self.address.validation(),
@@ -275,11 +227,21 @@ class Agent:
     def _changed(self) -> None:
         self.status_server.changed()
 
-    async def _event(self, event: Event) -> None:
+    async def _apply(self, *events: Event) -> None:
+        """The bus: every event applied, then one snapshot published."""
+        for event in events:
+            await self._event(event, publish=False)
+        self._changed()
+
+    async def _hook_now(self, event: str) -> None:
+        await self.hooks.run_now(event, self._hook_values())
+
+    async def _event(self, event: Event, publish: bool = True) -> None:
         self.machine.handle(event)
         if not self.machine.changed:
             return
-        self._changed()
+        if publish:
+            self._changed()
         state = self.machine.state.value
         degraded = ", ".join(sorted(self.machine.degraded))
         status = state + (f" (degraded: {degraded})" if degraded else "")
@@ -302,9 +264,9 @@ class Agent:
                 "lease_expires_in": round(remaining(lease), 1) if lease else None,
                 "ae_titles": [t for t in self.titles if t is not None]}
 
-    def _hook(self, event: str) -> None:
+    def _hook(self, event: str, extra: dict | None = None) -> None:
         """Queue the hooks of an event that does not hold its transition."""
-        self.hooks.post(event, self._hook_values())
+        self.hooks.post(event, {**self._hook_values(), **(extra or {})})
 
     # -- supervision ------------------------------------------------------------------------
 
@@ -344,7 +306,7 @@ class Agent:
                 self._last_address = lease.address
                 self.lease, self.auto_ip = lease, None
                 self.resolver.configure(*dns_of(lease))
-                await self._lease_changed_time()
+                self.time.lease_changed()
                 self.addressed.set()
                 await self._event(Event.LEASE_BOUND)
                 if not resumed:
@@ -356,7 +318,7 @@ class Agent:
                 self.announce_wanted.set()
             case LeaseRenewed(lease):
                 self.lease = lease
-                await self._lease_changed_time()
+                self.time.lease_changed()
                 self._changed()
                 self._hook("lease-renewed")
             case LeaseExpiring():
@@ -386,128 +348,23 @@ class Agent:
                     await self._event(Event.WITHDRAWN)
 
     async def _withdraw(self) -> None:
-        try:
-            await self.announcer.withdraw()
-        except Exception as exc:  # goodbyes are best effort; the address goes anyway
-            log.warning("DNS-SD withdraw: %s: %s", type(exc).__name__, exc)
-        if self.unicast is not None:  # while the address still works (lease-lost hold)
-            try:
-                await asyncio.to_thread(self.unicast.withdraw)
-            except Exception as exc:
-                log.warning("DNS-SD (unicast) withdraw: %s: %s", type(exc).__name__, exc)
+        await self.announcer.withdraw()
 
     async def _unicast_register(self) -> None:
-        """[dnssd] unicast: the announced services in the site DNS as well (RFC 2136,
-        TSIG), with the lease's lifetime as TTL. A refusal is degraded, never fatal."""
-        d = self.config.dnssd
         lease = self.lease
-        if not d.unicast or lease is None or not lease.dns:
-            return
-        zone = d.unicast_zone or lease.domain
-        host = lease.fqdn or (f"{lease.hostname}.{zone}" if lease.hostname and zone else None)
-        if zone is None or host is None:
-            log.warning("DNS-SD (unicast): no zone or host name for %s", lease.address)
-            await self._event(Event.UNICAST_REFUSED)
-            return
-        # Imported here: only `[dnssd] unicast` needs it and its dnspython parts.
-        from profiles.app_config.unicast_dnssd_io import UnicastAdvertiser, read_tsig_key
-
-        try:
-            if self.unicast is None:
-                self.unicast = UnicastAdvertiser(
-                    read_tsig_key(d.tsig_key_file),
-                    self.config.agent.state_dir / "dnssd-unicast.json", list(lease.dns))
-            self.unicast.nameservers = list(lease.dns)
-            ttl = max(60, min(3600, int(remaining(lease))))
-            taken = await asyncio.to_thread(self.unicast.register, self.announcer.announced,
-                                            zone, host, ttl)
-        except Exception as exc:  # refused, unreachable, a bad key file
-            log.warning("DNS-SD (unicast) not registered in %s: %s: %s", zone,
-                        type(exc).__name__, exc)
-            await self._event(Event.UNICAST_REFUSED)
-            return
-        await self._event(Event.UNICAST_REFUSED if taken else Event.UNICAST_REGISTERED)
+        registered = await self.announcer.register_unicast(
+            lease, int(remaining(lease)) if lease else 0)
+        if registered is not None:
+            await self._event(Event.UNICAST_REGISTERED if registered
+                              else Event.UNICAST_REFUSED)
 
     async def _lease_lost(self) -> None:
         await self._withdraw()  # goodbyes while the address still works
         await self.hooks.run_now("lease-lost", self._hook_values())
         self.lease = None
         self.addressed.clear()
+        self.time.lease_changed()
         await self._event(Event.LEASE_LOST)
-        await self._lease_changed_time()
-
-    # -- time -------------------------------------------------------------------------------
-
-    async def _time(self) -> None:
-        # No address after a while: the manual servers may still be reachable.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.addressed.wait(),
-                                   self.config.network.discover_timeout + 10)
-        await self.timekeeping.keep(lambda: self.lease, lambda: self.resolver
-                                    if self.lease is not None and self.lease.dns else None,
-                                    self.ntp_updates, self._time_result)
-
-    async def _discovery(self) -> None:
-        """G.1.1.1 autodiscovery for good (`broadcast_discovery`): after the time task's
-        first listening window, servers heard or lost re-evaluate G.1.1's order."""
-        await self.time_settled.wait()
-        await self.timekeeping.autodiscover(self._servers_changed)
-
-    async def _servers_changed(self) -> None:
-        """G.1.1's order evaluated again — autodiscovered > option 42 > manual > internal
-        clock — and what it gives handed to the time task."""
-        lease = self.lease
-        resolver = self.resolver if lease is not None and lease.dns else None
-        addresses = await self.timekeeping.follow(lease, resolver)
-        self.ntp_updates.put_nowait(addresses)
-        if not addresses and self.time_settled.is_set():
-            await self._time_result(False)  # G.1.1.5: nothing left but the internal clock
-        self._changed()
-
-    async def _lease_changed_time(self) -> None:
-        """Every lease event: G.1.1's server order and the UTC offset evaluated again
-        (a rebind without option 42 falls back to the manual servers; a new option 2,
-        100 or 101 changes the offset at once)."""
-        lease = self.lease
-        await self._servers_changed()
-        rule = (lease.tz_name, lease.tz_posix) if lease is not None else None
-        if rule != self._offset_rule:  # a renewal with the same rule: the timer stands
-            self._offset_rule = rule
-            self._offset_rules.set()
-        if self.timekeeping.refresh_offset(lease) and self._offset_known:
-            self._hook("time-offset-changed")
-        self._offset_known = True  # the first lease sets it; later ones change it
-        self._changed()
-
-    async def _offset(self) -> None:
-        """The UTC offset across DST transitions: a timer to the next transition of the
-        rule in force (option 101's zone or option 100's rule), re-armed on lease events."""
-        while True:
-            self._offset_rules.clear()
-            when = next_offset_change(self.lease, time.time())
-            wait = DAY if when is None else min(max(when - time.time(), 0.0) + 0.5, DAY)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._offset_rules.wait(), wait)
-                continue  # a new lease: compute again
-            if self.timekeeping.refresh_offset(self.lease):
-                log.info("UTC offset now %+d s", self.timekeeping.report["utc_offset_s"])
-                self._hook("time-offset-changed")
-                self._changed()
-
-    async def _time_result(self, synced: bool) -> None:
-        first = not self.time_settled.is_set()
-        self.time_settled.set()
-        # CONTRACTS.md "State directory": the last time report, for after a restart.
-        statefile_io.save_json(self.config.agent.state_dir / "time.json",
-                               {**self.timekeeping.report, "saved_wall": time.time()})
-        await self._event(Event.TIME_SYNCED if synced else Event.TIME_INTERNAL)
-        await self._event(Event.TIME_UNAUTHENTICATED if self.timekeeping.nts_unauthenticated()
-                          else Event.TIME_AUTHENTICATED)
-        refused = self.timekeeping.report.get("correction") == "refused"
-        await self._event(Event.CLOCK_STEP_REFUSED if refused else Event.CLOCK_STEP_SETTLED)
-        self._changed()
-        if synced and first:
-            self._hook("time-synced")
 
     # -- directory --------------------------------------------------------------------------
 
@@ -521,7 +378,7 @@ class Agent:
         if d.security == "tls" and self.config.time.mode != "observe":
             # Certificate checks want the clock the agent (or chronyd) is about to set;
             # observing, it sets none, so the directory goes on beside time (issue 18).
-            await self.time_settled.wait()
+            await self.time.settled.wait()
         if self.directory is None:
             self.directory = service_for(self.config, lambda: self.lease,
                                          lambda: self.resolver)
@@ -546,7 +403,7 @@ class Agent:
                 # AE not (yet) up is flagged FALSE, restored by its first good check.
                 for ae, title in zip(self.config.device.aes, self.titles, strict=False):
                     if ae.health_check and title is not None and \
-                            self.health.get(title, AeHealth()).state != "up":
+                            self.health.of(title).state != "up":
                         await self.directory.mark_health(title, True)
         changes = self.directory.effective_changes if self.directory else []
         if state == "registered" and changes:
@@ -598,28 +455,10 @@ class Agent:
             answer = await self.directory.lookup(title, bool(req.get("refresh", False)))
             if answer["found"]:
                 return answer
-        found = self.announcer.lookup(title) or await self._unicast_lookup(title)
+        found = self.announcer.lookup(title) or await self.announcer.lookup_unicast(
+            title, self.lease, self.directory.addresses if self.directory else None)
         return found or {"v": 1, "aet": title, "found": False, "stale": False,
                          "source": "directory"}
-
-    async def _unicast_lookup(self, title: str) -> dict | None:
-        """Unicast DNS-SD in the lease's search domains: the site DNS crosses routers."""
-        lease = self.lease
-        if lease is None or not lease.dns:
-            return None
-        domains = lease_search(lease)
-        if not domains:
-            return None
-        from profiles.app_config.unicast_dnssd_io import browse  # see _unicast_register
-
-        try:
-            answer = await asyncio.to_thread(browse, domains, list(lease.dns), title)
-        except Exception as exc:
-            log.info("DNS-SD (unicast) lookup of %s: %s", title, exc)
-            return None
-        if answer is not None and self.directory is not None:
-            await self.directory._addresses(answer)
-        return answer
 
     async def _op_query(self, req: dict) -> dict:
         cluster, device_type = req.get("cluster"), req.get("device_type")
@@ -670,13 +509,6 @@ class Agent:
                 log.info("reloaded%s", f"; a restart is needed for {reply['restart_needed']}"
                          if reply.get("restart_needed") else "")
         self._reload_task = asyncio.ensure_future(reload())
-
-    async def _op_accept_time_step(self, req: dict) -> dict:
-        """An operator accepts the correction the step policy refused (issue 11): the
-        next round applies it once."""
-        self.timekeeping.policy.accept()
-        return {"v": 1, "ok": True,
-                "refused": self.timekeeping.report.get("correction_refused")}
 
     async def _op_purge(self, req: dict) -> dict:
         if self.directory is not None:
@@ -745,10 +577,10 @@ class Agent:
                 tg.create_task(sv.run("address", faulty("address", self.address.run),
                                       cap=self._address_cap, while_down=self._address_down),
                                name="address")
-                for name, job in (("time", self._time), ("directory", self._directory),
+                for name, job in (*self.time.tasks().items(),
+                                  ("directory", self._directory),
                                   ("announce", self._announce), ("hooks", self.hooks.serve),
-                                  ("offset", self._offset), ("discovery", self._discovery),
-                                  ("health", self._health),
+                                  *self.health.tasks().items(),
                                   ("state", self._state_files)):
                     tg.create_task(sv.run(name, faulty(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")

@@ -446,13 +446,13 @@ class DirectoryService:
             return self.cache.get(title) or {"v": 1, "aet": title, "found": False,
                                              "stale": True, "source": "cache"}
         if answer["found"]:
-            await self._addresses(answer)
+            await self.addresses(answer)
             self.cache.put(answer)
         else:
             self.cache.drop(title)
         return answer
 
-    async def _addresses(self, answer: dict) -> None:
+    async def addresses(self, answer: dict) -> None:
         """Each connection's `addresses` (IPv4, [] when unresolvable), so an application
         can connect even where the system resolver is not the agent's."""
         for conn in answer.get("connections", []):
@@ -467,7 +467,7 @@ class DirectoryService:
     async def query(self, cluster: str | None, device_type: str | None) -> list[dict]:
         answers = await self.call(lambda d: d.query(cluster, device_type))
         for answer in answers:
-            await self._addresses(answer)
+            await self.addresses(answer)
             self.cache.put(answer)
         return answers
 

@@ -118,7 +118,8 @@ def test_the_committed_diagram_is_the_generated_one():
 
 
 def test_every_contract_state_is_reachable_from_events_the_daemon_emits():
-    daemon = (REPO / "agent" / "daemon" / "router.py").read_text()
+    daemon = "".join(p.read_text() for p in sorted((REPO / "agent").glob("*/*.py"))
+                     if p.parent.name in ("daemon", "adapters") and p.name != "boot.py")
     emitted = {Event[name] for name in re.findall(r"Event\.([A-Z_]+)", daemon)}
     assert emitted <= set(TRANSITIONS)  # every event the daemon emits has an entry
     assert set(Event) - emitted == set(), "an event in the table the daemon never emits"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from agent.adapters import health as health_adapter
 from agent.config import load_config
-from agent.daemon import router
 from agent.daemon.router import Agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,15 +27,15 @@ def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_pat
     config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
                       f'runtime_dir = "{tmp_path / "run"}"\nhealth_interval = 1\n\n'
                       + archive.replace('security = "anonymous"', "enabled = false"))
-    answers = iter([None, None, "refused", None, "refused", "refused", None, None])
+    answers = iter([None, None, "refused", None, "refused", "refused", None, None, None, None])
     checked: list[str] = []
 
     def echo(calling, called, host, port, tls, ca_file):
         checked.append(called)
         return next(answers)
 
-    monkeypatch.setattr(router.health, "echo", echo)
-    monkeypatch.setattr(router, "HEALTH_SETTLE", 0.0)
+    monkeypatch.setattr(health_adapter, "echo", echo)
+    monkeypatch.setattr(health_adapter, "HEALTH_SETTLE", 0.0)
 
     async def main() -> list[tuple[tuple[str, ...], bool]]:
         agent = Agent(load_config(config))
@@ -46,10 +46,10 @@ def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_pat
             await real_sleep(0.01 if seconds >= 1 else seconds)
 
         real_sleep = asyncio.sleep
-        monkeypatch.setattr(router.asyncio, "sleep", interval)
-        task = asyncio.create_task(agent._health())
+        monkeypatch.setattr(health_adapter.asyncio, "sleep", interval)
+        task = asyncio.create_task(agent.health.run())
         seen = []
-        while len(checked) < 8:
+        while len(checked) < 10:
             snap = agent.snapshot()
             health = tuple(e["health"] for e in snap["directory"]["effective"])
             seen.append((health, "ae-unreachable" in snap["degraded"]))
