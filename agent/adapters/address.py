@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
+from agent.daemon.boot import Event
 from agent.daemon.hooks import hooks_in
 from profiles import statefile_io
 from profiles.network_address.dhcp_client import (
@@ -167,3 +168,154 @@ class Address:
 
 def remaining(lease: Lease) -> float:
     return lease.remaining(boottime())
+
+
+class AddressService:
+    """The address in the daemon (Annex F), around Address: the one owner of the lease in
+    force (or the link-local address), the network part of the snapshot and the `renew`
+    op. Each DHCP event is applied — the lease, the resolver, the boot events — and
+    published as one snapshot; the other profiles are told (`on_lease`, `on_moved`) without
+    anything slow awaited here, inside the DHCP driver's callback. A lost lease withdraws
+    the advertisements (`withdraw`), runs the lease-lost hooks, and only then does the
+    address go (the driver waits for this)."""
+
+    def __init__(self, address: Address, bus, resolver,
+                 on_lease: Callable[[], None], on_address: Callable[[], None],
+                 on_moved: Callable[[], None],
+                 withdraw: Callable[[], Awaitable[None]], addressed):
+        self.address = address
+        self.bus = bus
+        self.resolver = resolver  # the F.1.1 resolver the other profiles use
+        self.on_lease = on_lease  # any lease event (the time profile)
+        self.on_address = on_address  # an address to advertise (DNS-SD)
+        self.on_moved = on_moved  # another address: the directory's host names
+        self.withdraw = withdraw
+        self.addressed = addressed  # asyncio.Event: an address (lease or link-local) is up
+        self.lease: Lease | None = None
+        self.auto_ip: str | None = None
+        self._last_address: str | None = None
+        address.on_event = self.on_dhcp
+
+    def current(self) -> str | None:
+        return self.lease.address if self.lease else self.auto_ip
+
+    def snapshot(self) -> dict:
+        lease = self.lease
+        client = self.address.client
+        if lease is None and client is not None and client.lease is not None \
+                and self.address.state in ("bound", "renewing", "rebinding"):
+            lease = client.lease  # bound this instant, being applied: say which
+        network: dict = {"state": self.address.state,
+                         "interface": self.address.network.interface}
+        if lease is not None:
+            network.update(address=lease.address, prefix=lease.prefix,
+                           router=list(lease.router), dns=list(lease.dns),
+                           domain=lease.domain, hostname=lease.hostname, fqdn=lease.fqdn,
+                           ntp=list(lease.ntp), lease_expires_in=round(remaining(lease), 1),
+                           server_id=lease.server_id)
+        elif self.auto_ip:
+            network.update(address=self.auto_ip, prefix=16)
+        if client is not None and client.auto_ip_forbidden:
+            network["auto_ip_forbidden"] = True  # a server said so (RFC 2563 2.3)
+        return network
+
+    def hook_values(self) -> dict:
+        lease = self.lease
+        return {"interface": self.address.network.interface, "address": self.current(),
+                "prefix": lease.prefix if lease else (16 if self.auto_ip else None),
+                "router": list(lease.router) if lease else [],
+                "dns": list(lease.dns) if lease else [],
+                "domain": lease.domain if lease else None,
+                "hostname": lease.hostname if lease else self.address.network.hostname,
+                "ntp": list(lease.ntp) if lease else [],
+                "lease_expires_in": round(remaining(lease), 1) if lease else None}
+
+    def ops(self) -> dict:
+        return {"renew": self._op_renew}
+
+    async def _op_renew(self, req: dict) -> dict:
+        self.address.renew()
+        self.on_moved()  # and read the directory's word on this device again
+        return {"v": 1, "ok": True}
+
+    # -- supervision: the address task's backoff, and what happens while it is down ---------
+
+    def cap(self) -> float | None:
+        """The address task's backoff stays well below T1 of the lease it holds."""
+        return max(1.0, self.lease.t1 / 4) if self.lease is not None else None
+
+    async def while_down(self) -> None:
+        """While the address task is down: when the lease runs out, do what the driver
+        would — goodbyes, lease-lost hooks, then the address goes."""
+        import asyncio
+
+        lease = self.lease
+        if lease is None:
+            return
+        await asyncio.sleep(max(remaining(lease), 0.0))
+        await self.lost()
+        await self.address.remove_expired(lease)
+
+    # -- DHCP events ------------------------------------------------------------------------
+
+    async def on_dhcp(self, event: object) -> None:
+        from profiles.network_address.dhcp_io import AutoIpConfigured, AutoIpRemoved
+
+        match event:
+            case LeaseBound(lease) | AddressChanged(_, lease):
+                # A restarted address task resumes the same lease: nothing new to tell.
+                resumed = self.lease is not None and \
+                    self.lease.to_record() == lease.to_record()
+                # Another address than the last lease's, even with a loss in between.
+                moved = self._last_address not in (None, lease.address) or \
+                    isinstance(event, AddressChanged)
+                self._last_address = lease.address
+                self.lease, self.auto_ip = lease, None
+                self.resolver.configure(*dns_of(lease))
+                self.addressed.set()
+                self.on_lease()
+                await self.bus.apply(Event.LEASE_BOUND, *([Event.ADDRESS_CHANGED] if moved
+                                                          else []))
+                if not resumed:
+                    self.bus.hook("lease-bound")
+                if moved:
+                    self.bus.hook("address-changed")
+                    self.on_moved()
+                self.on_address()
+            case LeaseRenewed(lease):
+                self.lease = lease
+                self.on_lease()
+                await self.bus.publish()
+                self.bus.hook("lease-renewed")
+            case LeaseExpiring():
+                self.bus.hook("lease-expiring")
+            case AddressConflict(address, mac, defended):
+                # RFC 5227 2.4: defended once; a second claim is followed by LeaseLost.
+                log.warning("ARP: %s claimed by %s: %s", address, mac,
+                            "defended" if defended else "given up (DHCPDECLINE)")
+                self.bus.hook("address-conflict", {"conflict_mac": mac,
+                                                   "conflict_defended": "yes" if defended
+                                                   else "no"})
+            case LeaseLost():
+                await self.lost()
+            case AutoIpConfigured(address):
+                self.auto_ip = address
+                self.addressed.set()
+                await self.bus.apply(Event.AUTO_IP)
+                self.on_address()
+            case CarrierChanged(up):
+                await self.bus.apply(Event.CARRIER_UP if up else Event.CARRIER_DOWN)
+            case AutoIpRemoved(address, reason):
+                if self.auto_ip == address:
+                    self.auto_ip = None
+                if reason == "conflict":
+                    await self.withdraw()
+                    await self.bus.apply(Event.WITHDRAWN)
+
+    async def lost(self) -> None:
+        await self.withdraw()  # goodbyes while the address still works
+        await self.bus.hook_now("lease-lost")
+        self.lease = None
+        self.addressed.clear()
+        self.on_lease()
+        await self.bus.apply(Event.LEASE_LOST)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import zeroconf.asyncio  # noqa: F401 -- see below
 
+from agent.adapters.address import remaining
+from agent.daemon.boot import Event
 from profiles.app_config import dnssd_io
 from profiles.app_config.model import Device
 from profiles.network_address.dhcp_io import lease_search
@@ -141,3 +143,81 @@ class Announcer:
         return {"services": [s.to_json(advertised.get(s.name)) for s in self.announced
                              if s.name in advertised],
                 "seen": sorted(self.advertiser.seen)}
+
+
+class AnnounceService:
+    """DNS-SD in the daemon (H.2): (re)advertises when `wanted` — an address, titles, the
+    directory's word on installed AEs, an AE's health — once the titles are known or known
+    to be missing; owns the dnssd part of the snapshot and the DNS-SD fallback of lookups.
+    The events of an announcement (titles known or missing, all installed or not,
+    announced, the site DNS registered or refused) are applied together."""
+
+    def __init__(self, announcer: Announcer, bus, address: Callable[[], str | None],
+                 lease: Callable[[], Lease | None], directory, health):
+        self.announcer = announcer
+        self.bus = bus
+        self.address, self.lease = address, lease
+        self.directory = directory  # DirectoryProfile: titles, state, effective
+        self.health = health  # HealthService: a health-checked AE is advertised once up
+        self.wanted = asyncio.Event()
+
+    def snapshot(self) -> dict:
+        return self.announcer.to_json()
+
+    def tasks(self) -> dict:
+        return {"announce": self.run}
+
+    def advertised_titles(self) -> list[str | None]:
+        """The titles to announce: not an AE the directory says is not installed, nor a
+        health-checked AE before it has answered (or while it does not)."""
+        installed = {e["aet"]: e["installed"] for e in self.directory.effective()}
+        out = []
+        for ae, title in zip(self.announcer.device.aes, self.directory.titles, strict=False):
+            checked = not ae.health_check or (
+                title is not None and self.health.of(title).state == "up")
+            out.append(title if title is not None and installed.get(title, True) and checked
+                       else None)
+        return out
+
+    async def run(self) -> None:
+        self.wanted.set()  # a restarted task announces afresh
+        announced: tuple | None = None
+        while True:
+            await self.wanted.wait()
+            self.wanted.clear()
+            address = self.address()
+            if address is None:
+                announced = None
+                continue
+            missing = None in self.directory.titles
+            if missing and self.directory.state in ("locating", "registering"):
+                continue  # the directory may still reserve the title
+            advertise = self.advertised_titles()
+            # Announce again only for something new: a refresh of the directory must
+            # not make the names be probed again.
+            events = []
+            wanted = (address, tuple(advertise), id(self.announcer.device))
+            if wanted != announced or self.announcer.advertiser.address != address:
+                await self.announcer.announce(advertise, address)
+                announced = wanted
+                lease = self.lease()
+                registered = await self.announcer.register_unicast(
+                    lease, int(remaining(lease)) if lease else 0)
+                if registered is not None:
+                    events.append(Event.UNICAST_REGISTERED if registered
+                                  else Event.UNICAST_REFUSED)
+            not_installed = any(not e["installed"] for e in self.directory.effective())
+            await self.bus.apply(*events, Event.TITLES_MISSING if missing
+                                 else Event.TITLES_KNOWN,
+                                 Event.NOT_INSTALLED if not_installed else Event.ALL_INSTALLED,
+                                 Event.ANNOUNCED)
+
+    async def lookup(self, title: str) -> dict | None:
+        """What DNS-SD says of a title the directory could not answer: seen over mDNS,
+        else unicast DNS-SD in the site DNS."""
+        service = self.directory.service
+        return self.announcer.lookup(title) or await self.announcer.lookup_unicast(
+            title, self.lease(), service.addresses if service is not None else None)
+
+    async def withdraw(self) -> None:
+        await self.announcer.withdraw()

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.daemon.boot import Event
+
 log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"
 TIMEOUT = 5.0  # s: connect, association, the C-ECHO each
@@ -108,8 +110,6 @@ class HealthService:
         return {"health": self.run}
 
     async def run(self) -> None:
-        from agent.daemon.boot import Event
-
         device = self.config.device
         watched = [(i, ae) for i, ae in enumerate(device.aes) if ae.health_check]
         if not watched:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from agent.adapters.address import dns_of
 from agent.config import TimeSettings
+from agent.daemon.boot import Event
 from profiles import statefile_io
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver_io import ResolveError, Resolver
@@ -511,8 +512,6 @@ class TimeService:
     async def result(self, synced: bool) -> None:
         """A time report: saved for after a restart, and its events — synchronized or the
         internal clock, authenticated or not (NTS), a refused step — applied together."""
-        from agent.daemon.boot import Event
-
         first = not self.settled.is_set()
         self.settled.set()
         statefile_io.save_json(self.state_dir / "time.json",

@@ -39,8 +39,8 @@ def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_pat
 
     async def main() -> list[tuple[tuple[str, ...], bool]]:
         agent = Agent(load_config(config))
-        agent.auto_ip = "192.0.2.57"
-        agent.addressed.set()
+        agent.net.auto_ip = "192.0.2.57"
+        agent.time.addressed.set()
 
         async def interval(seconds: float) -> None:  # the health interval, made short
             await real_sleep(0.01 if seconds >= 1 else seconds)
@@ -49,7 +49,7 @@ def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_pat
         monkeypatch.setattr(health_adapter.asyncio, "sleep", interval)
         task = asyncio.create_task(agent.health.run())
         seen = []
-        while len(checked) < 10:
+        while len(checked) < 10 and not task.done():
             snap = agent.snapshot()
             health = tuple(e["health"] for e in snap["directory"]["effective"])
             seen.append((health, "ae-unreachable" in snap["degraded"]))

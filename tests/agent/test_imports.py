@@ -37,7 +37,7 @@ def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
             "async def main():\n"
             f"    agent = Agent(load_config({str(config)!r}))\n"
             "    assert agent.snapshot()['directory']['state'] == 'disabled'\n"
-            "    await agent._directory()\n"  # the directory task of such a device: it ends
+            "    await agent.directory.run()\n"  # the directory task of such a device: it ends
             "asyncio.run(main())")
     assert loaded(code) == ["zeroconf"]  # DNS-SD: the archive's AEs are announced
 
