@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from device_toml import device_toml
 from lab import (
     ADMIN_DN,
     ADMIN_PASSWORD,
@@ -60,19 +61,7 @@ security = "tls"
 ca_file = "{lab.run / 'tls' / 'ca.pem'}"
 bind_dn = "{REGISTRAR_DN}"
 password_file = "{secret}"
-[device]
-name = "{name}"
-[[device.connection]]
-name = "dicom"
-port = 11112
-[[device.ae]]
-title_template = "{template}"
-connections = ["dicom"]
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-""")
+{device_toml(name, template)}""")
     return path
 
 

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from device_toml import CT_IMAGE, device_toml
+
 REPO = Path(__file__).resolve().parents[2]
 AGENT = str(REPO / ".venv" / "bin" / "dicom-agent")
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -108,22 +110,7 @@ interface = "eth0"
 
 def default_device(index: int, name: str | None = None, title: str | None = None,
                    extra_connection: str = "") -> str:
+    """A CT image SCU (no port unless `extra_connection` gives one)."""
     name = name or f"DEV{index}"
-    title_line = f'title_template = "{title}"' if title and "{" in title else \
-        f'title = "{title or name + "_SCU"}"'
-    return f"""[device]
-name = "{name}"
-
-[[device.connection]]
-name = "dicom"
-{extra_connection}
-
-[[device.ae]]
-{title_line}
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.5.1.4.1.1.2"
-role = "SCU"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
+    return device_toml(name, title, port=None, role="SCU", sop_class=CT_IMAGE,
+                       connection_extra=extra_connection)

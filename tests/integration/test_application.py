@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from agent_helpers import PYTHON, REPO, default_device, wait_until, write_config
+from device_toml import device_toml
 from test_agent import sock, start, stop, wait_for
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
@@ -55,23 +56,8 @@ def test_an_acceptor_that_stops_answering_is_withdrawn_and_comes_back(lab, devic
     seen = device.run_dir / "hook-events"
     (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_HEALTH_AET" >> {seen}\n')
     (hooks / "10-log").chmod(0o755)
-    section = f"""[device]
-name = "HC{device.index}"
-
-[[device.connection]]
-name = "dicom"
-port = 11113
-
-[[device.ae]]
-title = "{title}"
-connections = ["dicom"]
-health_check = true
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
+    section = device_toml(f"HC{device.index}", title, port=11113,
+                          ae_extra="health_check = true")
     config = write_config(device, network=FAST,
                           agent_section=f'hooks_dir = "{hooks}"\nhealth_interval = 2.0\n'
                                         "health_updates_directory = true",

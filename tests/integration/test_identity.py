@@ -10,6 +10,7 @@ import re
 import subprocess
 
 from agent_helpers import AGENT, write_config
+from device_toml import device_toml
 from lab import ADMIN_DN, ADMIN_PASSWORD, CONFIG_ROOT_DN
 from test_directory import ldap, registrar, run_json
 
@@ -19,26 +20,9 @@ ADMIN = ["-x", "-H", "ldap://192.0.2.1", "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
 
 
 def device(name: str, serial: str, title: str, extra: str = "") -> str:
-    return f"""[device]
-name = "{name}"
-serial_number = "{serial}"
-manufacturer = "Example Medical"
-model_name = "Scanner 9000"
-{extra}
-
-[[device.connection]]
-name = "dicom"
-port = 11112
-
-[[device.ae]]
-title_template = "{title}"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
+    return device_toml(name, title, device_extra=f'serial_number = "{serial}"\n'
+                       'manufacturer = "Example Medical"\nmodel_name = "Scanner 9000"\n'
+                       + extra)
 
 
 def one_of_two(lab, host, name: str, tag: str, serial: str, suffix: str = "") -> str:

@@ -8,29 +8,14 @@ from __future__ import annotations
 import subprocess
 
 from agent_helpers import AGENT, write_config
+from device_toml import device_toml
 from test_agent import ask, stop, wait_for
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "file"'
 
 
 def section(name: str) -> str:
-    return f"""[device]
-name = "{name}"
-primary_device_type = ["CT"]
-
-[[device.connection]]
-name = "dicom"
-port = 11112
-
-[[device.ae]]
-title = "{name}_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
+    return device_toml(name, device_extra='primary_device_type = ["CT"]')
 
 
 def dig(device, name: str, rtype: str) -> list[str]:
