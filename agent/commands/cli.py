@@ -449,10 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
     directory.set_defaults(func=cmd_directory)
 
-    ldif = sub.add_parser("ldif", help="RFC 2849 LDIF registering this device")
-    ldif.add_argument("--config", metavar="FILE", required=True)
+    ldif = sub.add_parser(
+        "ldif", help="RFC 2849 LDIF registering this device, for an administrator to load",
+        description="The LDIF of this device's entries (the -Manual patterns of PS3.15 "
+                    "Table H.1-15), written offline and writing no state. It carries no "
+                    "identity marker: the device adopts the entry by its serial number, "
+                    "manufacturer and model.",
+        epilog="example: dicom-agent ldif --config agent/examples/ct.toml "
+               "--domain hospital.example > ct01.ldif")
+    ldif.add_argument("--config", metavar="FILE", required=True,
+                      help="the device's configuration (FILE and FILE.d/)")
     ldif.add_argument("--title", metavar="AET", action="append", default=[],
                       help="the title for a templated AE (one per templated AE, in order)")
+    ldif.add_argument("--base-dn", metavar="DN",
+                      help="the DICOM configuration root (cn=DICOM Configuration,...)")
+    ldif.add_argument("--domain", metavar="DOMAIN",
+                      help="the site's domain: the base DN and host names follow from it")
     ldif.set_defaults(func=cmd_ldif)
 
     conf = sub.add_parser("conformance", help="the PS3.15 conformance statement (Markdown)")

@@ -25,12 +25,11 @@ from agent.adapters.directory import (
     saved_record,
     service_for,
 )
-from agent.config import Config, load_config
+from agent.config import Config, dn_problem, hostname_problem, load_config
 from profiles.app_config import plan
 from profiles.app_config.directory_io import DirectoryService
 from profiles.app_config.ldap_io import DirectoryError, Refused, manual_ldif_path
 from profiles.app_config.model import ae_title_problem
-from profiles.app_config.records_io import load_or_make_device_id
 from profiles.errors import ConfigError
 from profiles.network_address.dhcp_io import Paths, load_saved_lease
 from profiles.network_address.lease import Lease
@@ -205,16 +204,36 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_ldif(args: argparse.Namespace) -> int:
+    """The LDIF an administrator loads for this device (the -Manual patterns). Written
+    offline as well: the base DN from --base-dn, else --domain, else what the device
+    registered last, else [directory] domain, else the saved lease's domain. It writes no
+    state and carries no identity marker: the device adopts the entry by its serial
+    number, manufacturer and model, as it does site ldif's (the daemon's own file, while
+    awaiting manual registration, carries the marker)."""
+    from dataclasses import replace
+
     ctx = _context(args)
     if isinstance(ctx, int):
         return ctx
+    if args.domain:
+        if (problem := hostname_problem(args.domain)) is not None:
+            print(f"ldif: --domain {args.domain!r}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        ctx.config = replace(ctx.config, directory=replace(ctx.config.directory,
+                                                           domain=args.domain))
     saved = saved_record(ctx.state_dir)
-    base = saved.get("base_dn") or (
-        "cn=DICOM Configuration," + ",".join(f"dc={p}" for p in ctx.domain.split("."))
-        if ctx.domain else None)
+    domain = args.domain or ctx.domain
+    base = args.base_dn or (
+        "cn=DICOM Configuration," + ",".join(f"dc={p}" for p in args.domain.split("."))
+        if args.domain else saved.get("base_dn") or (
+            "cn=DICOM Configuration," + ",".join(f"dc={p}" for p in domain.split("."))
+            if domain else None))
     if base is None:
-        print("ldif: no base DN known (no directory.json, no directory.domain, no lease)",
-              file=sys.stderr)
+        print("ldif: no base DN known: give --base-dn DN or --domain DOMAIN, or set "
+              "[directory] domain in the configuration", file=sys.stderr)
+        return EXIT_USAGE
+    if (problem := dn_problem(base)) is not None:
+        print(f"ldif: --base-dn {base!r}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     names = connection_hostnames(ctx.config, ctx.lease)
     if isinstance(names, str):
@@ -224,7 +243,7 @@ def cmd_ldif(args: argparse.Namespace) -> int:
         if (problem := ae_title_problem(title)) is not None:
             print(f"ldif: --title {title!r}: {problem}", file=sys.stderr)
             return EXIT_USAGE
-    device = plan.with_marker(ctx.config.device, load_or_make_device_id(ctx.state_dir))
+    device = ctx.config.device
     taken = None
     if any(ae.title is None for ae in device.aes) and not args.title:
         taken = _registered_titles(ctx)  # say what is free now; reserve nothing

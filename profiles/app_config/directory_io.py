@@ -81,7 +81,7 @@ class DirectoryService:
         self._gave_up: tuple[str, list[str]] | None = None
         self._hostnames_last: dict[str, str] = {}
         self.title_changes: list[tuple[str, str]] = []  # an administrator's, last time
-        self.device_id = load_or_make_device_id(state_dir)
+        self._device_id: str | None = None
         self.effective: dict | None = None  # what the directory says (effective())
         self.effective_changes: list[str] = []
         self.state = "locating"
@@ -97,6 +97,14 @@ class DirectoryService:
         self.on_state: OnState | None = None
         self._dir: Directory | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def device_id(self) -> str:
+        """This device's identity marker: made (and saved) the first time a registration
+        needs it — never by a read-only use such as `dicom-agent ldif`."""
+        if self._device_id is None:
+            self._device_id = load_or_make_device_id(self.state_dir)
+        return self._device_id
 
     # -- connection ------------------------------------------------------------------------
 

@@ -187,3 +187,29 @@ def test_check_config_show_prints_each_value_with_its_file(tmp_path):
     assert f"[[device.ae]]  # {vendor}:9" in lines
     # The positional file is the same as --config.
     assert run_cli("check-config", str(main)).returncode == 0
+
+
+@pytest.mark.parametrize("example, extra", [("ct.toml", []), ("archive.toml", []),
+                                            ("workstation.toml", ["--title", "WS07"])])
+def test_ldif_works_offline_on_the_examples_and_writes_no_state(tmp_path, example, extra):
+    """The administrator's path: `ldif` on a shipped example with only --domain (or
+    --base-dn): no directory.json, no lease, nothing written, no identity marker."""
+    state = tmp_path / "state"
+    config = tmp_path / example
+    config.write_text(f'[agent]\nstate_dir = "{state}"\nruntime_dir = "{tmp_path / "run"}"\n'
+                      + (REPO / "agent" / "examples" / example).read_text())
+    proc = run_cli("ldif", "--config", str(config), "--domain", "hospital.example", *extra)
+    assert proc.returncode == 0, proc.stderr
+    ldif = proc.stdout.replace("\n ", "")  # RFC 2849 folds lines at 76 characters
+    assert "dn: cn=DICOM Configuration,dc=hospital,dc=example" not in ldif  # exists
+    assert ",cn=Devices,cn=DICOM Configuration,dc=hospital,dc=example" in ldif
+    assert "dicom-agent-id" not in ldif
+    assert not state.exists()
+    other = run_cli("ldif", "--config", str(config), "--base-dn",
+                    "cn=DICOM Configuration,o=Example Hospital", *extra)
+    assert ",cn=Devices,cn=DICOM Configuration,o=Example Hospital" in other.stdout.replace(
+        "\n ", "")
+    missing = run_cli("ldif", "--config", str(config), *extra)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("ldif: no base DN known: give --base-dn DN or --domain "
+                                      "DOMAIN, or set [directory] domain in the configuration")
