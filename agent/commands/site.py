@@ -10,6 +10,7 @@ The site file (TOML; unknown keys are errors):
     subnet = "192.0.2.0/24"                   # required
     pool = ["192.0.2.100", "192.0.2.199"]     # required: the dynamic range, first and last
     ldap_base = "cn=DICOM Configuration,dc=hospital,dc=test"   # for `site ldif`
+    interfaces = ["eth1"]                     # for `site kea`: where Kea serves [all]
 
     [[site.ldap]]                             # for `site dns`: the _ldap._tcp SRV records
     host = "ldap.hospital.test"
@@ -44,7 +45,7 @@ from agent.config import Config, load_config
 from profiles.app_config import plan
 from profiles.errors import ConfigError
 
-SITE_KEYS = {"domain", "subnet", "pool", "ldap_base", "ldap"}
+SITE_KEYS = {"domain", "subnet", "pool", "ldap_base", "ldap", "interfaces"}
 LDAP_KEYS = {"host", "port", "priority", "weight", "address"}
 DEVICE_KEYS = {"config", "mac", "client_id", "address", "tz_posix", "tz_name"}
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -82,6 +83,7 @@ class Site:
     ldap_base: str | None = None
     ldap: list[dict] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
+    interfaces: tuple[str, ...] = ()  # where Kea serves: [] = all ("*")
 
 
 def load_site(site_file: Path, device_dir: Path) -> Site:
@@ -89,11 +91,16 @@ def load_site(site_file: Path, device_dir: Path) -> Site:
     errors: list[tuple[str, str]] = []
     try:
         data = tomllib.loads(site_file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError([("site", str(exc))]) from None
+    except OSError as exc:
+        raise ConfigError([(str(site_file), f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(site_file), f"not UTF-8 (byte {exc.start})")]) from None
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        raise ConfigError([(str(site_file), f"TOML: {str(exc)[:200] or 'nested too deeply'}")
+                           ]) from None
     s = data.get("site")
     if not isinstance(s, dict):
-        raise ConfigError([("site", "a [site] table is required")])
+        raise ConfigError([(f"{site_file}: site", "a [site] table is required")])
     for key in set(s) - SITE_KEYS:
         errors.append((f"site.{key}", "unknown key"))
     for key in set(data) - {"site", "device"}:
@@ -133,11 +140,8 @@ def load_site(site_file: Path, device_dir: Path) -> Site:
             errors.append((f"{where}.{key}", "unknown key"))
         try:
             config = load_config(device_dir / entry["config"])
-        except ConfigError as exc:
-            errors += [(f"{where} ({entry['config']}): {k}", r) for k, r in exc.errors]
-            continue
-        except OSError as exc:
-            errors.append((f"{where}.config", f"cannot read: {exc.strerror}"))
+        except ConfigError as exc:  # each names the device file (and line)
+            errors += exc.errors
             continue
         mac, cid = entry.get("mac"), entry.get("client_id")
         if mac is not None and not _MAC.fullmatch(str(mac)):
@@ -156,9 +160,15 @@ def load_site(site_file: Path, device_dir: Path) -> Site:
         members.append(Member(entry["config"], config, mac and mac.lower(),
                               cid and cid.lower(), address, entry.get("tz_posix"),
                               entry.get("tz_name")))
+    interfaces = s.get("interfaces", [])
+    if not isinstance(interfaces, list) or not all(isinstance(i, str) and i
+                                                   for i in interfaces):
+        errors.append(("site.interfaces", "a list of interface names"))
+        interfaces = []
     if errors:
-        raise ConfigError(errors)
-    return Site(domain, subnet, pool, s.get("ldap_base"), ldap, members)
+        raise ConfigError([(k if k.startswith(str(device_dir)) else f"{site_file}: {k}", r)
+                           for k, r in errors])
+    return Site(domain, subnet, pool, s.get("ldap_base"), ldap, members, tuple(interfaces))
 
 
 # -- site check: conflicts across the fleet ----------------------------------------------
@@ -222,8 +232,11 @@ def _fqdn(site: Site, m: Member) -> str | None:
 
 
 def kea(site: Site) -> str:
-    """Kea DHCPv4 `reservations` for the subnet (client-id or hw-address, hostname, the
-    fixed address, options 100/101), as JSON to put in the subnet4 entry."""
+    """A complete Kea DHCPv4 configuration that `kea-dhcp4 -t` accepts as printed: the
+    interfaces (the site file's, else all), the domain name, the subnet with its pool and
+    the fleet's reservations (client-id or hw-address, hostname, the fixed address, options
+    100/101). To merge into a running server's configuration instead, copy
+    subnet4[0].reservations into the subnet4 entry of the same subnet (the comment says so)."""
     reservations = []
     for m in site.members:
         r: dict = {"client-id": m.client_id} if m.client_id else {"hw-address": m.mac}
@@ -238,8 +251,16 @@ def kea(site: Site) -> str:
         if data:
             r["option-data"] = data
         reservations.append(r)
-    return json.dumps({"subnet": str(site.subnet), "reservations": reservations},
-                      indent=2) + "\n"
+    first, last = site.pool
+    return json.dumps({"Dhcp4": {
+        "comment": f"dicom-agent site kea: {len(site.members)} device(s) of {site.domain}. "
+                   "Used whole, or merged: copy subnet4[0].reservations into the subnet4 "
+                   f"entry for {site.subnet} of the running configuration.",
+        "interfaces-config": {"interfaces": list(site.interfaces) or ["*"]},
+        "option-data": [{"name": "domain-name", "data": site.domain}],
+        "subnet4": [{"id": 1, "subnet": str(site.subnet),
+                     "pools": [{"pool": f"{first} - {last}"}],
+                     "reservations": reservations}]}}, indent=2) + "\n"
 
 
 def dnsmasq(site: Site) -> str:

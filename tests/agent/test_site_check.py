@@ -85,7 +85,34 @@ def test_a_bad_site_file_names_every_problem(tmp_path):
                                 '[[device]]\nconfig = "missing.toml"\nmac = "02:00:00:00:00:09"'])
     with pytest.raises(ConfigError) as info:
         site.load_site(path, tmp_path)
-    lines = info.value.lines()
-    assert "device[0].mac: six hex octets, got 'nope'" in lines
-    assert "device[0].colour: unknown key" in lines
-    assert any(line.startswith("device[1]") for line in lines)
+    lines = info.value.lines()  # one line each, naming the file
+    assert f"{path}: device[0].mac: six hex octets, got 'nope'" in lines
+    assert f"{path}: device[0].colour: unknown key" in lines
+    assert f"{tmp_path / 'missing.toml'}: cannot read: No such file or directory" in lines
+    with pytest.raises(ConfigError) as info:
+        site.load_site(tmp_path / "no-site.toml", tmp_path)
+    assert info.value.lines() == [f"{tmp_path / 'no-site.toml'}: cannot read: No such file "
+                                  "or directory"]
+
+
+def test_site_kea_is_a_configuration_kea_accepts_as_printed(tmp_path):
+    """`site kea` prints a whole Dhcp4 configuration: kea-dhcp4 -t accepts it unchanged,
+    on every interface by default or on those the site file names."""
+    import json
+    import subprocess
+
+    a = device_file(tmp_path, "A", title="A1")
+    for interfaces, expected in (("", ["*"]), ('interfaces = ["lo"]\n',
+                                              ["lo"])):
+        path = site_file(tmp_path, [f'[[device]]\nconfig = "{a}"\nmac = "02:00:00:00:00:0a"'
+                                    '\ntz_posix = "CET-1CEST,M3.5.0,M10.5.0/3"'])
+        path.write_text(path.read_text().replace("[site]\n", "[site]\n" + interfaces))
+        conf = tmp_path / "kea.json"
+        conf.write_text(site.kea(site.load_site(path, tmp_path)))
+        checked = subprocess.run(["kea-dhcp4", "-t", str(conf)], capture_output=True,
+                                 text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        dhcp4 = json.loads(conf.read_text())["Dhcp4"]
+        assert dhcp4["interfaces-config"]["interfaces"] == expected
+        (reservation,) = dhcp4["subnet4"][0]["reservations"]
+        assert reservation["hw-address"] == "02:00:00:00:00:0a"

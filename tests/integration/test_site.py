@@ -56,16 +56,14 @@ def site(*args: str) -> subprocess.CompletedProcess:
 def test_the_outputs_load_into_kea_dnsmasq_bind_and_slapd(lab, host, tmp_path):
     where, devices, name = fleet(tmp_path, host.index, host.mac)
     assert site("check", "--site", str(where), str(devices)).returncode == 0
-    # Kea: the reservations in a subnet4 entry, checked by kea-dhcp4 -t.
-    kea = json.loads(site("kea", "--site", str(where), str(devices)).stdout)
+    # Kea: a whole configuration, checked by kea-dhcp4 -t exactly as printed.
     conf = tmp_path / "kea.json"
-    conf.write_text(json.dumps({"Dhcp4": {
-        "interfaces-config": {"interfaces": []},
-        "subnet4": [{"id": 1, "subnet": kea["subnet"],
-                     "pools": [{"pool": "192.0.2.100 - 192.0.2.199"}],
-                     "reservations": kea["reservations"]}]}}))
+    conf.write_text(site("kea", "--site", str(where), str(devices)).stdout)
     checked = subprocess.run(["kea-dhcp4", "-t", str(conf)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    kea = json.loads(conf.read_text())["Dhcp4"]
+    assert kea["interfaces-config"]["interfaces"] == ["*"]
+    assert kea["subnet4"][0]["pools"] == [{"pool": "192.0.2.100 - 192.0.2.199"}]
     # dnsmasq --test, on its lines after a dhcp-range.
     lines = site("dnsmasq", "--site", str(where), str(devices)).stdout
     conf = tmp_path / "dnsmasq.conf"
@@ -110,12 +108,15 @@ def test_kea_takes_the_reservations_and_the_device_gets_its_address_and_name(
     lab, device = kea_lab, kea_device
     where, devices, _ = fleet(tmp_path, device.index, device.mac)
     kea = json.loads(site("kea", "--site", str(where), str(devices)).stdout)
+    ours = kea["Dhcp4"]["subnet4"][0]
     before = lab.kea_command("config-get")["arguments"]
     config = json.loads(json.dumps(before))
     config.pop("hash", None)
     subnet = config["Dhcp4"]["subnet4"][0]
-    assert subnet["subnet"] == kea["subnet"]
-    subnet["reservations"] = subnet.get("reservations", []) + kea["reservations"]
+    assert subnet["subnet"] == ours["subnet"]
+    # Merged as the output's comment says: its reservations into the running subnet.
+    assert "copy subnet4[0].reservations" in kea["Dhcp4"]["comment"]
+    subnet["reservations"] = subnet.get("reservations", []) + ours["reservations"]
     try:
         answer = lab.kea_command("config-set", config)
         assert answer["result"] == 0, answer
