@@ -14,34 +14,50 @@ OPTION_NAMES = {1: "Subnet Mask", 2: "Time Offset", 3: "Router", 6: "Domain Name
                 59: "Rebinding (T2) Time", 81: "Client FQDN", 100: "POSIX TZ string (PCode)",
                 101: "TZ database name (TCode)", 116: "Auto-Configure",
                 119: "Domain Search", 121: "Classless Static Route"}
-SECURITY = {
-    "anonymous": ("anonymous access, no TLS", "no: updates are refused by a server that "
-                  "protects them, and the device's entries are written as LDIF for manual "
-                  "registration (the -Manual patterns of Table H.1-15)"),
-    "basic": ("simple bind over an unencrypted connection (permitted by "
-              "allow_cleartext_password)", "yes, as the bound account"),
-    "tls": ("TLS (StartTLS on ldap://, implicit on ldaps://; server certificate and host "
-            "name verified), then SASL EXTERNAL with a client certificate, else a simple "
-            "bind, else anonymous over TLS", "yes, as the authenticated identity"),
-}
+PATTERNS = (  # Table H.1-15, how each is had with this agent
+    ("TLS", 'security = "tls" with a bind DN and password file or a client certificate: '
+            "every read and update over TLS (StartTLS on ldap://, implicit on ldaps://; the "
+            "server's certificate and name verified against ca_file), SASL EXTERNAL or a "
+            "simple bind"),
+    ("TLS-Manual", 'security = "tls" where the server refuses updates: reads over TLS, the '
+                   "device's entries written as LDIF for manual registration"),
+    ("Basic", 'security = "basic" with allow_cleartext_password = true: a simple bind over '
+              "an unencrypted connection, updates as the bound account"),
+    ("Basic-Manual", 'security = "basic" where the server refuses updates: reads bound, '
+                     "the entries written as LDIF"),
+    ("Anonymous", 'security = "anonymous": reads, and updates (adds, modifies, deletes), '
+                  "sent without a bind"),
+    ("Anonymous-Manual", 'security = "anonymous" where the server refuses updates: reads '
+                         "anonymous, the entries written as LDIF"),
+)
+IN_FORCE = {"tls": "TLS", "basic": "Basic", "anonymous": "Anonymous"}
 
 
 def statement(config: Config) -> str:
     d, n, t, dev = config.directory, config.network, config.time, config.device
-    titles = [ae.title or ae.title_template.format(n=1) for ae in dev.aes]
+    titles = [ae.title or f"<{ae.title_template}: a title chosen at registration>"
+              for ae in dev.aes]
+    templated = [ae.title_template for ae in dev.aes if ae.title is None]
     hostnames = {c.name: c.hostname or "<DHCP/DDNS host name>.<domain>"
                  for c in dev.connections}
-    entries = plan.device_entries("<DICOM Configuration root>", dev, titles, hostnames)
+    entries = plan.device_entries("<DICOM Configuration root>",
+                                  plan.with_marker(dev, "<32 hex digits>"), titles, hostnames)
     services = dnssd_io.services(dev, titles)
     mode = {"sntp": "SNTP Client (built in, RFC 4330); it adjusts the clock",
             "chrony": "NTP Client (chronyd, RFC 5905), servers handed over by the agent",
-            "observe": "SNTP Client that measures and reports only"}[t.mode]
+            "observe": "SNTP measurements only (observe): the clock is not maintained"}[t.mode]
+    time_actor = {"sntp": "| Basic Time Synchronization (Annex G) | SNTP Client | yes |",
+                  "chrony": "| Basic Time Synchronization (Annex G) | NTP Client | yes |",
+                  "observe": "| Basic Time Synchronization (Annex G) | SNTP Client | no: "
+                             "observe mode measures and reports, it does not perform Maintain "
+                             "Time (mandatory, Table G.1-1) |"}[t.mode]
     out = [f"# PS3.15 system management conformance: device {dev.name}", "",
            "## Profiles and actors claimed (PS3.15 sections 6 and 7)", "",
            "| Profile | Actor | Claimed |", "|---|---|---|",
            "| Basic Network Address Management (Annex F) | DHCP Client | yes |",
            "| Basic Network Address Management (Annex F) | DNS Client | yes |",
-           f"| Basic Time Synchronization (Annex G) | {mode.split(' (')[0]} | yes |",
+           time_actor,
+           "| Basic Time Synchronization (Annex G) | DHCP Client (Find NTP Servers) | yes |",
            "| Application Configuration Management (Annex H.1) | LDAP Client | "
            + ("yes" if d.enabled else "no (directory disabled)") + " |",
            "| DNS-SD service advertisement (Annex H.2) | advertiser and browser | "
@@ -90,11 +106,17 @@ def statement(config: Config) -> str:
            "system clock stays UTC.", "",
            "## LDAP client (PS3.15 F.1.8, H.1.4)", ""]
     if d.enabled:
-        pattern, updates = SECURITY[d.security]
         out += [f"Finding the server: DNS SRV _ldap._tcp.<{d.domain or 'DHCP domain'}> in RFC "
                 "2782 order, then "
                 + (", ".join(d.servers) if d.servers else "no manual servers") + ".",
-                f"Security: {pattern}. Update LDAP Server option: {updates}.",
+                "Security patterns supported (H.1.7, Table H.1-15): every one of them:", ""]
+        out += [f"- {name}: {how}." for name, how in PATTERNS]
+        out += ["", f"In force with this configuration: {IN_FORCE[d.security]} (or "
+                f"{IN_FORCE[d.security]}-Manual where the server refuses updates). Update "
+                "LDAP Server (H.1.4.3): yes — "
+                + {"anonymous": "adds, modifies and deletes are sent anonymously",
+                   "basic": "as the bound account",
+                   "tls": "as the authenticated identity"}[d.security] + ".",
                 "Credentials (bind DN and password, or a client certificate) are sent "
                 "only to servers named in the configuration or to SRV targets inside the "
                 "configured domain"
@@ -103,20 +125,54 @@ def statement(config: Config) -> str:
                 "anonymously. Referrals are not followed.",
                 "Queries made: the root DSE's namingContexts; "
                 "(objectClass=dicomConfigurationRoot) in each; the two roots below it; "
-                "(&(objectClass=dicomDevice)(dicomDeviceName=<name>)) (else by serial "
-                "number); the Unique AE Titles Registry; "
-                "(&(objectClass=dicomNetworkAE)(dicomAETitle=<title>)) for lookups, with the "
-                "device and the referenced connections read by DN; dicomApplicationCluster "
-                "for application clusters.",
+                "(&(objectClass=dicomDevice)(dicomSoftwareVersion=dicom-agent-id <id>)), "
+                "else (&(objectClass=dicomDevice)(dicomDeviceName=<name>)), else by serial "
+                "number; the Unique AE Titles Registry; "
+                "(&(objectClass=dicomNetworkAE)(dicomAETitle=<title>)) for lookups and for "
+                "other holders of this device's titles (every provider the SRV record "
+                "names), with the device and the referenced connections read by DN; "
+                "dicomApplicationCluster for application clusters.",
                 "Remote AEs are selected by AE title (and by application cluster or primary "
                 "device type); this device's Preferred Called AE Titles are looked up. "
                 "Answers are cached and served, marked stale, when the directory cannot be "
                 "reached (H.1.6).",
-                "Manual update mechanism (H.1.4.4): when an update is refused the entries "
-                "below are written as RFC 2849 LDIF for an administrator and the directory "
-                f"is checked every {d.refresh_interval:g} s; `dicom-agent ldif` prints them.",
-                "", "Entries and attributes sent in updates (a title reservation per AE "
-                "first):", "", "```"]
+                "Maintain LDAP Server (H.1.4.4): when an update is refused, the device's "
+                "entries are written as RFC 2849 LDIF to <state_dir>/manual/<device>.ldif "
+                "on the device, and the directory is checked every "
+                f"{d.refresh_interval:g} s until an administrator has loaded them. Transfer "
+                "mechanism: SSH (scp or sftp from the device), or `dicom-agent ldif` run "
+                "where the device's configuration is, its output loaded with ldapadd; "
+                "`dicom-agent site ldif` prepares a whole fleet the same way.", ""]
+        if templated:
+            out += ["AE title creation (H.1.4.3.5): for an AE with a title template ("
+                    + ", ".join(f"`{x}`" for x in templated) + "), the agent reads the Unique "
+                    "AE Titles Registry, adds dicomAETitle=<the template's next free title> "
+                    "under it, takes that title when the add succeeds and tries the next "
+                    f"(up to {d.title_attempts}) when it exists already; the title is kept "
+                    "for this device from then on.", ""]
+        out += ["Operations the agent may issue:", "",
+                "- add: the title reservation in the Unique AE Titles Registry, one per AE "
+                "(objectClass dicomUniqueAETitle, dicomAETitle); the device, its "
+                "connections, its AEs and their transfer capabilities, as listed below; the "
+                "device's dicomSoftwareVersion carries its identity marker "
+                "`dicom-agent-id <32 hex digits>` (stable for the device);",
+                "- modify (replace): the attributes of those entries that differ from the "
+                "configuration (a new host name, port, cipher suites, a changed title); "
+                "dicomInstalled FALSE on an AE whose health check fails, and back (with "
+                "health_updates_directory), and on the device (`dicom-agent directory "
+                "unregister --keep-titles`);",
+                "- delete: an AE or connection no longer configured (its transfer "
+                "capabilities first) and its title reservation; an AE entry given way to "
+                "another device that reserved the title first on another replica; what an "
+                "interrupted registration had added (from its intent record); the whole "
+                "device and its titles (`dicom-agent directory unregister`).", "",
+                "Entries and attributes sent in adds (a title reservation per AE first):",
+                "", "```"]
+        for title in titles:
+            if not title.startswith("<"):
+                out.append(plan.title_dn("<DICOM Configuration root>", title))
+                out.append("  objectClass: dicomUniqueAETitle")
+                out.append(f"  dicomAETitle: {title}")
         for entry in entries:
             out.append(entry.dn)
             out += [f"  {k}: {', '.join(v if isinstance(v, str) else '<binary>' for v in vs)}"
