@@ -462,3 +462,13 @@ def test_a_health_check_needs_a_listening_connection_and_pynetdicom(monkeypatch)
     monkeypatch.setattr("agent.config.pynetdicom_available", lambda: False)
     assert errors_of(data) == ["device.ae[0].health_check: needs pynetdicom "
                                "(pip install 'dicom-agent[dicom]')"]
+
+
+def test_the_examples_carry_cipher_suites_a_site_accepts_today():
+    """No example advertises what RFC 8996/9325 retired: 3DES, RC4, NULL, export, CBC
+    with RSA key transport; TLS connections name forward-secret AEAD suites."""
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        for conn in load_config(path).device.connections:
+            for suite in conn.tls_cipher_suites:
+                assert "_GCM_" in suite or "CHACHA20" in suite, (path.name, suite)
+                assert suite.startswith(("TLS_ECDHE_", "TLS_DHE_")), (path.name, suite)

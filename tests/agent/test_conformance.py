@@ -20,8 +20,8 @@ def test_archive_statement_names_its_services_attributes_and_security():
         assert section in text
     assert "| ARCHIVE2_STORE | _dicom-tls._tcp.local. | 2762 | AET=ARCHIVE2_STORE " \
            "PrimaryDeviceType=ARCHIVE |" in text
-    assert "  dicomTLSCipherSuite: TLS_RSA_WITH_AES_128_CBC_SHA, " \
-           "TLS_RSA_WITH_3DES_EDE_CBC_SHA" in text
+    assert "  dicomTLSCipherSuite: TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, " \
+           "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" in text
     assert "121 (Classless Static Route)" in text
     # (1) the anonymous pattern does send updates
     assert "In force with this configuration: Anonymous (or Anonymous-Manual where the " \

@@ -25,12 +25,14 @@ def test_the_example_application_stores_an_image_on_the_archive_it_looked_up(lab
     proc = start(device, config)
     try:
         wait_for(device, lambda s: s["directory"]["state"] not in ("locating", "registering"))
+        # The calling title is the device's own, from the agent's status.
         run = device.run([PYTHON, str(REPO / "examples" / "store_scu.py"), "--socket",
-                          str(sock(device)), "--calling-aet", f"DEV{device.index}_SCU",
-                          "--wait", "60", "ARCHIVE"], timeout=120)
+                          str(sock(device)), "--wait", "60", "ARCHIVE"], timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         result = json.loads(run.stdout)
         assert result["peer"] == "198.51.100.10:11112" and result["source"] == "directory"
+        assert result["calling"] == f"DEV{device.index}_SCU"
+        assert result["tls"] is False and result["stale"] is False
         assert result["echo"] == 0 and result["store"] == 0
         stored = list(received.iterdir())
         assert len(stored) == 1 and stored[0].name.startswith("CT.")

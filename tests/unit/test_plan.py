@@ -36,8 +36,8 @@ def test_archive_entries_in_parent_first_order_with_every_configured_attribute()
     assert entries[2].attributes == {
         "objectClass": ["dicomNetworkConnection"], "cn": ["dicom-tls"],
         "dicomHostname": ["archive2.hospital.test"], "dicomPort": ["2762"],
-        "dicomTLSCipherSuite": ["TLS_RSA_WITH_AES_128_CBC_SHA",
-                                "TLS_RSA_WITH_3DES_EDE_CBC_SHA"]}
+        "dicomTLSCipherSuite": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]}
     assert entries[3].attributes["dicomNetworkConnectionReference"] == [
         f"cn=dicom,{dev}", f"cn=dicom-tls,{dev}"]
     assert entries[3].attributes["dicomAssociationAcceptor"] == ["TRUE"]
