@@ -326,15 +326,14 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
-        description="Boot-time network agent for DICOM devices (PS3.15 Annexes F, G, H).")
+        description="Boot-time network agent for DICOM devices (PS3.15 Annexes F, G, H).",
+        epilog="example: dicom-agent status")
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="the daemon, in the foreground, logging to stderr")
-    run.add_argument("--config", metavar="FILE",
-                     help="read FILE and FILE.d/*.toml (default: the system's files, "
-                          "/usr/lib/dicom-agent/agent.toml.d/, /etc/dicom-agent/agent.toml, "
-                          "/etc/dicom-agent/agent.toml.d/)")
-    run.set_defaults(func=cmd_run)
+
+    def command(name: str, help: str, example: str, description: str | None = None):
+        return sub.add_parser(name, help=help, description=description or
+                              help[0].upper() + help[1:] + ".", epilog=f"example: {example}")
 
     def where(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()
@@ -344,61 +343,91 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the agent's status socket (default: "
                                 "/run/dicom-agent/status.sock)")
 
-    status = sub.add_parser("status", help="one snapshot of the running agent")
-    status.add_argument("--json", action="store_true")
+    def as_json(p: argparse.ArgumentParser, what: str = "the answer") -> None:
+        p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+    run = command("run", "the daemon, in the foreground, logging to stderr",
+                  "dicom-agent run --config /etc/dicom-agent/agent.toml",
+                  "The daemon, in the foreground, logging to stderr: address, time, "
+                  "directory and DNS-SD as PS3.15 describes them, observed through the "
+                  "status socket. SIGTERM stops it (exit 0), SIGHUP reloads; a "
+                  "configuration that does not validate exits 2.")
+    run.add_argument("--config", metavar="FILE",
+                     help="read FILE and FILE.d/*.toml (default: the system's files, "
+                          "/usr/lib/dicom-agent/agent.toml.d/, /etc/dicom-agent/agent.toml, "
+                          "/etc/dicom-agent/agent.toml.d/)")
+    run.set_defaults(func=cmd_run)
+
+    status = command("status", "one snapshot of the running agent", "dicom-agent status --json",
+                     "One snapshot of the running agent: a readable summary, or the JSON "
+                     "of the status socket. Exit 1 when the agent is not reachable.")
+    as_json(status, "the snapshot")
     where(status)
     status.set_defaults(func=cmd_status)
-    watch = sub.add_parser("watch", help="a snapshot per line: now, then one per change")
+    watch = command("watch", "a snapshot per line: now, then one per change",
+                    "dicom-agent watch | jq -c '{state, degraded}'")
     where(watch)
     watch.set_defaults(func=cmd_watch)
-    wait = sub.add_parser("wait", help="until the boot state is at or past STATE (ready)")
-    wait.add_argument("--state", default="ready", metavar="STATE")
-    wait.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    wait = command("wait", "until the boot state is at or past STATE (ready)",
+                   "dicom-agent wait --state registering --timeout 60",
+                   "Wait until the boot state is at or past STATE in boot order (what "
+                   "dicom-agent-wait-ready.service runs). Exit 0 reached, 1 timeout or "
+                   "unreachable.")
+    wait.add_argument("--state", default="ready", metavar="STATE",
+                      help="a boot state (default ready)")
+    wait.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                      help="give up after S seconds (default 120)")
     where(wait)
     wait.set_defaults(func=cmd_wait)
-    lookup = sub.add_parser("lookup", help="a remote AE through the running agent")
-    lookup.add_argument("aet", metavar="AET")
-    lookup.add_argument("--json", action="store_true")
+    lookup = command("lookup", "a remote AE through the running agent",
+                     "dicom-agent lookup ARCHIVE --json",
+                     "A remote AE through the running agent: the directory, else its cache "
+                     "(stale), else DNS-SD. Exit 0 found, 1 not found or unreachable.")
+    lookup.add_argument("aet", metavar="AET", help="the AE title to look up")
+    as_json(lookup)
     lookup.add_argument("--refresh", action="store_true",
                         help="drop the cached entry first (H.1.6)")
     where(lookup)
     lookup.set_defaults(func=cmd_lookup)
-    query = sub.add_parser("query", help="AEs of an application cluster or device type")
-    query.add_argument("--cluster", metavar="NAME")
-    query.add_argument("--device-type", metavar="CODE")
-    query.add_argument("--json", action="store_true")
+    query = command("query", "AEs of an application cluster or device type",
+                    "dicom-agent query --cluster neuroradiology")
+    query.add_argument("--cluster", metavar="NAME", help="an application cluster (H.1.1.2)")
+    query.add_argument("--device-type", metavar="CODE",
+                       help="a primary device type (CT, MR, ARCHIVE...)")
+    as_json(query, "the answers")
     where(query)
     query.set_defaults(func=cmd_query)
     for op, (what, example) in MUTATING.items():
-        mutate = sub.add_parser(op, help=what, description=what[0].upper() + what[1:] + ".",
-                                epilog=f"example: {example}")
+        mutate = command(op, what, example)
         where(mutate)
         mutate.set_defaults(func=cmd_mutate, op=op)
-    check = sub.add_parser("check-config", help="validate the configuration",
-                           description="Validate the configuration the daemon would read "
-                                       "(FILE and FILE.d/*.toml, or the system's files); "
-                                       "every error on stderr as 'FILE[:LINE]: key.path: "
-                                       "reason'. Exit 0 valid, 2 invalid.")
+    check = command("check-config", "validate the configuration",
+                    "dicom-agent check-config --show",
+                    "Validate the configuration the daemon would read (FILE and "
+                    "FILE.d/*.toml, or the system's files); every error on stderr as "
+                    "'FILE[:LINE]: key.path: reason'. Exit 0 valid, 2 invalid.")
     check.add_argument("file", metavar="FILE", nargs="?", help="the same as --config FILE")
     check.add_argument("--config", metavar="FILE", help="read FILE and FILE.d/*.toml")
     check.add_argument("--show", action="store_true",
                        help="print the merged configuration, each value with its file")
     check.set_defaults(func=cmd_check_config)
 
-    dhcp = sub.add_parser("dhcp", help="PS3.15 Annex F alone: get and keep a DHCP lease",
-                          description="Acquire (or confirm) a lease, apply it and print it. "
-                                      "With --once exit when bound; without, keep the lease "
-                                      "and print one JSON line per lease event. Settings come "
-                                      "from [network]/[agent] of --config; flags override.")
-    dhcp.add_argument("--config", metavar="FILE")
-    dhcp.add_argument("--interface", metavar="IF")
-    dhcp.add_argument("--hostname", metavar="NAME")
+    dhcp = command("dhcp", "PS3.15 Annex F alone: get and keep a DHCP lease",
+                   "dicom-agent dhcp --interface eth0 --once --json",
+                   "Acquire (or confirm) a lease, apply it and print it. With --once exit "
+                   "when bound; without, keep the lease and print one JSON line per lease "
+                   "event. Settings come from [network]/[agent] of --config; flags override. "
+                   "Exit 0, 1 no lease in time, 2 usage.")
+    dhcp.add_argument("--config", metavar="FILE", help="[network] and [agent] from FILE")
+    dhcp.add_argument("--interface", metavar="IF", help="the interface (default: the "
+                                                        "configuration's)")
+    dhcp.add_argument("--hostname", metavar="NAME", help="the host name to ask for")
     dhcp.add_argument("--no-probe", action="store_true", help="skip the RFC 5227 ARP probe")
     dhcp.add_argument("--initial-delay", type=float, metavar="S",
                       help="wait a random 0..S seconds before the first message")
-    dhcp.add_argument("--state-dir", metavar="DIR")
+    dhcp.add_argument("--state-dir", metavar="DIR", help="where the lease and client id are")
     dhcp.add_argument("--once", action="store_true", help="exit once bound")
-    dhcp.add_argument("--json", action="store_true")
+    as_json(dhcp, "the lease")
     dhcp.add_argument("--timeout", type=float, metavar="S",
                       help="with --once: give up after S seconds (default 60)")
     dhcp.add_argument("--print-client-id", action="store_true",
@@ -406,57 +435,67 @@ def build_parser() -> argparse.ArgumentParser:
                            "the first time) and exit: for a site's DHCP reservations")
     dhcp.set_defaults(func=cmd_dhcp)
 
-    st = sub.add_parser("site", help="the administrator's side: DHCP reservations, DNS "
-                                     "records and directory pre-configuration of a fleet",
-                        description="From a folder of device files and a site file (see "
-                                    "agent/commands/site.py): kea (reservations JSON), dnsmasq "
-                                    "(dhcp-host lines), dns (a zone fragment), ldif (the "
-                                    "directory's pre-configuration), check (conflicts). "
-                                    "Exit 0, 1 conflicts found, 2 usage.")
-    st.add_argument("output", choices=("kea", "dnsmasq", "dns", "ldif", "check"))
-    st.add_argument("--site", metavar="FILE", required=True)
-    st.add_argument("device_dir", metavar="DEVICE_DIR")
+    st = command("site", "the administrator's side: DHCP reservations, DNS records and "
+                         "directory pre-configuration of a fleet",
+                 "dicom-agent site kea --site site.toml devices/ > kea-dhcp4.conf",
+                 "From a folder of device files and a site file (see "
+                 "agent/commands/site.py): kea (a whole Kea DHCPv4 configuration), dnsmasq "
+                 "(dhcp-host lines), dns (a zone fragment), ldif (the directory's "
+                 "pre-configuration), check (conflicts). Exit 0, 1 conflicts found, 2 usage.")
+    st.add_argument("output", choices=("kea", "dnsmasq", "dns", "ldif", "check"),
+                    help="what to print")
+    st.add_argument("--site", metavar="FILE", required=True, help="the site file (TOML)")
+    st.add_argument("device_dir", metavar="DEVICE_DIR", help="the folder of device files")
     st.set_defaults(func=cmd_site)
 
-    tm = sub.add_parser("time", help="PS3.15 Annex G alone: find NTP servers, measure",
-                        description="Find the NTP servers (--servers, else the saved lease's "
-                                    "option 42, else time.servers), measure them and print the "
-                                    "status's time object. Mode: --mode, else observe.")
-    tm.add_argument("--config", metavar="FILE")
-    tm.add_argument("--interface", metavar="IF")
-    tm.add_argument("--servers", metavar="A,B")
-    tm.add_argument("--state-dir", metavar="DIR")
-    tm.add_argument("--mode", choices=("observe", "sntp", "chrony"))
-    tm.add_argument("--once", action="store_true")
-    tm.add_argument("--json", action="store_true")
+    tm = command("time", "PS3.15 Annex G alone: find NTP servers, measure",
+                 "dicom-agent time --servers 192.0.2.11 --once --json",
+                 "Find the NTP servers (--servers, else the saved lease's option 42, else "
+                 "time.servers), measure them and print the status's time object. Mode: "
+                 "--mode, else observe. Exit 0, 1 no server answered.")
+    tm.add_argument("--config", metavar="FILE", help="[time] and [agent] from FILE")
+    tm.add_argument("--interface", metavar="IF", help="whose saved lease to read")
+    tm.add_argument("--servers", metavar="A,B", help="these servers, comma-separated")
+    tm.add_argument("--state-dir", metavar="DIR", help="where the saved lease is")
+    tm.add_argument("--mode", choices=("observe", "sntp", "chrony"),
+                    help="what to do with the clock (default observe: nothing)")
+    tm.add_argument("--once", action="store_true", help="one round, then exit")
+    as_json(tm, "the time object")
     tm.set_defaults(func=cmd_time)
 
-    directory = sub.add_parser("directory", help="PS3.15 Annex H.1 alone: LDAP configuration")
+    directory = command("directory", "PS3.15 Annex H.1 alone: LDAP configuration",
+                        "dicom-agent directory find --config /etc/dicom-agent/agent.toml")
     actions = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (("find", "SRV result in the order tried, server chosen, base DN"),
-                         ("register", "register or adopt; prints device DN and titles owned"),
-                         ("unregister", "take this device out of the directory (its own "
-                                        "entries only)"),
-                         ("lookup", "a remote AE straight from the directory (or cache)")):
-        p = actions.add_parser(action, help=text, description=text)
+    for action, text, example in (
+            ("find", "SRV result in the order tried, server chosen, base DN",
+             "dicom-agent directory find --config agent.toml --json"),
+            ("register", "register or adopt; prints device DN and titles owned",
+             "dicom-agent directory register --config agent.toml"),
+            ("unregister", "take this device out of the directory (its own entries only)",
+             "dicom-agent directory unregister --config agent.toml --keep-titles"),
+            ("lookup", "a remote AE straight from the directory (or cache)",
+             "dicom-agent directory lookup ARCHIVE --config agent.toml")):
+        p = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".",
+                               epilog=f"example: {example}")
         if action == "lookup":
-            p.add_argument("aet", metavar="AET")
+            p.add_argument("aet", metavar="AET", help="the AE title to look up")
         if action == "unregister":
             p.add_argument("--keep-titles", action="store_true",
                            help="keep entries and titles, set dicomInstalled FALSE (out of "
                                 "service, not gone)")
-        p.add_argument("--config", metavar="FILE", required=True)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--config", metavar="FILE", required=True,
+                       help="the device's configuration (FILE and FILE.d/)")
+        as_json(p, "the result")
     directory.set_defaults(func=cmd_directory)
 
-    ldif = sub.add_parser(
-        "ldif", help="RFC 2849 LDIF registering this device, for an administrator to load",
-        description="The LDIF of this device's entries (the -Manual patterns of PS3.15 "
-                    "Table H.1-15), written offline and writing no state. It carries no "
-                    "identity marker: the device adopts the entry by its serial number, "
-                    "manufacturer and model.",
-        epilog="example: dicom-agent ldif --config agent/examples/ct.toml "
-               "--domain hospital.example > ct01.ldif")
+    ldif = command("ldif", "RFC 2849 LDIF registering this device, for an administrator to "
+                           "load",
+                   "dicom-agent ldif --config agent/examples/ct.toml --domain "
+                   "hospital.example > ct01.ldif",
+                   "The LDIF of this device's entries (the -Manual patterns of PS3.15 Table "
+                   "H.1-15), written offline and writing no state. It carries no identity "
+                   "marker: the device adopts the entry by its serial number, manufacturer "
+                   "and model.")
     ldif.add_argument("--config", metavar="FILE", required=True,
                       help="the device's configuration (FILE and FILE.d/)")
     ldif.add_argument("--title", metavar="AET", action="append", default=[],
@@ -467,8 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the site's domain: the base DN and host names follow from it")
     ldif.set_defaults(func=cmd_ldif)
 
-    conf = sub.add_parser("conformance", help="the PS3.15 conformance statement (Markdown)")
-    conf.add_argument("--config", metavar="FILE", required=True)
+    conf = command("conformance", "the PS3.15 conformance statement (Markdown)",
+                   "dicom-agent conformance --config agent/examples/archive.toml > cs.md",
+                   "The PS3.2 conformance statement sections of the PS3.15 profiles, "
+                   "written from the configuration in force (Markdown).")
+    conf.add_argument("--config", metavar="FILE", required=True,
+                      help="the device's configuration (FILE and FILE.d/)")
     conf.set_defaults(func=cmd_conformance)
     return parser
 

@@ -213,3 +213,27 @@ def test_ldif_works_offline_on_the_examples_and_writes_no_state(tmp_path, exampl
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("ldif: no base DN known: give --base-dn DN or --domain "
                                       "DOMAIN, or set [directory] domain in the configuration")
+
+
+def test_every_command_and_option_has_a_help_line_and_every_command_an_example():
+    import argparse
+
+    from agent.commands.cli import build_parser
+
+    def commands(parser, path="dicom-agent"):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from commands(child, f"{path} {name}")
+
+    seen = 0
+    for path, parser in commands(build_parser()):
+        seen += 1
+        assert parser.description, path
+        assert (parser.epilog or "").startswith("example: dicom-agent"), path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) or "-h" in action.option_strings:
+                continue
+            assert action.help, f"{path} {action.dest}"
+    assert seen >= 22  # every command, the mutating ones and the directory actions
