@@ -10,7 +10,7 @@ APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-d
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
 	dcmtk systemd-container debootstrap
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall client-wheel lint lab-up lab-down diagram clean
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall client-wheel lint lab-up lab-down diagram clean man
 
 setup: apt venv
 
@@ -93,6 +93,13 @@ audit:
 
 lint: venv
 	$(VENV)/bin/ruff check agent profiles tests netns-fixtures
+
+# The man pages, from the reference documentation (docs/*.rst: one source for both).
+MANPAGES := build/man/dicom-agent.8 build/man/dicom-agent.toml.5
+man: $(MANPAGES)
+build/man/%: docs/%.rst venv
+	@mkdir -p build/man
+	$(PY) -m docutils --writer=manpage --halt=warning $< $@
 
 FLAVOUR ?= dnsmasq
 # The boot state diagram, generated from agent/daemon/boot.py's table (Graphviz dot; an SVG too

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import asyncio
 
 DEFAULT_SOCKET = Path("/run/dicom-agent/status.sock")
-# Boot states in boot order (CONTRACTS.md); `stopping` is not on the way to anything.
+# Boot states in boot order (dicom-agent(8), BOOT STATES); `stopping` is not on the way to anything.
 BOOT_ORDER = ("starting", "waiting-for-link", "acquiring-address", "syncing-time",
               "locating-directory", "registering", "announcing", "ready")
 MAX_LINE = 16 * 1024 * 1024  # a snapshot or a query answer, at most

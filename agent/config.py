@@ -3,7 +3,7 @@
 `load_config(path)` returns a `Config` or raises `ConfigError` carrying every problem
 found, each as (key path, reason) — `device.ae[0].title: at most 16 characters, got 21`.
 Unknown keys are errors: a misspelt key must not be silently ignored. The keys and their
-defaults are the contract in CONTRACTS.md ("Configuration").
+defaults are those of docs/dicom-agent.toml.5.rst.
 """
 
 from __future__ import annotations
@@ -538,7 +538,7 @@ def _directory(t: _Table) -> DirectorySettings:
         title_attempts=t.value("title_attempts", "int", d.title_attempts, _in_range(1, 10000)),
         refresh_interval=t.value("refresh_interval", "number", d.refresh_interval, positive),
     )
-    # PS3.15 Table H.1-15 patterns, as CONTRACTS.md defines them.
+    # PS3.15 Table H.1-15 patterns (dicom-agent.toml(5), [directory] security).
     present = set(t.data)
     if security == "anonymous":
         for key in ("bind_dn", "password_file", "client_cert", "client_key"):
@@ -556,7 +556,7 @@ def _directory(t: _Table) -> DirectorySettings:
         t.error("password_file", "required with bind_dn")
     credentials = "bind_dn" in present or "client_cert" in present
     if security == "tls" and credentials:
-        # Credentials go only to servers the administrator named (issue 11): never to a
+        # Credentials go only to servers the administrator named: never to a
         # server derived from DHCP or DNS alone, and never checked with the system trust
         # store, which any public certificate passes.
         if "ca_file" not in present:

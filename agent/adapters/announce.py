@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # The daemon browses and announces from its first address on, so zeroconf is imported
 # here, with the daemon's own imports under the paused collector (agent.commands.cli.importing),
-# rather than by dnssd in the event loop: ~15 ms less CPU to `ready` (issue 18: two A/B
+# rather than by dnssd in the event loop: ~15 ms less CPU to `ready` (two A/B
 # runs of 8 and 10 boots each way, medians 0.425 -> 0.41 and 0.395 -> 0.38 s).
 
 

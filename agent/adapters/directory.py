@@ -90,7 +90,7 @@ def candidates_for(config: Config, lease: Callable[[], Lease | None],
 
 
 def credentials_may_go_to(config: Config) -> Callable[[str], bool]:
-    """Where a password or client certificate may be sent (issue 11): a server named in
+    """Where a password or client certificate may be sent: a server named in
     `[directory] servers`, or a host inside the configured — never a DHCP-supplied —
     `[directory] domain` (an SRV target there). A remembered server passes the same rule."""
     d = config.directory

@@ -1,4 +1,4 @@
-"""AE health (issue 16): is an acceptor AE the agent advertises actually answering?
+"""AE health: is an acceptor AE the agent advertises actually answering?
 
 A C-ECHO (Verification SOP Class) from `[agent] health_calling_aet` to the AE's title on
 the device's own address and the port of its first listening connection — over TLS when

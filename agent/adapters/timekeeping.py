@@ -4,7 +4,8 @@ both run it: one adapter, so the two cannot disagree.
 - servers: autodiscovery (broadcasts heard), else DHCP option 42, else manual, else the
   internal clock (G.1.1); names resolved one way — through the F.1.1 resolver when the
   lease gave DNS servers, else the system's resolver;
-- the report: the status's `time` object (CONTRACTS.md), whatever the mode: `servers`
+- the report: the status's `time` object (dicom-agent(8), SNAPSHOT), whatever the mode:
+  `servers`
   always carries `address`, `offset_ms`, `delay_ms`, `stratum`, `accepted`, `reason`;
 - chrony mode: synchronized means chronyd selected a source *and* its leap status is not
   "Not synchronised"; a failing `chronyc` is reported (`last_error`, internal clock) and

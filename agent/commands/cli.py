@@ -1,4 +1,4 @@
-"""`dicom-agent` command line (CONTRACTS.md "Commands").
+"""`dicom-agent` command line (docs/dicom-agent.8.rst, COMMANDS).
 
 Exit codes: 0 success, 1 the operation failed, 2 usage or configuration error.
 """
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def importing():
     """A command's own imports, made with the collector paused and then frozen: they
     make tens of thousands of objects and no garbage, which the collector walked again
-    and again — ~30 ms of CPU per daemon boot (issue 18: 8 boots each way, A/B in one
+    and again — ~30 ms of CPU per daemon boot (8 boots each way, A/B in one
     run, median 0.37 -> 0.34 s). Frozen, they are never walked again."""
     gc.disable()
     try:

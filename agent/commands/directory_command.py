@@ -159,7 +159,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_unregister(args: argparse.Namespace) -> int:
-    """Take this device out of the directory: its own entries only (issue 13)."""
+    """Take this device out of the directory: its own entries only."""
     ctx = _context(args)
     if isinstance(ctx, int):
         return ctx

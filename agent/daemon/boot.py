@@ -6,7 +6,7 @@ Boot is a sequence of steps — start, link, address (Annex F), time (Annex G), 
 register with the directory (H.1), announce (H.2) — but the profiles run concurrently:
 registration with a fixed or saved title may finish while time is still syncing. So the
 machine keeps which steps are done, and the state it reports is the first step not
-done (CONTRACTS.md: "the state names the first unfinished step"); once the `stopped`
+done (dicom-agent(8), BOOT STATES: "the state names the first unfinished step"); once the `stopped`
 step is done the state is `stopping`, whatever else is done. Conditions that let boot
 go on in a lesser way — the internal clock, no directory, a registration waiting for an
 administrator, a link-local address, a profile between restarts, an AE without a title —
@@ -54,7 +54,7 @@ class Step(enum.StrEnum):
 
 
 class Condition(enum.StrEnum):
-    """Degraded conditions (CONTRACTS.md `degraded`)."""
+    """Degraded conditions (dicom-agent(8), DEGRADED CONDITIONS)."""
 
     INTERNAL_CLOCK = "internal-clock"
     DIRECTORY_CACHED = "directory-cached"

@@ -1,4 +1,4 @@
-"""Hooks (CONTRACTS.md): executables in `hooks_dir`, run in name order, one at a time,
+"""Hooks (dicom-agent(8), HOOKS): executables in `hooks_dir`, run in name order, one at a time,
 `argv[1]` = the event, never through a shell, each bounded by `hook_timeout` (then its
 whole process group is killed). A failing or hanging hook is logged, never fatal.
 
@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Every event a hook may be run for (docs/dicom-agent.8.rst, HOOKS).
+HOOK_EVENTS = ("lease-bound", "lease-renewed", "lease-expiring", "lease-lost",
+               "address-changed", "address-conflict", "time-synced", "time-offset-changed",
+               "registered", "title-changed", "config-changed", "ae-down", "ae-up", "ready",
+               "stopping")
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ class Hooks:
         self._lock = asyncio.Lock()
 
     def post(self, event: str, values: dict[str, object]) -> None:
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"not a hook event: {event}")  # a programming error
         try:
             self._queue.put_nowait((event, values))
         except asyncio.QueueFull:
@@ -162,6 +169,8 @@ class Hooks:
             log.warning("hooks: queue full, %s dropped", event)
 
     async def run_now(self, event: str, values: dict[str, object]) -> None:
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"not a hook event: {event}")
         async with self._lock:
             await self._run(event, values)
 

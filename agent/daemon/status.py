@@ -1,4 +1,4 @@
-"""The status socket (CONTRACTS.md): JSON lines over a Unix socket anyone may read.
+"""The status socket (dicom-agent(8), STATUS SOCKET): JSON lines over a Unix socket anyone may read.
 
 One request per line, at most 64 KiB; replies are one JSON object per line. Reading ops
 (`status`, `watch`, `lookup`, `query`) are open to all; the mutating ones (`renew`,
@@ -40,6 +40,7 @@ MAX_DEPTH = 8  # nesting of arrays and objects in a request
 MAX_DIGITS = 20  # characters of a number in a request
 READ_OPS = ("status", "watch", "lookup", "query")
 MUTATING_OPS = ("renew", "reload", "purge-cache", "accept-time-step")
+ERROR_CODES = ("bad-request", "unknown-op", "forbidden", "too-large", "busy", "internal")
 Handler = Callable[[dict], Awaitable[dict]]
 
 

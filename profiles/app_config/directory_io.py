@@ -2,7 +2,8 @@
 registration kept up to date, lookups answered (from the cache when the directory is
 away). ldap3 is synchronous, so every operation runs in a thread, never on the loop.
 
-States (CONTRACTS.md): locating, registering (a server with the DICOM root was found),
+States (dicom-agent(8), the snapshot's directory.state): locating, registering (a server
+with the DICOM root was found),
 registered, awaiting-manual-registration, conflict (the device's identity is not clear:
 an administrator decides, from the LDIF written), unavailable, cached (unavailable,
 lookups served from the cache), disabled. `on_state(new, old)` hears every change, and every
@@ -247,7 +248,7 @@ class DirectoryService:
                                   self.device_id, self.saved.get("keys", {}))
 
     async def _check_replicas(self, result: Registration) -> str | None:
-        """Uniqueness across replicas (issue 14): the other providers this device knows
+        """Uniqueness across replicas: the other providers this device knows
         are asked, read-only, for AE entries with our titles under another device — they
         may have been reserved there while replication was cut. Of two, the older AE entry
         (entryCSN) keeps the title, then the lower device name; ours giving way releases
@@ -302,7 +303,7 @@ class DirectoryService:
         return await self.register(self._hostnames_last)
 
     async def _read_back(self, device_dn: str) -> None:
-        """Administrators' edits flow back (issue 13): the directory-side attributes of
+        """Administrators' edits flow back: the directory-side attributes of
         the device's own entry, read at each registration (every refresh_interval, on a
         renew); `effective_changes` names what changed since the last read."""
         try:
@@ -386,7 +387,7 @@ class DirectoryService:
             else:
                 wait, retry = self.refresh_interval, RETRY_MIN
             refresh_at = loop.time() + wait
-            # Between refreshes, the replicas are asked again (issue 14): a rival reserved
+            # Between refreshes, the replicas are asked again: a rival reserved
             # while replication was cut shows up on either side once it can be reached.
             replicas_at = loop.time() + REPLICA_CHECK_INTERVAL
             while (left := refresh_at - loop.time()) > 0:

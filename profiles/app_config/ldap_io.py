@@ -108,7 +108,7 @@ def _failed(what: str, exc: Exception) -> DirectoryError:
 
 @dataclass
 class Security:
-    """How to connect (CONTRACTS.md `[directory]` security patterns). The password is
+    """How to connect (dicom-agent.toml(5), [directory] security). The password is
     never in a repr (logs, tracebacks)."""
 
     pattern: str = "anonymous"  # anonymous | basic | tls

@@ -112,7 +112,7 @@ def tc_name(tc: TransferCapability) -> str:
     return tc.name or f"{tc.role} {tc.sop_class}"
 
 
-# -- the device's identity in the directory (issue 13) ------------------------------------
+# -- the device's identity in the directory ------------------------------------
 #
 # A device owns the entry it created or adopted, and knows it: a random 128-bit id, kept
 # in `<state_dir>/device-id`, is stored in the entry as one value of dicomSoftwareVersion,

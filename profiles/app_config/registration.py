@@ -214,7 +214,7 @@ def classes(entry: dict) -> set[str]:
     return {str(v).lower() for v in entry.get("objectclass", [])}
 
 
-# -- which side wins (issue 13) ------------------------------------------------------------
+# -- which side wins ------------------------------------------------------------
 #
 # Device-side: the local file and what the device learns; the update makes the directory
 # say it. Directory-side: written once, when the device creates its entry; after that an
@@ -778,7 +778,7 @@ def effective(device_dn: str) -> Generator[Op, Any, dict]:
     return {"installed": installed, "device": side, "aes": aes}
 
 
-# -- AE health written to the directory (issue 16, [agent] health_updates_directory) -------
+# -- AE health written to the directory ([agent] health_updates_directory) -------
 
 def set_ae_installed(ae_dn: str, value: bool | None, only_if: str | None = "ANY"
                      ) -> Generator[Op, Any, tuple[bool, str | None]]:
@@ -805,7 +805,7 @@ def set_ae_installed(ae_dn: str, value: bool | None, only_if: str | None = "ANY"
     return True, current
 
 
-# -- uniqueness across replicas (issue 14) ----------------------------------------------------
+# -- uniqueness across replicas ----------------------------------------------------
 #
 # Concurrent adds of one registry DN on two providers merge under replication, so the
 # registry cannot say who reserved a title first. The AE entries can: each carries the

@@ -192,7 +192,7 @@ class Lease:
             options=dict(opts), rejected=tuple(sorted(set(rejected))), notes=tuple(notes),
         )
 
-    # -- JSON (CONTRACTS.md "dhcp --json") ------------------------------------------------
+    # -- JSON (`dhcp --json`, dicom-agent(8)) ------------------------------------------------
 
     def to_json(self, state: str, interface: str, now: float) -> dict[str, Any]:
         wall_expiry = (None if self.lease_time == INFINITE

@@ -146,7 +146,7 @@ def clock_guards(proc: Path = Path("/proc")) -> list[str]:
         pids = [name for name in os.listdir(proc) if name.isdigit()]
     except OSError:
         pids = []
-    for pid in pids:  # plain open(), not Path: this runs over every process (issue 18)
+    for pid in pids:  # plain open(), not Path: this runs over every process
         try:
             with open(f"{proc}/{pid}/comm", "rb") as fh:
                 comm = fh.read().strip().decode(errors="replace")
