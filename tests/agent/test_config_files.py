@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from device_toml import device_toml
 
 from agent import config_files
 from agent.config import load_config
@@ -22,24 +23,12 @@ hostname = "ct01"
 [time]
 mode = "observe"
 """
-VENDOR_AES = """[device]
-name = "CT01"
-manufacturer = "Example Medical"
+VENDOR_AES = device_toml("CT01", "CT01_STORE", port=104, ae_extra='key = "store"',
+                         device_extra='manufacturer = "Example Medical"')
 
-[[device.connection]]
-name = "dicom"
-port = 104
 
-[[device.ae]]
-key = "store"
-title = "CT01_STORE"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
+def line_of(text: str, wanted: str) -> int:
+    return text.splitlines().index(wanted) + 1
 
 
 def system(root: Path, main: str | None = SITE, vendor: dict[str, str] | None = None,
@@ -122,7 +111,8 @@ def test_each_error_names_the_file_and_line_its_value_came_from(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(None, root)
     vendor = root / "usr/lib/dicom-agent/agent.toml.d/50-ct.toml"
-    assert caught.value.lines() == [f"{vendor}:1: device.name: required"]
+    assert caught.value.lines() == [f"{vendor}:{line_of(VENDOR_AES, '[device]')}: "
+                                    "device.name: required"]
 
 
 def test_config_file_reads_its_own_d_directory_and_never_the_systems(tmp_path):
@@ -183,8 +173,8 @@ def test_check_config_show_prints_each_value_with_its_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert f'interface = "eth0"  # {main}:2' in lines
-    assert f'port = 104  # {vendor}:7' in lines
-    assert f"[[device.ae]]  # {vendor}:9" in lines
+    assert f"port = 104  # {vendor}:{line_of(VENDOR_AES, 'port = 104')}" in lines
+    assert f"[[device.ae]]  # {vendor}:{line_of(VENDOR_AES, '[[device.ae]]')}" in lines
     # The positional file is the same as --config.
     assert run_cli("check-config", str(main)).returncode == 0
 
