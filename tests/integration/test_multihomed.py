@@ -13,21 +13,26 @@ from agent_helpers import PYTHON, dhcp_once, write_config
 pytestmark = pytest.mark.integration
 
 ROUTES = r'''
-import json
+import json, sys
 from pyroute2 import IPRoute
 with IPRoute() as ipr:
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     out = []
-    for r in ipr.get_routes(family=2, table=254):
-        dst = r.get_attr("RTA_DST")
-        out.append([f"{dst or '0.0.0.0'}/{r['dst_len']}", names.get(r.get_attr("RTA_OIF")),
-                    r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PRIORITY") or 0, r["proto"]])
+    if sys.argv[1:] == ["addresses"]:
+        for a in ipr.get_addr(family=2):
+            out.append([names.get(a["index"]), a.get_attr("IFA_LOCAL"), a["prefixlen"],
+                        a.get_attr("IFA_BROADCAST")])
+    else:
+        for r in ipr.get_routes(family=2, table=254):
+            dst = r.get_attr("RTA_DST")
+            out.append([f"{dst or '0.0.0.0'}/{r['dst_len']}", names.get(r.get_attr("RTA_OIF")),
+                        r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PRIORITY") or 0, r["proto"]])
 print(json.dumps(out))
 '''
 
 
-def kernel_routes(device) -> set[tuple]:
-    proc = device.run([PYTHON, "-c", ROUTES], timeout=30)
+def kernel_routes(device, what: str = "routes") -> set[tuple]:
+    proc = device.run([PYTHON, "-c", ROUTES, what], timeout=30)
     assert proc.returncode == 0, proc.stderr
     return {tuple(r) for r in json.loads(proc.stdout)}
 
@@ -49,7 +54,11 @@ def test_a_second_interfaces_static_routes_survive_the_lease_and_a_restart(devic
     static = second_nic(device)
     config = write_config(device, network="arp_probe = false\ninitial_delay = [0.0, 0.0]\n"
                                           "route_metric = 600")
-    dhcp_once(device, "--config", config)
+    lease = dhcp_once(device, "--config", config)
+    # The kernel's addresses, read by pyroute2: the lease's on eth0 with its broadcast,
+    # eth1's untouched.
+    assert {("eth0", lease["address"], 24, "192.0.2.255"), ("eth1", "10.99.0.2", 24, None)} \
+        <= kernel_routes(device, "addresses")
     routes = kernel_routes(device)
     assert static <= routes, routes
     ours = {r for r in routes if r[1] == "eth0" and r[4] == 16}  # proto dhcp
