@@ -115,13 +115,24 @@ lab-up: setup
 lab-down:
 	python3 netns-fixtures/lab.py down --all
 
-# Install on a device image or this machine: DESTDIR (default /) and PREFIX (default
-# /opt/dicom-agent). The venv is made on the target's own python3 (chroot into DESTDIR).
-DESTDIR ?= /
-PREFIX ?= /opt/dicom-agent
-install: venv
-	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse .
-	python3 packaging/install.py --root $(DESTDIR) --prefix $(PREFIX) --wheelhouse build/wheelhouse
+# A staging install, as packagers expect (packaging/stage.py): files only, under DESTDIR
+# for the final paths, nothing run inside DESTDIR. PREFIX [/usr]; the product and its
+# Python dependencies in PREFIX/lib/dicom-agent/python. Offline builds (Yocto, Buildroot):
+# WHEELHOUSE=dir holds pre-fetched wheels (setuptools among them, to build the product's);
+# BUNDLE_DEPS=0 leaves the dependencies to the image. Creating the user, applying
+# tmpfiles, compiling bytecode and enabling the unit are the package's or the image's.
+DESTDIR ?=
+PREFIX ?= /usr
+WHEELHOUSE ?=
+BUNDLE_DEPS ?= 1
+NO_DEPS := $(if $(filter 0,$(BUNDLE_DEPS)),--no-deps)
+install: venv man
+	rm -rf build/wheelhouse && mkdir -p build/wheelhouse
+	$(PY) -m pip wheel -q --wheel-dir build/wheelhouse $(NO_DEPS) \
+	  $(if $(WHEELHOUSE),--no-deps --no-index --find-links $(WHEELHOUSE)) .
+	$(PY) packaging/stage.py --destdir "$(or $(DESTDIR),/)" --prefix $(PREFIX) \
+	  --wheelhouse build/wheelhouse $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) \
+	  $(NO_DEPS) --man build/man
 
 # The socket client alone (stdlib only) for applications outside the agent's venv:
 # build/wheelhouse/dicom_agent_client-*.whl, module dicom_agent_client.
@@ -132,9 +143,9 @@ client-wheel: venv
 	$(PY) -m pip wheel -q --no-deps --wheel-dir build/wheelhouse build/client
 	@ls build/wheelhouse/dicom_agent_client-*.whl
 
-# Removes what install made; keeps /etc/dicom-agent, /var/lib/dicom-agent and the user.
+# Removes what install wrote (its manifest); keeps an edited /etc/dicom-agent/agent.toml.
 uninstall:
-	python3 packaging/install.py --uninstall --root $(DESTDIR) --prefix $(PREFIX)
+	$(PY) packaging/stage.py --uninstall --destdir "$(or $(DESTDIR),/)" --prefix $(PREFIX)
 
 clean: lab-down
 	rm -rf $(VENV) .pytest_cache .hypothesis
