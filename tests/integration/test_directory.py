@@ -387,13 +387,11 @@ def test_ldif_loaded_into_a_fresh_slapd_equals_what_the_agent_creates(lab, host,
              if name.lower() in dn}
     # The same entries, but for the registration's identity marker (the LDIF carries
     # none: a device adopts such an entry by serial number, manufacturer and model).
-    for attrs in live.values():
-        marker = [v for v in attrs.get("dicomSoftwareVersion", []) if v.startswith(
-            "dicom-agent-id ")]
-        for value in marker:
-            attrs["dicomSoftwareVersion"].remove(value)
-        if "dicomSoftwareVersion" in attrs and not attrs["dicomSoftwareVersion"]:
-            del attrs["dicomSoftwareVersion"]
+    for attrs in live.values():  # (entries_of gives attribute names in lower case)
+        versions = attrs.get("dicomsoftwareversion", [])
+        versions[:] = [v for v in versions if not v.startswith("dicom-agent-id ")]
+        if "dicomsoftwareversion" in attrs and not versions:
+            del attrs["dicomsoftwareversion"]
     assert fresh == live
     assert len(fresh) == 5  # title, device, connection, AE, transfer capability
 
