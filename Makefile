@@ -8,7 +8,7 @@ APT_STAMP := /var/lib/dicom-agent-lab/apt-packages.stamp
 APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-dnsutils \
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
-	dcmtk systemd-container debootstrap
+	dcmtk systemd-container debootstrap groff-base
 
 .PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall client-wheel lint lab-up lab-down diagram clean man
 
