@@ -108,3 +108,21 @@ def test_no_product_file_cites_a_file_outside_the_repository_or_an_issue():
                 if "CONTRACTS.md" in text or re.search(r"\bissue \d+", text, re.I):
                     cited.append(str(path.relative_to(REPO)))
     assert cited == []
+
+
+def test_the_readmes_vendor_drop_in_is_a_valid_configuration():
+    import tomllib
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```toml\n   # /usr/lib/dicom-agent/agent.toml.d/50-scanner.toml\n(.*?)"
+                      r"```", readme, re.S).group(1)
+    config = config_module.parse_config(tomllib.loads(
+        "\n".join(line.removeprefix("   ") for line in block.splitlines())))
+    assert config.device.name == "CT-7" and config.device.aes[0].key == "store-scu"
+
+
+def test_the_readmes_administrator_table_has_every_degraded_condition():
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## For administrators")[1].split("\n\n")[2]
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]}
+    assert rows == {c.value for c in Condition}
