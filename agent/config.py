@@ -686,6 +686,67 @@ def _decode(values: tuple[str, ...]) -> tuple[bytes, ...]:
     return tuple(base64.b64decode(v) for v in values if not base64_problem(v))
 
 
+# `[device] name` may be a template filled from the unit's own facts, so that one image
+# serves many units: {serial} (DMI product serial, unless a placeholder), {machine} (8 hex
+# digits of an app-specific hash of /etc/machine-id), {hostname}.
+NAME_FACTS = ("serial", "machine", "hostname")
+PLACEHOLDER_SERIALS = {"", "0", "none", "n/a", "na", "default string", "not specified",
+                       "to be filled by o.e.m.", "system serial number", "0123456789",
+                       "123456789", "chassis serial number", "not applicable"}
+
+
+def unit_facts(dmi: Path = Path("/sys/class/dmi/id/product_serial"),
+               machine_id: Path = Path("/etc/machine-id")) -> dict[str, str | None]:
+    """The unit's own facts a device name template may use (None: not known here)."""
+    import socket
+
+    from profiles import statefile_io
+
+    try:
+        serial: str | None = dmi.read_text(errors="replace").strip()
+    except OSError:
+        serial = None
+    if serial is not None and (serial.lower() in PLACEHOLDER_SERIALS or text_problem(serial)
+                               or len(set(serial)) == 1):
+        serial = None
+    derived = statefile_io.machine_specific("dicom-agent device-name", machine_id)
+    host = socket.gethostname().split(".")[0] or None
+    return {"serial": serial, "machine": derived.hex()[:8] if derived else None,
+            "hostname": host if host and host != "localhost" else None}
+
+
+def _device_name(t: _Table) -> str:
+    """`[device] name`, a template filled from unit_facts() when it has {fields}."""
+    import string
+
+    name = t.value("name", "str", _REQUIRED, text_problem) or ""
+    if "{" not in name and "}" not in name:
+        return name
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(name) if f is not None]
+    except ValueError as exc:
+        t.error("name", f"not a template: {exc}")
+        return ""
+    unknown = [f for f in fields if f not in NAME_FACTS]
+    if unknown:
+        t.error("name", f"unknown field {{{unknown[0]}}}: a template may use "
+                        + ", ".join(f"{{{f}}}" for f in NAME_FACTS))
+        return ""
+    facts = unit_facts()
+    missing = [f for f in fields if not facts.get(f)]
+    if missing:
+        t.error("name", f"{{{missing[0]}}}: this unit has none ("
+                        + {"serial": "the DMI serial number is missing or a placeholder",
+                           "machine": "no /etc/machine-id",
+                           "hostname": "no host name"}[missing[0]] + ")")
+        return ""
+    filled = name.format(**{f: facts[f] for f in fields})
+    if (problem := text_problem(filled)) or len(filled) > 64:
+        t.error("name", f"{filled!r} (filled in): {problem or 'longer than 64 characters'}")
+        return ""
+    return filled
+
+
 def _device(t: _Table, attempts: int) -> Device:
     conn_tables = t.tables("connection")
     connections = [_connection(ct) for ct in conn_tables]
@@ -703,7 +764,7 @@ def _device(t: _Table, attempts: int) -> Device:
     _no_duplicates(t, "ae", "key", [ae.identity if ae.title is None or ae.key else None
                                     for ae in aes], "device.ae (set distinct keys)")
     device = Device(
-        name=t.value("name", "str", _REQUIRED, text_problem) or "",
+        name=_device_name(t),
         description=t.value("description", "str", None, text_problem),
         manufacturer=t.value("manufacturer", "str", None, text_problem),
         model_name=t.value("model_name", "str", None, text_problem),

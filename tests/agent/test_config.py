@@ -472,3 +472,37 @@ def test_the_examples_carry_cipher_suites_a_site_accepts_today():
             for suite in conn.tls_cipher_suites:
                 assert "_GCM_" in suite or "CHACHA20" in suite, (path.name, suite)
                 assert suite.startswith(("TLS_ECDHE_", "TLS_DHE_")), (path.name, suite)
+
+
+def test_a_device_name_template_is_filled_from_the_units_own_facts(tmp_path, monkeypatch):
+    """One image, many units: {serial}, {machine}, {hostname}; a fact the unit lacks, or
+    an unknown field, is an error naming the key."""
+    import agent.config as c
+
+    facts = {"serial": "SN12345", "machine": "0a1b2c3d", "hostname": None}
+    monkeypatch.setattr(c, "unit_facts", lambda: facts)
+    data = copy.deepcopy(BASE)
+    data["device"]["name"] = "CT-{serial}"
+    assert parse_config(data).device.name == "CT-SN12345"
+    data["device"]["name"] = "CT-{machine}"
+    assert parse_config(data).device.name == "CT-0a1b2c3d"
+    data["device"]["name"] = "CT-{hostname}"
+    assert errors_of(data) == ["device.name: {hostname}: this unit has none (no host name)"]
+    data["device"]["name"] = "CT-{mac}"
+    assert errors_of(data) == ["device.name: unknown field {mac}: a template may use "
+                               "{serial}, {machine}, {hostname}"]
+
+
+def test_the_units_facts_skip_placeholder_serials(tmp_path):
+    from agent.config import unit_facts
+
+    dmi, machine = tmp_path / "product_serial", tmp_path / "machine-id"
+    machine.write_text("00112233445566778899aabbccddeeff\n")
+    for placeholder in ("To be filled by O.E.M.", "0000000000", "Default string", ""):
+        dmi.write_text(placeholder + "\n")
+        assert unit_facts(dmi, machine)["serial"] is None, placeholder
+    dmi.write_text("PF2XK9LM\n")
+    facts = unit_facts(dmi, machine)
+    assert facts["serial"] == "PF2XK9LM" and len(facts["machine"]) == 8
+    assert facts["machine"] == unit_facts(dmi, machine)["machine"]  # stable
+    assert unit_facts(tmp_path / "none", tmp_path / "none")["machine"] is None
