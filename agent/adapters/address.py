@@ -11,11 +11,14 @@ driver is not running (the supervisor calls it between restarts).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from agent.config import AgentSettings, NetworkSettings, dhcp_client_settings
 from agent.daemon.boot import Event
@@ -233,6 +236,24 @@ class AddressService:
     def ops(self) -> dict:
         return {"renew": self._op_renew}
 
+    async def run(self) -> None:
+        """The address task: the DHCP client — once no other DHCP client or network
+        manager holds the interface (`other-network-manager` while one does: reported,
+        not fought)."""
+        interface = self.address.network.interface
+        said = False
+        while others := other_managers(interface):
+            if not said:
+                log.warning("%s is managed by %s: the agent leaves it alone until that "
+                            "stops", interface, ", ".join(others))
+                await self.bus.apply(Event.OTHER_NETWORK_MANAGER)
+                said = True
+            await asyncio.sleep(OTHERS_RECHECK)
+        if said:
+            log.info("%s: no other manager any more: taking the address", interface)
+            await self.bus.apply(Event.OTHER_NETWORK_MANAGER_GONE)
+        await self.address.run()
+
     async def _op_renew(self, req: dict) -> dict:
         self.address.renew()
         self.on_moved()  # and read the directory's word on this device again
@@ -319,3 +340,60 @@ class AddressService:
         self.addressed.clear()
         self.on_lease()
         await self.bus.apply(Event.LEASE_LOST)
+
+
+# Another DHCP client or network manager holding the interface: the agent reports it and
+# leaves the interface to it (two DHCP clients on one interface fight over the address).
+DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc", "pump", "dhcpcd-bin")
+MANAGERS = ("NetworkManager", "systemd-networkd", "connmand", "wicked")
+OTHERS_RECHECK = 10.0  # s between looks while another one holds the interface
+
+
+def other_managers(interface: str, proc: Path = Path("/proc"),
+                   netif: Path = Path("/run/systemd/netif/links")) -> list[str]:
+    """What else manages `interface` in this network namespace: a DHCP client started for
+    it (or for every interface), NetworkManager, systemd-networkd managing it (its link
+    state says so), connman, wicked. Names with their PID."""
+    try:
+        ours = os.stat(proc / "self" / "ns" / "net").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"{proc}/{entry}/comm", "rb") as fh:
+                comm = fh.read().decode(errors="replace").strip()
+            if comm not in DHCP_CLIENTS and comm not in MANAGERS and comm != "busybox":
+                continue
+            if os.stat(f"{proc}/{entry}/ns/net").st_ino != ours:
+                continue  # another namespace's (a lab's other devices)
+            with open(f"{proc}/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if comm == "busybox":  # an applet: busybox udhcpc ...
+            if len(argv) < 2 or argv[1] not in DHCP_CLIENTS:
+                continue
+            comm, argv = argv[1], argv[1:]
+        if comm in DHCP_CLIENTS:
+            named = [a for a in argv[1:] if a and not a.startswith("-")
+                     and "/" not in a and a.isprintable()]
+            holds = interface in argv[1:] or not named  # no interface given: all of them
+        elif comm == "systemd-networkd":
+            holds = _networkd_manages(interface, netif)
+        else:
+            holds = True
+        if holds:
+            found.append(f"{comm} (pid {entry})")
+    return sorted(found)
+
+
+def _networkd_manages(interface: str, netif: Path) -> bool:
+    try:
+        index = socket.if_nametoindex(interface)
+        state = (netif / str(index)).read_text()
+    except OSError:
+        return False
+    return "ADMIN_STATE=configur" in state  # configuring, configured (not unmanaged)

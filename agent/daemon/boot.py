@@ -70,6 +70,7 @@ class Condition(enum.StrEnum):
     DNSSD_UNICAST_REFUSED = "dnssd-unicast-refused"
     STATE_NOT_SAVED = "state-not-saved"
     TIME_UNAUTHENTICATED = "time-unauthenticated"
+    OTHER_NETWORK_MANAGER = "other-network-manager"
 
 
 class Event(enum.StrEnum):
@@ -107,6 +108,8 @@ class Event(enum.StrEnum):
     STATE_SAVED = "state-saved"  # every state file is written
     TIME_UNAUTHENTICATED = "time-unauthenticated"  # NTS configured, no server passed
     TIME_AUTHENTICATED = "time-authenticated"  # NTS works with a server (or is not asked)
+    OTHER_NETWORK_MANAGER = "other-network-manager"  # another one holds the interface
+    OTHER_NETWORK_MANAGER_GONE = "other-network-manager-gone"
     STOP = "stop"
 
 
@@ -194,6 +197,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
     Event.STATE_SAVED: (_ANY, _e(recover=[C.STATE_NOT_SAVED])),
     Event.TIME_UNAUTHENTICATED: (_ANY, _e(degrade=[C.TIME_UNAUTHENTICATED])),
     Event.TIME_AUTHENTICATED: (_ANY, _e(recover=[C.TIME_UNAUTHENTICATED])),
+    Event.OTHER_NETWORK_MANAGER: (_ANY, _e(degrade=[C.OTHER_NETWORK_MANAGER])),
+    Event.OTHER_NETWORK_MANAGER_GONE: (_ANY, _e(recover=[C.OTHER_NETWORK_MANAGER])),
     Event.STOP: (_ANY, _e(done=[S.STOPPED])),
 }
 

@@ -248,7 +248,7 @@ class Agent:
                  **self.health.tasks(), "hooks": self.hooks.serve, "state": self._state_files}
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(sv.run("address", faulty("address", self.address.run),
+                tg.create_task(sv.run("address", faulty("address", self.net.run),
                                       cap=self.net.cap, while_down=self.net.while_down),
                                name="address")
                 for name, job in tasks.items():

@@ -79,3 +79,27 @@ def test_a_second_interfaces_static_routes_survive_the_lease_and_a_restart(devic
     # eth1's lower metric wins for what both reach, as its administrator configured.
     got = device.ip("-j", "route", "get", "198.51.100.10")
     assert json.loads(got)[0]["dev"] == "eth1"
+
+
+def test_another_dhcp_client_on_the_interface_is_reported_and_not_fought(device):
+    """busybox udhcpc holds eth0 when the daemon starts: `other-network-manager`, and no
+    DHCP of the agent's; once it stops, the agent takes the address."""
+    from agent_helpers import AGENT
+    from test_agent import stop, wait_for
+
+    other = device.popen(["busybox", "udhcpc", "-f", "-i", "eth0", "-s", "/bin/true",
+                          "-t", "1000", "-T", "1"])
+    config = write_config(device, network="arp_probe = false\ninitial_delay = [0.0, 0.0]")
+    proc = device.popen([AGENT, "run", "--config", config])
+    try:
+        snap = wait_for(device, lambda s: "other-network-manager" in s["degraded"], 20)
+        assert snap["network"]["state"] == "init" and "address" not in snap["network"]
+        other.terminate()
+        other.wait(10)
+        snap = wait_for(device, lambda s: s["network"]["state"] == "bound", 40)
+        assert "other-network-manager" not in snap["degraded"]
+    finally:
+        if other.poll() is None:
+            other.kill()
+        err = stop(proc)
+    assert "eth0 is managed by udhcpc (pid" in err
