@@ -5,8 +5,8 @@ written comes from plan.py; this module decides the order of operations and read
 answers:
 
 - find (H.1.4.1): SRV targets in RFC 2782 order, then `directory.servers`, tried
-  staggered (a target that never answers costs a quarter of a second, and an answer is
-  taken once no better-priority attempt has answered within 1 s of its start); on each, the
+  staggered (a target that never answers costs a quarter of a second; the RFC 2782 order
+  decides among those that answer within a second of the first attempt); on each, the
   root DSE's namingContexts are searched for `dicomConfigurationRoot`, accepted only
   with `cn=Devices` (dicomDevicesRoot) and `cn=Unique AE Titles Registry`
   (dicomUniqueAETitlesRegistryRoot) directly below it (H.1.2 note);

@@ -66,14 +66,14 @@ async def candidate_urls(resolver, domain: str | None, manual: list[str], tls: b
 
 class Staggered:
     """Which directory candidates to try, and when, RFC 8305 style (sans IO: times are
-    passed in). Candidates come in the order to try them, each with a rank — its SRV
-    priority (a lower rank is preferred; candidates come in rank order). The first is
-    tried at once; while attempts are still running, the next starts `stagger` seconds
-    after the last one started, or at once when an attempt fails — so targets that never
-    answer cost about `stagger` each, not a connect timeout each. No attempt starts once
-    one has answered. An answer is taken when no attempt of a better rank is still
-    running within `patience` seconds of its start (so RFC 2782's order still decides
-    among those that answer); among equal ranks the first in order that answered."""
+    passed in). Candidates come in the order to try them (RFC 2782: priority, then weighted
+    random), each with a rank — its SRV priority. The first is tried at once; while
+    attempts are still running, the next starts `stagger` seconds after the last one
+    started, or at once when an attempt fails — so targets that never answer cost about
+    `stagger` each, not a connect timeout each. No attempt starts once one has answered.
+    The order decides among those that answer: an answer is taken when no candidate
+    before it (a better priority, or the same one earlier in the weighted order) is still
+    trying — or once `patience` seconds have passed since the first attempt started."""
 
     def __init__(self, ranks: Sequence[int], stagger: float = 0.25, patience: float = 1.0):
         self.ranks = list(ranks)
@@ -102,16 +102,26 @@ class Staggered:
     def answer(self, i: int) -> None:
         self.answered.add(i)
 
+    def _order(self, i: int) -> tuple[int, int]:
+        return self.ranks[i], i
+
+    def _best(self) -> int:
+        return min(self.answered, key=self._order)
+
+    def _deadline(self) -> float:
+        return min(self.started.values()) + self.patience
+
     def _waited_for(self, i: int, now: float) -> list[int]:
-        return [j for j in self._running() if self.ranks[j] < self.ranks[i]
-                and now < self.started[j] + self.patience]
+        if now >= self._deadline():
+            return []
+        return [j for j in self._running() if self._order(j) < self._order(i)]
 
     def choice(self, now: float) -> int | None:
-        """The candidate to take now, or None (nothing answered, or a better-ranked
-        attempt still has time to answer)."""
+        """The candidate to take now, or None (nothing answered, or one before the best
+        answer still has time to answer)."""
         if not self.answered:
             return None
-        best = min(self.answered, key=lambda i: (self.ranks[i], i))
+        best = self._best()
         return None if self._waited_for(best, now) else best
 
     def exhausted(self) -> bool:
@@ -123,7 +133,6 @@ class Staggered:
         times = []
         if not self.answered and len(self.started) < len(self.ranks) and self._running():
             times.append(self._last_start + self.stagger)
-        if self.answered:
-            best = min(self.answered, key=lambda i: (self.ranks[i], i))
-            times += [self.started[j] + self.patience for j in self._waited_for(best, now)]
+        if self.answered and self._waited_for(self._best(), now):
+            times.append(self._deadline())
         return min(times) if times else None

@@ -52,7 +52,10 @@ def test_staggered_attempts_skip_dead_targets_in_a_quarter_second_each():
     assert plan.start_due(0.25) == [1] and plan.start_due(0.5) == [2]
     assert plan.start_due(0.75) == [3] and plan.wakeup(0.75) is None  # all started
     plan.answer(3)
-    assert plan.choice(0.8) == 3  # the hanging ones have the same priority: not waited for
+    # The ones before it in the order may still answer: waited for until 1 s after the
+    # first attempt, no longer — the dead targets cost about a second in all.
+    assert plan.choice(0.8) is None and plan.wakeup(0.8) == 1.0
+    assert plan.choice(1.0) == 3
 
 
 def test_a_failure_starts_the_next_at_once_and_all_failing_is_exhausted():
@@ -85,3 +88,17 @@ def test_a_better_priority_still_trying_is_waited_for_up_to_one_second():
     plan.answer(1)
     plan.answer(0)
     assert plan.choice(0.6) == 0
+
+
+def test_the_weighted_order_decides_between_two_that_answer_within_a_second():
+    """Two equal-priority targets (weighted order ldap1, ldap2): ldap1 is slow, ldap2 was
+    started 0.25 s later and answers first; ldap1 answering within the second is taken."""
+    from profiles.app_config.srv import Staggered
+
+    plan = Staggered([0, 0])
+    plan.start_due(0.0)
+    plan.start_due(0.25)
+    plan.answer(1)
+    assert plan.choice(0.4) is None
+    plan.answer(0)
+    assert plan.choice(0.5) == 0
