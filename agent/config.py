@@ -231,6 +231,25 @@ def base64_problem(value: str) -> str | None:
     return None
 
 
+def ethernet_interfaces(sysfs: Path = Path("/sys/class/net")) -> list[str]:
+    """This machine's Ethernet interfaces: ARPHRD_ETHER, with a device behind it (loopback,
+    bridges, bonds, tunnels, veth and other virtual ones aside)."""
+    found = []
+    try:
+        names = sorted(p.name for p in sysfs.iterdir())
+    except OSError:
+        return []
+    for name in names:
+        try:
+            kind = (sysfs / name / "type").read_text().strip()
+        except OSError:
+            continue
+        if kind == "1" and (sysfs / name / "device").exists() \
+                and not (sysfs / name / "bridge").exists():
+            found.append(name)
+    return found
+
+
 def interface_problem(name: str) -> str | None:
     if not 1 <= len(name) <= 15 or any(c in name for c in "/: \t\n") or name in (".", ".."):
         return f"not a valid interface name, got {_q(name)}"
@@ -436,7 +455,7 @@ def _network(t: _Table) -> NetworkSettings:
         delay = d.initial_delay
     client_id = t.value("client_id", "str", None, _client_id)
     settings = NetworkSettings(
-        interface=t.value("interface", "str", _REQUIRED, interface_problem) or "",
+        interface=t.value("interface", "str", "", interface_problem) or "",
         hostname=t.value("hostname", "str", None, hostname_problem),
         client_id=bytes.fromhex(client_id.replace(":", ""))
         if client_id and not _client_id(client_id) else None,
@@ -837,4 +856,12 @@ def load_config(path: str | os.PathLike[str] | None = None, root: Path = Path("/
         config = parse_config(merged.data, source=main)
     except ConfigError as exc:
         raise config_files.attributed(exc, merged, fallback) from None
+    if not config.network.interface:  # the machine's only Ethernet interface, or say so
+        found = ethernet_interfaces(root / "sys/class/net")
+        if len(found) != 1:
+            raise ConfigError([(f"{merged.where('network', fallback)}: network.interface",
+                                "required: this machine has "
+                                + (f"several Ethernet interfaces ({', '.join(found)}): name "
+                                   "one" if found else "no Ethernet interface to take"))])
+        config = replace(config, network=replace(config.network, interface=found[0]))
     return replace(config, files=tuple(read), from_system=main is None)

@@ -174,7 +174,6 @@ def test_vendor_data_and_client_id_are_decoded():
     ("device.ae[0].titel", "X", 'device.ae[0].titel: unknown key (did you mean "title"?)'),
     ("device.colour", "blue", "device.colour: unknown key"),
     ("devices", {}, 'devices: unknown key (did you mean "device"?)'),
-    ("network.interface", None, "network.interface: required"),
     ("network.interface", "eth0/../x",
      'network.interface: not a valid interface name, got "eth0/../x"'),
     ("network.hostname", "-ct", 'network.hostname: not a valid host name (RFC 1123: labels of '

@@ -227,3 +227,30 @@ def test_every_command_and_option_has_a_help_line_and_every_command_an_example()
                 continue
             assert action.help, f"{path} {action.dest}"
     assert seen >= 22  # every command, the mutating ones and the directory actions
+
+
+def nic(sysfs: Path, name: str, kind: str = "1", physical: bool = True) -> None:
+    (sysfs / name).mkdir(parents=True)
+    (sysfs / name / "type").write_text(kind + "\n")
+    if physical:
+        (sysfs / name / "device").mkdir()
+
+
+def test_without_an_interface_the_machines_only_ethernet_interface_is_taken(tmp_path):
+    """[network] interface may be left out where the machine has exactly one Ethernet
+    interface (loopback and virtual ones aside); with several, or none, exit 2 naming
+    them."""
+    main = tmp_path / "agent.toml"
+    main.write_text('[time]\nmode = "observe"\n' + VENDOR_AES)
+    sysfs = tmp_path / "sys" / "class" / "net"
+    nic(sysfs, "lo", "772", physical=False)
+    nic(sysfs, "veth0", physical=False)
+    nic(sysfs, "enp3s0")
+    assert load_config(main, tmp_path).network.interface == "enp3s0"
+    nic(sysfs, "enp4s0")
+    with pytest.raises(ConfigError) as caught:
+        load_config(main, tmp_path)
+    assert caught.value.lines() == [f"{main}: network.interface: required: this machine has "
+                                    "several Ethernet interfaces (enp3s0, enp4s0): name one"]
+    main.write_text(main.read_text() + '\n[network]\ninterface = "enp4s0"\n')
+    assert load_config(main, tmp_path).network.interface == "enp4s0"
