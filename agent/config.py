@@ -810,6 +810,9 @@ def _device(t: _Table, attempts: int) -> Device:
     return device
 
 
+NO_DEVICE = Device(name="", connections=(), aes=())  # a configuration without [device]
+
+
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Build a Config from parsed TOML; raise ConfigError listing every problem."""
     errors: list[tuple[str, str]] = []
@@ -818,7 +821,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     network = _network(root.table("network"))
     time_settings = _time(root.table("time"))
     directory = _directory(root.table("directory"))
-    device = _device(root.table("device"), directory.title_attempts)
+    if "device" in data:
+        device = _device(root.table("device"), directory.title_attempts)
+    else:  # no device described: lookups only (nothing registered or advertised)
+        root.known.append("device")
+        device = NO_DEVICE
     dnssd = _dnssd(root.table("dnssd"))
     root.finish()
     if errors:

@@ -122,7 +122,8 @@ STATE_EVENTS = {"registering": Event.DIRECTORY_LOCATED,
                 "registered": Event.DIRECTORY_REGISTERED,
                 "awaiting-manual-registration": Event.DIRECTORY_AWAITING,
                 "conflict": Event.DIRECTORY_CONFLICT,
-                "unavailable": Event.DIRECTORY_UNAVAILABLE, "cached": Event.DIRECTORY_CACHED}
+                "unavailable": Event.DIRECTORY_UNAVAILABLE, "cached": Event.DIRECTORY_CACHED,
+                "lookup-only": Event.DIRECTORY_LOOKUP_ONLY}
 
 
 class DirectoryProfile:

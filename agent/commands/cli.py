@@ -92,8 +92,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     device = config.device
     titles = [ae.title or f"template {ae.title_template!r}" for ae in device.aes]
     read = ", ".join(str(f) for f in config.files) or "no file: every default"
-    print(f"{read}: valid (device {device.name}, {len(device.connections)} connection(s), "
-          f"AEs: {', '.join(titles)})")
+    print(f"{read}: valid (" + (f"device {device.name}, {len(device.connections)} "
+                                f"connection(s), AEs: {', '.join(titles)})" if device.name
+                                else "no [device]: lookups only, nothing registered or "
+                                     "advertised)"))
     return EXIT_OK
 
 

@@ -3,6 +3,8 @@ the PS3.15 system management profiles, written from the actual configuration."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agent.config import Config
 from profiles.app_config import dnssd_io, plan
 from profiles.network_address import options as o
@@ -35,6 +37,8 @@ IN_FORCE = {"tls": "TLS", "basic": "Basic", "anonymous": "Anonymous"}
 
 def statement(config: Config) -> str:
     d, n, t, dev = config.directory, config.network, config.time, config.device
+    if not dev.name:  # lookups only: the same statement, of a device with no entries
+        dev = replace(dev, name="(no [device]: lookups only)")
     titles = [ae.title or f"<{ae.title_template}: a title chosen at registration>"
               for ae in dev.aes]
     templated = [ae.title_template for ae in dev.aes if ae.title is None]

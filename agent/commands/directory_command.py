@@ -215,6 +215,10 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     ctx = _context(args)
     if isinstance(ctx, int):
         return ctx
+    if not ctx.config.device.name:
+        print("ldif: the configuration describes no device ([device]): nothing to register",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.domain:
         if (problem := hostname_problem(args.domain)) is not None:
             print(f"ldif: --domain {args.domain!r}: {problem}", file=sys.stderr)

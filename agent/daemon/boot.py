@@ -90,6 +90,7 @@ class Event(enum.StrEnum):
     DIRECTORY_CACHED = "directory-cached"  # unavailable, lookups served from the cache
     DIRECTORY_CONFLICT = "directory-conflict"  # whose entry it is is not clear
     DIRECTORY_DISABLED = "directory-disabled"
+    DIRECTORY_LOOKUP_ONLY = "directory-lookup-only"  # no device described: lookups only
     TITLES_MISSING = "titles-missing"  # an AE has no title and none can be had now
     TITLES_KNOWN = "titles-known"
     NOT_INSTALLED = "not-installed"  # the directory says an AE or the device is not installed
@@ -179,6 +180,8 @@ TRANSITIONS: dict[Event, tuple[frozenset[BootState], Effect]] = {
         recover=[C.AWAITING_MANUAL_REGISTRATION])),
     Event.DIRECTORY_DISABLED: (_RUNNING, _e(done=[S.LOCATED, S.REGISTERED],
                                             recover=_DIRECTORY)),
+    Event.DIRECTORY_LOOKUP_ONLY: (_RUNNING, _e(done=[S.LOCATED, S.REGISTERED],
+                                               recover=_DIRECTORY)),
     Event.TITLES_MISSING: (_ANY, _e(degrade=[C.NO_TITLE])),
     Event.TITLES_KNOWN: (_ANY, _e(recover=[C.NO_TITLE])),
     Event.NOT_INSTALLED: (_ANY, _e(degrade=[C.NOT_INSTALLED])),

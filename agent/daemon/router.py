@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import signal
+import socket
 from dataclasses import replace
 
 from agent import faults
@@ -82,7 +83,8 @@ class Agent:
             lambda: self.config, self.bus, lambda: self.net.lease, lambda: self.net.auto_ip,
             lambda: resolver, self.health, self.time.addressed, self.time.settled,
             lambda: self.announce.wanted.set())
-        self.announcer = Announcer(config.device, config.network.hostname or config.device.name,
+        self.announcer = Announcer(config.device, config.network.hostname or config.device.name
+                                   or socket.gethostname().split(".")[0] or "dicom-agent",
                                    config.dnssd, config.agent.state_dir)
         self.announce = AnnounceService(self.announcer, self.bus, lambda: self.net.current(),
                                         lambda: self.net.lease, self.directory, self.health)

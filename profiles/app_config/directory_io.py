@@ -3,7 +3,7 @@ registration kept up to date, lookups answered (from the cache when the director
 away). ldap3 is synchronous, so every operation runs in a thread, never on the loop.
 
 States (dicom-agent(8), the snapshot's directory.state): locating, registering (a server
-with the DICOM root was found),
+with the DICOM root was found), lookup-only (no device described: nothing registered),
 registered, awaiting-manual-registration, conflict (the device's identity is not clear:
 an administrator decides, from the LDIF written), unavailable, cached (unavailable,
 lookups served from the cache), disabled. `on_state(new, old)` hears every change, and every
@@ -184,9 +184,21 @@ class DirectoryService:
         return directory.is_dir() and any(directory.glob("*.json"))
 
     async def register(self, hostnames: dict[str, str]) -> str:
-        """One registration attempt; returns (and sets) the resulting state."""
+        """One registration attempt; returns (and sets) the resulting state. A device
+        that describes no device (no name) registers nothing: `lookup-only` once a
+        directory is found, for lookups."""
         self._hostnames_last = hostnames
         previous_dn = self.saved.get("device_dn")
+        if not self.device.name:
+            try:
+                if self._dir is None:
+                    async with self._lock:
+                        await self.locate()
+            except DirectoryError as exc:
+                self.last_error = str(exc)
+                return await self._set_state("cached" if self._has_cache() else "unavailable")
+            self.last_error = None
+            return await self._set_state("lookup-only")
         try:
             if self._dir is None:
                 async with self._lock:

@@ -254,3 +254,16 @@ def test_without_an_interface_the_machines_only_ethernet_interface_is_taken(tmp_
                                     "several Ethernet interfaces (enp3s0, enp4s0): name one"]
     main.write_text(main.read_text() + '\n[network]\ninterface = "enp4s0"\n')
     assert load_config(main, tmp_path).network.interface == "enp4s0"
+
+
+def test_a_configuration_without_a_device_is_lookups_only(tmp_path):
+    main = tmp_path / "agent.toml"
+    main.write_text(SITE)
+    config = load_config(main)
+    assert config.device.name == "" and config.device.aes == ()
+    proc = run_cli("check-config", str(main))
+    assert proc.returncode == 0
+    assert proc.stdout.endswith("valid (no [device]: lookups only, nothing registered or "
+                                "advertised)\n")
+    ldif = run_cli("ldif", "--config", str(main), "--domain", "hospital.example")
+    assert ldif.returncode == 2 and "describes no device" in ldif.stderr

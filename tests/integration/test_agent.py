@@ -382,3 +382,20 @@ def test_carrier_loss_shows_waiting_for_link_and_its_return_confirms_the_lease(l
     finally:
         subprocess.run([*port, "up"])
         stop(proc)
+
+
+def test_without_a_device_the_agent_answers_lookups_and_registers_nothing(lab, device):
+    """No [device]: address, time and lookups; directory state lookup-only (not a
+    degraded condition), nothing registered, nothing advertised, `ready`."""
+    config = write_config(device, network='arp_probe = false\ninitial_delay = [0.0, 0.0]',
+                          directory='domain = "hospital.test"', device_section="# none")
+    proc = start(device, config)
+    try:
+        snap = wait_for(device, lambda s: s["state"] == "ready")
+        assert snap["directory"]["state"] == "lookup-only" and snap["degraded"] == []
+        assert snap["directory"]["ae_titles"] == [] and snap["dnssd"]["services"] == []
+        answer = ask(device, {"v": 1, "op": "lookup", "aet": "ARCHIVE", "refresh": False})
+        assert answer["found"] and answer["source"] == "directory"
+    finally:
+        stop(proc)
+    assert not (device.run_dir / "agent-state" / "device-id").exists()  # no identity made
