@@ -246,7 +246,10 @@ def test_an_unprivileged_flood_is_capped_and_the_daemon_keeps_its_files(tmp_path
             "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", public_python(),
             "-c", FLOOD, str(server.path), "140", stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        busy = int((await proc.stdout.readline()) or b"-1")
+        line = await proc.stdout.readline()
+        if not line:  # the flood itself failed: say why
+            raise AssertionError((await proc.stderr.read()).decode()[-2000:])
+        busy = int(line)
         # Root is still answered, and the daemon can still open its files.
         during = await ask(server.path, b'{"v":1,"op":"status"}\n')
         statefile_io.write_json(tmp_path / "lease-eth0.json", {"ok": True})
