@@ -115,3 +115,25 @@ def test_any_bytes_as_a_configuration_file_give_config_or_config_error(tmp_path_
         load_config(path)
     except ConfigError as exc:
         assert exc.errors and all(line.startswith(str(path)) for line in exc.lines())
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.data())
+def test_check_config_exits_0_or_2_on_any_bytes_and_never_prints_a_traceback(
+        tmp_path_factory, data):
+    """The same through the command an operator runs: exit 0 or 2, one line per error
+    naming the file, never a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("cli") / "agent.toml"
+    path.write_bytes(mutated(EXAMPLE, data.draw) if data.draw(st.booleans())
+                     else data.draw(st.binary(max_size=200)))
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+                          capture_output=True, text=True, cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 2:
+        assert all(line.startswith(str(path)) for line in proc.stderr.splitlines())
