@@ -3,7 +3,10 @@ scapy, independently of the agent's codec) whose option values come from a dicti
 what misconfigured and rogue servers send. Runs in the lab's server namespace with the
 lab's own DHCP server stopped.
 
-Usage: hostile_dhcp.py MAC SEED YIADDR
+Usage: hostile_dhcp.py MAC SEED YIADDR [CODE=HEX ...]
+
+With CODE=HEX arguments it is one fixed misbehaviour instead: every reply carries the sane
+options with those codes replaced (e.g. 51=00000000: a lease time of 0), and no NAK.
 
 Every reply is printed as a JSON line (`{"n", "reply", "options"}`), so a test can drive
 cycles (the agent's `renew`) and check the daemon after each packet. Replies are never
@@ -78,10 +81,14 @@ SANE: dict[int, bytes] = {1: ip("255.255.255.0"), 3: ip("192.0.2.1"), 6: ip("192
                           51: u32(600)}
 
 
-def options_for(rng: random.Random, kind: str) -> list[tuple[int, bytes]]:
+def options_for(rng: random.Random, kind: str, fixed: dict[int, bytes] | None = None
+                ) -> list[tuple[int, bytes]]:
     chosen = dict(SANE)
-    for code in rng.sample(sorted(HOSTILE), rng.randint(1, 6)):
-        chosen[code] = rng.choice(HOSTILE[code])
+    if fixed:
+        chosen.update(fixed)
+    else:
+        for code in rng.sample(sorted(HOSTILE), rng.randint(1, 6)):
+            chosen[code] = rng.choice(HOSTILE[code])
     out = [(53, bytes((2 if kind == "offer" else 5,))), (54, ip(SERVER))]
     for code, value in chosen.items():
         if len(value) > 255 or (len(value) > 4 and rng.random() < 0.2):
@@ -98,6 +105,8 @@ def options_for(rng: random.Random, kind: str) -> list[tuple[int, bytes]]:
 
 def main() -> None:
     mac, seed, yiaddr = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    fixed = {int(code): bytes.fromhex(value)
+             for code, value in (arg.split("=", 1) for arg in sys.argv[4:])}
     rng = random.Random(seed)
     chaddr = bytes.fromhex(mac.replace(":", ""))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -118,13 +127,13 @@ def main() -> None:
             continue
         mtype = opts.get("message-type")
         if mtype == 1:
-            kind, options = "offer", options_for(rng, "offer")
+            kind, options = "offer", options_for(rng, "offer", fixed)
         elif mtype == 3:
-            if not last_nak and rng.random() < 0.1:
+            if not fixed and not last_nak and rng.random() < 0.1:
                 text = "no \x1b[31mlease\x07 for you\r\n" + "\x00" * rng.randint(0, 3)
                 kind, options = "nak", [(53, b"\x06"), (54, ip(SERVER)), (56, name(text))]
             else:
-                kind, options = "ack", options_for(rng, "ack")
+                kind, options = "ack", options_for(rng, "ack", fixed)
         else:
             continue  # DECLINE, RELEASE, INFORM: nothing to answer
         last_nak = kind == "nak"

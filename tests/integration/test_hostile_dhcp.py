@@ -102,3 +102,39 @@ def test_a_hostile_dhcp_server_never_takes_the_daemon_down(lab, device):
             # hostile /32 leaves it no route for multicast: its own log, not a fault).
             for fault in ("failed (restart", "never retrieved", "Unhandled exception"):
                 assert fault not in err, err[-3000:]
+
+
+def test_a_lease_time_of_zero_binds_for_the_floor_and_the_log_says_why(lab, device):
+    """A raw server answering with option 51 = 0: bound for 20 s (dhcpcd's floor), with a
+    warning naming the server and the value at the default log level (it stayed in
+    acquiring-address, silently)."""
+    from agent_helpers import agent
+
+    lab.stop_dhcp_server()
+    try:
+        responder = lab.srv_popen([PYTHON, HOSTILE, device.mac, "1", YIADDR, "51=00000000"])
+        assert read_line(responder, 30) == {"listening": True}, responder.stderr.read()
+        proc = agent(device, "dhcp", "--interface", "eth0", "--no-probe", "--initial-delay",
+                     "0", "--once", "--json", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        import json
+        lease = json.loads(proc.stdout)
+        assert lease["address"] == YIADDR and lease["lease_time"] == 20 and lease["t1"] == 10
+        assert "ACK from 192.0.2.1: refused option 51: 0 s is below the 20 s floor: bound " \
+               "for 20 s" in proc.stderr
+    finally:
+        lab._stop([responder])
+        lab.start_dhcp_server()
+
+
+def test_forty_copies_of_one_dns_server_are_one_nameserver_line(lab, device):
+    """Option 6 from dnsmasq naming one server forty times (and another after): two
+    servers, in order, in the lease and in the device's resolv.conf."""
+    from agent_helpers import dhcp_once
+
+    lab.device_options(device.mac, {6: ",".join(["192.0.2.1"] * 40 + ["192.0.2.53"])})
+    lease = dhcp_once(device)
+    assert lease["dns"] == ["192.0.2.1", "192.0.2.53"]
+    resolv = (device.run_dir / "agent-run" / "resolv.conf").read_text()
+    assert [line for line in resolv.splitlines() if line.startswith("nameserver")] == [
+        "nameserver 192.0.2.1", "nameserver 192.0.2.53"]
