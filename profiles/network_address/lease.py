@@ -146,9 +146,9 @@ class Lease:
         t1, t2 = sanitize_timers(lease_time, get(o.RENEWAL_TIME, o.u32),
                                  get(o.REBINDING_TIME, o.u32))
 
-        if o.CLASSLESS_ROUTES in opts:
-            classless = gateways(o.CLASSLESS_ROUTES,
-                                 get(o.CLASSLESS_ROUTES, o.classless_routes))
+        decoded = get(o.CLASSLESS_ROUTES, o.classless_routes)
+        if decoded is not None:  # a malformed (or empty) 121 is refused: 3 and 33 stand
+            classless = gateways(o.CLASSLESS_ROUTES, decoded)
             # RFC 3442: with option 121 present, options 3 and 33 are ignored.
             routers = tuple(via for dst, via in classless if dst == "0.0.0.0/0" and via != ANY)
             routes = tuple((dst, via) for dst, via in classless if dst != "0.0.0.0/0")

@@ -136,7 +136,10 @@ def domain_search(value: bytes, code: int = DOMAIN_SEARCH) -> list[str]:
 
 
 def classless_routes(value: bytes, code: int = CLASSLESS_ROUTES) -> list[tuple[str, str]]:
-    """RFC 3442: (destination/prefix, router) pairs; the destination has width/8 octets."""
+    """RFC 3442: (destination/prefix, router) pairs; the destination has width/8 octets.
+    An empty option is malformed (RFC 3442: at least one route, 5 octets)."""
+    if not value:
+        raise ParseError(f"option {code}: empty (at least one route is needed)")
     routes, pos = [], 0
     while pos < len(value):
         width = value[pos]

@@ -390,3 +390,26 @@ def test_release_on_stop_only_when_configured(lab, device, release):
     # A RELEASE shows at once; its absence can only be watched for a while.
     released = wait_until(lambda: re.search(pattern, lab.dhcp_log()), 5 if release else 1)
     assert released is release
+
+
+def test_static_routes_of_option_33_are_applied_only_without_option_121(lab, device, host):
+    """Table F.1-2's option 33 from dnsmasq: applied as host routes through its gateway
+    when the server sends no usable option 121 (dnsmasq, told to leave 121 out, sends it
+    empty: malformed, refused — it had wiped the default route), ignored beside a real one
+    (RFC 3442); the lease's broadcast address is the one the kernel holds (pyroute2)."""
+    from test_multihomed import kernel_routes
+
+    lab.device_options(device.mac, {121: "", 33: "198.51.100.7,192.0.2.1"})
+    lease = dhcp_once(device)
+    assert lease["routes"] == [{"dst": "198.51.100.7/32", "via": "192.0.2.1"}]
+    assert lease["router"] == ["192.0.2.1"] and lease["options"]["121"] == ""
+    ours = {r[:4] for r in kernel_routes(device) if r[4] == 16}
+    assert ours == {("198.51.100.7/32", "eth0", "192.0.2.1", 1024),
+                    ("0.0.0.0/0", "eth0", "192.0.2.1", 1024)}
+    assert ("eth0", lease["address"], 24, lease["broadcast"]) in kernel_routes(device,
+                                                                              "addresses")
+    # The same option 33 beside the lab's option 121: ignored.
+    lab.device_options(host.mac, {33: "198.51.100.7,192.0.2.1"})
+    lease = dhcp_once(host)
+    assert "33" in lease["options"] and "121" in lease["options"]
+    assert lease["routes"] == [{"dst": "198.51.100.0/24", "via": "192.0.2.1"}]

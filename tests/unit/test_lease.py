@@ -229,3 +229,15 @@ def test_a_lease_time_of_zero_is_raised_to_the_floor_and_named():
     assert got.lease_time == 20 and got.rejected == (51,)
     (note,) = got.notes
     assert note == "option 51: 0 s is below the 20 s floor: bound for 20 s"
+
+
+def test_an_empty_or_malformed_option_121_is_left_out_and_3_and_33_stand():
+    """dnsmasq sends `dhcp-option=121` with no value as a zero-length option: malformed
+    (RFC 3442: at least one route), so it is refused and the router (3) and static routes
+    (33) are used — it had wiped the default route."""
+    got = lease(_121=b"", _3=bytes((192, 0, 2, 1)),
+                _33=bytes((198, 51, 100, 7, 192, 0, 2, 1)))
+    assert got.router == ("192.0.2.1",)
+    assert got.routes == (("198.51.100.7/32", "192.0.2.1"),) and got.rejected == (121,)
+    got = lease(_121=bytes((33, 1, 2, 3, 4, 5, 6, 7, 8)), _3=bytes((192, 0, 2, 1)))
+    assert got.router == ("192.0.2.1",) and got.rejected == (121,)
