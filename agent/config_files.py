@@ -22,6 +22,7 @@ the file, never a traceback.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,6 @@ def render(merged: Merged) -> str:
     out: list[str] = []
 
     def scalar(value: Any) -> str:
-        import json
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):

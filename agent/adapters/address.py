@@ -36,6 +36,8 @@ from profiles.network_address.dhcp_client import (
     generate_client_id,
 )
 from profiles.network_address.dhcp_io import (
+    AutoIpConfigured,
+    AutoIpRemoved,
     CarrierChanged,
     DhcpDriver,
     Paths,
@@ -47,6 +49,7 @@ from profiles.network_address.dhcp_io import (
 from profiles.network_address.interface_io import Netlink
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolvconf_io import DnsApplier
+from profiles.procfs_io import processes
 
 log = logging.getLogger(__name__)
 EVENT_NAMES = {LeaseBound: "lease-bound", LeaseRenewed: "lease-renewed",
@@ -268,8 +271,6 @@ class AddressService:
     async def while_down(self) -> None:
         """While the address task is down: when the lease runs out, do what the driver
         would — goodbyes, lease-lost hooks, then the address goes."""
-        import asyncio
-
         lease = self.lease
         if lease is None:
             return
@@ -280,8 +281,6 @@ class AddressService:
     # -- DHCP events ------------------------------------------------------------------------
 
     async def on_dhcp(self, event: object) -> None:
-        from profiles.network_address.dhcp_io import AutoIpConfigured, AutoIpRemoved
-
         match event:
             case LeaseBound(lease) | AddressChanged(_, lease):
                 # A restarted address task resumes the same lease: nothing new to tell.
@@ -359,14 +358,11 @@ def other_managers(interface: str, proc: Path = Path("/proc"),
     except OSError:
         return []
     found = []
-    for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) == os.getpid():
+    for entry, comm in processes(proc):
+        if int(entry) == os.getpid() or (comm not in DHCP_CLIENTS and comm not in MANAGERS
+                                         and comm != "busybox"):
             continue
         try:
-            with open(f"{proc}/{entry}/comm", "rb") as fh:
-                comm = fh.read().decode(errors="replace").strip()
-            if comm not in DHCP_CLIENTS and comm not in MANAGERS and comm != "busybox":
-                continue
             if os.stat(f"{proc}/{entry}/ns/net").st_ino != ours:
                 continue  # another namespace's (a lab's other devices)
             with open(f"{proc}/{entry}/cmdline", "rb") as fh:

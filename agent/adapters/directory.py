@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -301,6 +302,4 @@ def _iso(wall: float | None) -> str | None:
     """A wall-clock time as ISO 8601 UTC, to the second."""
     if wall is None:
         return None
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))

@@ -19,6 +19,8 @@ import os
 import re
 from pathlib import Path
 
+from profiles.procfs_io import processes
+
 ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
 PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
@@ -142,16 +144,7 @@ def has_sys_time(proc: Path = Path("/proc")) -> bool:
 def clock_guards(proc: Path = Path("/proc")) -> list[str]:
     """Reasons the clock must be left alone; empty when it may be adjusted."""
     reasons = []
-    try:
-        pids = [name for name in os.listdir(proc) if name.isdigit()]
-    except OSError:
-        pids = []
-    for pid in pids:  # plain open(), not Path: this runs over every process
-        try:
-            with open(f"{proc}/{pid}/comm", "rb") as fh:
-                comm = fh.read().strip().decode(errors="replace")
-        except OSError:
-            continue
+    for pid, comm in processes(proc):
         if comm in OTHER_NTP_CLIENTS:
             reasons.append(f"other-ntp-client: {comm} (pid {pid})")
             break
