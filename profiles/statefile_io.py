@@ -118,6 +118,19 @@ def retry_unsaved() -> list[Path]:
     return unsaved()
 
 
+def save_identifier(path: Path, make: Callable[[bytes | None], str], purpose: str) -> str:
+    """A new identifier for `path`: `make(None)` (random), saved. When the filesystem
+    refuses it, `make(seed)` with the machine-specific seed of `purpose` instead — kept
+    for retry_unsaved() — so that every start agrees until it can be saved."""
+    value = make(None)
+    if not save(path, (value + "\n").encode()):
+        seed = machine_specific(purpose)
+        if seed is not None:
+            value = make(seed)
+            save(path, (value + "\n").encode())
+    return value
+
+
 def machine_specific(app: str, machine_id: Path = Path("/etc/machine-id")) -> bytes | None:
     """16 bytes derived from this machine's ID for one application purpose (HMAC-SHA256
     keyed by the machine ID, as sd_id128_get_machine_app_specific): stable across

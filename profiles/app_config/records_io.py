@@ -61,13 +61,8 @@ def load_or_make_device_id(state_dir: Path) -> str:
             return value
     except OSError:
         pass
-    value = secrets.token_hex(16)
-    if not statefile_io.save(path, (value + "\n").encode()):
-        derived = statefile_io.machine_specific(DEVICE_ID_PURPOSE)
-        if derived is not None:
-            value = derived.hex()
-            statefile_io.save(path, (value + "\n").encode())
-    return value
+    return statefile_io.save_identifier(
+        path, lambda seed: seed.hex() if seed else secrets.token_hex(16), DEVICE_ID_PURPOSE)
 
 
 def read_directory_record(state_dir: Path) -> dict:

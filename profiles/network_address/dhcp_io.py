@@ -163,13 +163,9 @@ def load_or_make_client_id(paths: Paths, make: Callable[[bytes | None], bytes]) 
             return value
     except (OSError, ValueError):
         pass
-    value = make(None)
-    if not statefile_io.save(paths.client_id_file, (value.hex(":") + "\n").encode()):
-        derived = statefile_io.machine_specific(CLIENT_ID_PURPOSE)
-        if derived is not None:
-            value = make(derived)
-            statefile_io.save(paths.client_id_file, (value.hex(":") + "\n").encode())
-    return value
+    text = statefile_io.save_identifier(paths.client_id_file,
+                                        lambda seed: make(seed).hex(":"), CLIENT_ID_PURPOSE)
+    return bytes.fromhex(text.replace(":", ""))
 
 
 class DhcpDriver:
