@@ -179,6 +179,15 @@ class AnnounceService:
                        else None)
         return out
 
+    def withdrawing(self) -> None:
+        """Something took titles away (an AE's health went down): their services leave
+        `announced` now, before the change is published, and their goodbyes follow in the
+        announce task — no snapshot lists a service whose AE is known to be down."""
+        keep = {t for t in self.advertised_titles() if t is not None}
+        self.announcer.announced = [s for s in self.announcer.announced
+                                    if s.txt.get("AET") in keep]
+        self.wanted.set()
+
     async def run(self) -> None:
         self.wanted.set()  # a restarted task announces afresh
         announced: tuple | None = None

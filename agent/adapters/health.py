@@ -83,9 +83,9 @@ class HealthService:
     address, soon after the address (health never holds up `ready`), then every
     `health_interval`. It owns each AE's health (`state`), shown in the snapshot's
     `directory.effective`. Down: `ae-unreachable` (applied with the health, before anything
-    is awaited: no snapshot shows one without the other), the ae-down hook, withdrawn from
-    DNS-SD (`on_change`); up again: announced, ae-up. With `health_updates_directory`, the
-    directory's dicomInstalled follows (`mark`)."""
+    is awaited: no snapshot shows one without the other), withdrawn from DNS-SD (`on_change`,
+    before that snapshot too), the ae-down hook; up again: announced, ae-up. With
+    `health_updates_directory`, the directory's dicomInstalled follows (`mark`)."""
 
     def __init__(self, config, bus, address: Callable[[], str | None],
                  titles: Callable[[], list[str | None]],
@@ -133,6 +133,7 @@ class HealthService:
                 state = self.state.setdefault(title, AeHealth())
                 before = state.state
                 if checked(state, problem):
+                    self.on_change()  # withdrawn from the snapshot before it is published
                     await self.bus.apply(Event.AE_DOWN if self.any_down() else Event.AES_UP)
                     log.info("AE %s: %s%s", title, state.state,
                              f" ({problem})" if problem else "")
@@ -142,7 +143,7 @@ class HealthService:
                     if a.health_updates_directory and self.mark is not None:
                         # Down: flagged FALSE; up: restored, if the flag is still ours.
                         await self.mark(title, state.state == "down")
-                    self.on_change()
+                        self.on_change()  # the directory's word on it has changed too
             await self.bus.apply(Event.AE_DOWN if self.any_down() else Event.AES_UP)
             await asyncio.sleep(a.health_interval)
 

@@ -78,7 +78,7 @@ class Agent:
         self.health = HealthService(config, self.bus, lambda: self.net.current(),
                                     lambda: self.directory.titles,
                                     lambda title, down: self.directory.mark_health(title, down),
-                                    lambda: self.announce.wanted.set())
+                                    lambda: self.announce.withdrawing())
         self.directory = DirectoryProfile(
             lambda: self.config, self.bus, lambda: self.net.lease, lambda: self.net.auto_ip,
             lambda: resolver, self.health, self.time.addressed, self.time.settled,
