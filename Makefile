@@ -8,9 +8,9 @@ APT_STAMP := /var/lib/dicom-agent-lab/apt-packages.stamp
 APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-dnsutils \
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
-	dcmtk systemd-container debootstrap groff-base
+	dcmtk systemd-container debootstrap groff-base debhelper lintian python3-pip
 
-.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall client-wheel lint lab-up lab-down diagram clean man
+.PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall deb client-wheel lint lab-up lab-down diagram clean man
 
 setup: apt venv
 
@@ -133,6 +133,14 @@ install: venv man
 	$(PY) packaging/stage.py --destdir "$(or $(DESTDIR),/)" --prefix $(PREFIX) \
 	  --wheelhouse build/wheelhouse $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) \
 	  $(NO_DEPS) --man build/man
+
+# The Debian package (packaging/deb.py, debian/): build/deb/dicom-agent_<version>_all.deb,
+# built by dpkg-buildpackage and checked by lintian (an error fails it). DEB_VERSION
+# rebuilds it under another version; WHEELHOUSE=dir builds it offline.
+DEB_VERSION ?=
+deb: setup man
+	$(PY) packaging/deb.py --man build/man $(if $(DEB_VERSION),--version $(DEB_VERSION)) \
+	  $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
 
 # The socket client alone (stdlib only) for applications outside the agent's venv:
 # build/wheelhouse/dicom_agent_client-*.whl, module dicom_agent_client.

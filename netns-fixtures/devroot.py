@@ -1,14 +1,16 @@
-"""A device with a real systemd as PID 1, for the tests of the shipped units (issue 12).
+"""A device with a real systemd as PID 1, for the tests of the shipped package and units.
 
-A minimal Debian root (debootstrap --variant=minbase, systemd, python3-venv, iproute2,
-chrony) is built once and cached outside the repository (CACHE, about a minute and 300 MB
-the first time). Each device copies it, installs the product into the copy with packaging/install.py
-from a wheelhouse built on the host (a container joined to a lab namespace has no package
-index), writes the agent's configuration, enables the units and boots the copy with
-systemd-nspawn joined to a lab device's network namespace — so the container's eth0 is
-the lab device's and nothing touches the machine's own interfaces, clock or host name.
-The nspawn process runs in a cgroup of its own (lab-notes: no host systemd here), and is
-ended by its PID; the copy and the cgroups are removed.
+A minimal Debian root (debootstrap --variant=minbase: systemd, python3, iproute2, chrony —
+no build tools) is built once from the apt sources this machine is configured with and
+cached outside the repository (CACHE, about a minute and 300 MB the first time); its apt
+points at nothing, so the only packages it can install are its own and the .deb. Each
+device copies it and, as an image build does, installs the package into the copy
+(`dpkg -i` in a chroot: nothing started) — or leaves that to the test, which runs apt in
+the booted device. The copy boots with systemd-nspawn joined to a lab device's network
+namespace, so the container's eth0 is the lab device's and nothing touches the machine's
+own interfaces, clock or host name. The nspawn process runs in a cgroup of its own
+(lab-notes: no host systemd here), and is ended by its PID; the copy and the cgroups are
+removed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,52 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/dicom-agent-lab")
-INCLUDE = "systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,chrony"
-MIRROR = "http://deb.debian.org/debian"
+INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,chrony"
+CODENAME = "bookworm"
+
+
+def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, list[str], list[str]]]:
+    """(URI, suites, components) of each `deb` source this machine's apt is configured
+    with: sources.list and sources.list.d/*.list (one-line form), *.sources (deb822)."""
+    out = []
+    lists = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            words = line.split("#", 1)[0].split()
+            if words[:1] != ["deb"]:
+                continue
+            words = words[1:]
+            if words and words[0].startswith("["):  # [options], which may hold spaces
+                end = next((i for i, w in enumerate(words) if w.endswith("]")), len(words))
+                words = words[end + 1:]
+            if len(words) >= 2:
+                out.append((words[0], [words[1]], words[2:]))
+    for path in sorted((etc / "sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields: dict[str, str] = {}
+            key = None
+            for line in stanza.splitlines():
+                if line.startswith("#") or not line.strip():
+                    continue
+                if line[0].isspace() and key:
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and \
+                    fields.get("enabled", "yes").lower() != "no":
+                for uri in fields.get("uris", "").split():
+                    out.append((uri, fields.get("suites", "").split(),
+                                fields.get("components", "").split()))
+    return out
+
+
+def mirror(etc: Path = Path("/etc/apt"), codename: str = CODENAME) -> str:
+    """The mirror this machine takes `codename`'s main component from."""
+    for uri, suites, components in apt_sources(etc):
+        if codename in suites and "main" in components:
+            return uri
+    raise DevRootError(f"no apt source of {etc} has {codename} main: debootstrap needs one")
 
 
 class DevRootError(RuntimeError):
@@ -41,25 +87,17 @@ def base_root() -> Path:
     shutil.rmtree(building, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}",
-                           "bookworm", str(building), MIRROR], capture_output=True,
+                           CODENAME, str(building), mirror()], capture_output=True,
                           text=True, timeout=900)
     if done.returncode != 0:
         raise DevRootError(f"debootstrap failed: {done.stderr[-2000:]}")
+    # The device's apt knows no source: it installs its own packages and the .deb only.
+    (building / "etc/apt/sources.list").write_text("")
+    subprocess.run(["find", str(building / "var/lib/apt/lists"), "-type", "f", "-delete"],
+                   check=True)
     building.rename(root)
     stamp.write_text(INCLUDE)
     return root
-
-
-def wheelhouse(dest: Path) -> Path:
-    """The agent's wheel and its dependencies', built on the host from this checkout."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("dicom_agent-*.whl"):
-        old.unlink()  # the checkout's code, not an earlier build's
-    done = subprocess.run([str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--wheel-dir",
-                           str(dest), str(REPO)], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise DevRootError(f"pip wheel failed: {done.stderr[-2000:]}")
-    return dest
 
 
 @dataclass
@@ -128,21 +166,34 @@ class SystemdDevice:
         shutil.rmtree("/run/systemd/nspawn", ignore_errors=True)
 
 
-def make(name: str, workdir: Path, netns: str, config: str, wheels: Path) -> SystemdDevice:
-    """A copy of the base root with the product installed, configured and enabled."""
+def install(root: Path, deb: Path) -> None:
+    """The package into an image that is not running, as an image build does."""
+    shutil.copy(deb, root / "tmp" / deb.name)
+    try:
+        done = subprocess.run(["chroot", str(root), "dpkg", "-i", f"/tmp/{deb.name}"],
+                              capture_output=True, text=True, timeout=600,
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    finally:
+        (root / "tmp" / deb.name).unlink()
+    if done.returncode != 0:
+        raise DevRootError(f"dpkg -i failed: {(done.stdout + done.stderr)[-2000:]}")
+
+
+def make(name: str, workdir: Path, netns: str, config: str | None = None,
+         deb: Path | None = None) -> SystemdDevice:
+    """A copy of the base root; with `deb`, the package installed into it (nothing
+    started) and `config` as the site's /etc/dicom-agent/agent.toml."""
     root = workdir / name
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base_root()), str(root)], check=True)
-    done = subprocess.run(["python3", str(REPO / "packaging" / "install.py"), "--root", str(root),
-                           "--wheelhouse", str(wheels)], capture_output=True, text=True,
-                          timeout=600)
-    if done.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise DevRootError(f"install failed: {done.stderr[-2000:]}")
-    (root / "etc" / "dicom-agent" / "agent.toml").write_text(config)
-    subprocess.run(["systemctl", f"--root={root}", "enable", "dicom-agent.service",
-                    "dicom-agent-wait-ready.service", "dicom-ready.target"],
-                   check=True, capture_output=True)
+    if deb is not None:
+        try:
+            install(root, deb)
+        except DevRootError:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        if config is not None:
+            (root / "etc" / "dicom-agent" / "agent.toml").write_text(config)
     cgroups = [Path("/sys/fs/cgroup") / h / name for h in ("systemd", "unified")
                if (Path("/sys/fs/cgroup") / h).is_dir()]
     return SystemdDevice(name, root, netns, cgroups=cgroups)

@@ -65,3 +65,28 @@ def host(lab: Lab) -> Iterator[Device]:
 def kea_device(kea_lab: Lab) -> Iterator[Device]:
     """A new device namespace on the Kea lab, removed after the test."""
     yield from _fresh_device(kea_lab)
+
+
+@pytest.fixture(scope="session")
+def debs(lab: Lab) -> tuple:
+    """The Debian package built once per run from this checkout (packaging/deb.py, as
+    `make deb`), and the same rebuilt under a higher version for the upgrade."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "packaging"))
+    import deb
+
+    done = subprocess.run(["make", "-s", "man"], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"make man: {done.stderr[-2000:]}")
+    try:
+        first = deb.build(repo / "build" / "man", lab.run / "deb", None, None)
+        upgrade = deb.build(repo / "build" / "man", lab.run / "deb-upgrade",
+                            f"{deb.project_version()}+lab1", None,
+                            built_wheels=lab.run / "deb" / "wheelhouse")
+    except deb.BuildError as exc:
+        pytest.fail(str(exc))
+    return first, upgrade

@@ -1,7 +1,7 @@
 """Stage dicom-agent for an image: `make install DESTDIR=... PREFIX=...` (files only).
 
     python3 packaging/stage.py --destdir DIR [--prefix /usr] --wheelhouse WHEELS
-                               [--no-deps] [--man build/man]
+                               [--no-deps] [--man build/man] [--unitdir DIR] [--package]
     python3 packaging/stage.py --uninstall --destdir DIR [--prefix /usr]
 
 What the packagers' conventions expect of a staging install (Debian's debian/tmp, Yocto's
@@ -20,11 +20,13 @@ Under PREFIX (default /usr):
   dicom-agent-wait-ready.service, dicom-ready.target;
 - lib/sysusers.d/dicom-agent.conf, lib/tmpfiles.d/dicom-agent.conf;
 - share/man/man8/dicom-agent.8, man5/dicom-agent.toml.5 (from --man: `make man`);
-- share/doc/dicom-agent/: the examples and the sntp drop-in for the unit;
+- share/doc/dicom-agent/: the examples and the sntp drop-in for the unit (and
+  lib/dicom-agent/sntp.conf, which the package's postinst installs without chronyd);
 and /etc/dicom-agent/agent.toml (comments only: it describes no device) and hooks.d/.
 Every file written is listed in lib/dicom-agent/installed-files: --uninstall removes those
 (but the site's /etc/dicom-agent/agent.toml when it was edited) and the directories left
-empty.
+empty. --package (debian/rules) writes no such list, dpkg keeps its own; --unitdir puts the
+units where the package's tools expect them (Debian 12: /lib/systemd/system).
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def launcher_text(prefix: str) -> str:
     return (f"#!/usr/bin/python3 -I\n"
             f'"""dicom-agent (installed under {prefix}: the product and its bundled '
             'dependencies in lib/dicom-agent/python)."""\n'
-            "import sys\n\n"
+            "import os\nimport sys\n\n"
+            "if os.environ.get(\"PYTHONFAULTHANDLER\"):  # which -I ignores; the unit sets it\n"
+            "    import faulthandler\n\n"
+            "    faulthandler.enable()  # a watchdog abort prints every thread's stack\n"
             f'sys.path.insert(0, "{prefix}/lib/dicom-agent/python")\n'
             "from agent.commands.cli import main  # noqa: E402\n\n"
             "sys.exit(main())\n")
@@ -60,10 +65,7 @@ def launcher_text(prefix: str) -> str:
 
 def unit_text(name: str, prefix: str) -> str:
     text = (REPO / "agent" / "systemd" / name).read_text()
-    return (text.replace("/opt/dicom-agent/.venv/bin/dicom-agent", f"{prefix}/bin/dicom-agent")
-            .replace(" run --config /etc/dicom-agent/agent.toml", " run")
-            .replace("Documentation=file:///usr/share/doc/dicom-agent/README.md",
-                     "Documentation=man:dicom-agent(8) man:dicom-agent.toml(5)"))
+    return text.replace("/usr/bin/dicom-agent", f"{prefix}/bin/dicom-agent")
 
 
 def sysusers_text() -> str:
@@ -79,9 +81,12 @@ def tmpfiles_text() -> str:
 
 
 class Stage:
-    def __init__(self, destdir: Path, prefix: str):
+    def __init__(self, destdir: Path, prefix: str, unitdir: str | None = None,
+                 package: bool = False):
         self.destdir = destdir
         self.prefix = prefix.rstrip("/") or "/usr"
+        self.unitdir = unitdir or f"{self.prefix}/lib/systemd/system"
+        self.package = package  # a package's tree: dpkg lists the files
         self.written: list[str] = []
 
     def path(self, rel: str) -> Path:
@@ -117,19 +122,24 @@ class Stage:
         self.python(wheelhouses, deps)
         self.put(f"{p}/bin/dicom-agent", launcher_text(p), 0o755)
         for name in UNITS:
-            self.put(f"{p}/lib/systemd/system/{name}", unit_text(name, p))
+            self.put(f"{self.unitdir}/{name}", unit_text(name, p))
         self.put(f"{p}/lib/sysusers.d/dicom-agent.conf", sysusers_text())
         self.put(f"{p}/lib/tmpfiles.d/dicom-agent.conf", tmpfiles_text())
         doc = f"{p}/share/doc/dicom-agent"
         self.copy(REPO / "agent" / "systemd" / "sntp.conf", f"{doc}/sntp.conf.example")
+        # The package's postinst installs it as the unit's drop-in where the image has no
+        # chronyd (share/doc may be left out of a minimal image).
+        self.copy(REPO / "agent" / "systemd" / "sntp.conf", f"{p}/lib/dicom-agent/sntp.conf")
         for example in sorted((REPO / "agent" / "examples").glob("*.toml")):
             self.copy(example, f"{doc}/examples/{example.name}")
         if man is not None:
             for page, section in (("dicom-agent.8", 8), ("dicom-agent.toml.5", 5)):
                 self.copy(man / page, f"{p}/share/man/man{section}/{page}")
-        if not self.path("/etc/dicom-agent/agent.toml").exists():
+        if self.package or not self.path("/etc/dicom-agent/agent.toml").exists():
             self.put("/etc/dicom-agent/agent.toml", DEFAULT_CONFIG)
         self.path("/etc/dicom-agent/hooks.d").mkdir(parents=True, exist_ok=True)
+        if self.package:
+            return
         manifest = f"{p}/lib/dicom-agent/installed-files"
         self.written.append(manifest)
         self.put(manifest, "".join(f"{rel.lstrip('/')}\n" for rel in self.written))
@@ -168,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-deps", action="store_true",
                    help="leave the Python dependencies to the image (BUNDLE_DEPS=0)")
     p.add_argument("--man", type=Path, help="the built man pages (make man)")
+    p.add_argument("--unitdir", help="where the units go [PREFIX/lib/systemd/system]")
+    p.add_argument("--package", action="store_true",
+                   help="a package's tree (debian/rules): no installed-files list")
     p.add_argument("--uninstall", action="store_true")
     args = p.parse_args(argv)
     destdir = args.destdir.resolve()
@@ -178,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.wheelhouse:
         p.error("--wheelhouse is required")
     destdir.mkdir(parents=True, exist_ok=True)
-    Stage(destdir, args.prefix).everything([w.resolve() for w in args.wheelhouse],
-                                           not args.no_deps,
-                                           args.man.resolve() if args.man else None)
+    Stage(destdir, args.prefix, args.unitdir, args.package).everything(
+        [w.resolve() for w in args.wheelhouse], not args.no_deps,
+        args.man.resolve() if args.man else None)
     return 0
 
 

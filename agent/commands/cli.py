@@ -153,11 +153,15 @@ def _socket_path(args: argparse.Namespace):
 
     if getattr(args, "socket", None):
         return Path(args.socket)
-    if getattr(args, "config", None):
-        from agent.config import load_config  # see load_or_report
+    from agent.config import load_config  # see load_or_report
 
-        return load_config(args.config).agent.status_socket
-    return Path("/run/dicom-agent/status.sock")
+    config = getattr(args, "config", None)
+    try:  # FILE (and FILE.d), else the system's files, as `run` reads them
+        return load_config(config).agent.status_socket
+    except ConfigError:
+        if config:
+            raise
+        return Path("/run/dicom-agent/status.sock")  # the daemon says what is wrong
 
 
 def _ask(args: argparse.Namespace, op: str, **fields: object) -> dict | None:

@@ -332,7 +332,10 @@ def find_device(base: str, device: Device, device_id: str | None
         entry = by_name[0]
         if device_id is not None and claimed(entry):
             raise Conflict(f"device {device.name} in the directory belongs to another "
-                           "device (it carries another agent's identity marker)")
+                           "device (it carries another agent's identity marker); if it is "
+                           "this unit's own entry from before its state was lost (a package "
+                           "purge, a new disk), an administrator deletes it, or run "
+                           "`dicom-agent directory unregister` before purging")
         return entry, False
     if device.serial_number and device.manufacturer and device.model_name:
         found = yield from _devices(base, ("dicomDeviceSerialNumber", device.serial_number),

@@ -57,7 +57,8 @@ def test_ready_is_waited_for_by_its_own_unit_not_by_a_start_timeout():
     wait = directives((SYSTEMD / "dicom-agent-wait-ready.service").read_text())
     assert wait["Type"] == "oneshot" and wait["RemainAfterExit"] == "yes"
     assert "dicom-agent wait --state ready" in wait["ExecStart"]
-    assert wait["Before"].split() == ["network-online.target", "dicom-ready.target"]
+    assert wait["Before"].split() == ["network-online.target", "dicom-ready.target",
+                                      "shutdown.target"]  # stopped before shutdown ends
     assert wait["Requires"] == wait["After"] == "dicom-agent.service"
     assert "network-online.target" in wait["WantedBy"].split()
     target = directives((SYSTEMD / "dicom-ready.target").read_text())
