@@ -19,6 +19,8 @@ import partition
 import storm
 from bench_agent import IDLE, LIBRARIES, agent_bench
 from bench_directory import DEVICES, directory_bench
+from bench_survey import ACCEPTORS, survey_bench
+from bench_survey import DEVICES as SURVEYED
 from lab import BASE_DN, PROVIDER_ADDRESSES, SERVER_ADDRESS, Device, Lab
 
 REPS = int(os.environ.get("BENCH_REPS", "7"))
@@ -189,6 +191,7 @@ def main() -> int:
                      finding["silent-first"]))
         sntp = sntp_accuracy(lab.devices[1])
         directory = directory_bench(lab, lab.add_device(), REPS)
+        surveyed = survey_bench(lab, lab.add_device(), lab.add_device(), min(REPS, 3))
     # The agent at rest on a network with hour-long leases, as hospitals hand out (the
     # default lab's 120-s leases would add a renewal a minute to the idle figures).
     with Lab(prefix="dcmb", devices=0, lease_time=3600) as lab:
@@ -285,6 +288,13 @@ def main() -> int:
           f"site of 10,000 devices with two titles each, checking every 30 s: "
           f"{healing['site_searches_per_s']:.0f} searches/s, "
           f"{healing['provider_cpu_share'] * 100:.1f} % of one core per provider (two)")
+    plain, echo = surveyed["plain_s"], surveyed["echo_s"]
+    print(f"\ndicom-agent site survey of a directory of {SURVEYED:,} devices "
+          f"({surveyed['devices']:,} read; the 2-s mDNS browse included): {plain:.2f} s "
+          f"(target <= 5 s: {'met' if plain <= 5 else 'NOT met'})")
+    print(f"  with --echo on {ACCEPTORS} acceptors ({surveyed['answered']} of "
+          f"{surveyed['echoed']} answered): {echo:.2f} s, the C-ECHOs {echo - plain:.2f} s "
+          f"(target <= 10 s: {'met' if echo - plain <= 10 else 'NOT met'})")
     return 0
 
 

@@ -93,6 +93,8 @@ SRV_LAYOUTS = {
     # last but for a 1-in-301 chance, RFC 2782).
     "silent-first": [(0, 100, 389, "ldap-silent1"), (0, 100, 389, "ldap-silent2"),
                      (0, 100, 389, "ldap-silent3"), (0, 0, 389, "ldap")],
+    # The live server alone (the site survey's clean lab: every target answers).
+    "live-only": [(0, 100, 389, "ldap")],
     # The replicated providers (start_replicated), equal priority and weight (issue 14).
     "replicated": [(0, 50, 389, "ldap1"), (0, 50, 389, "ldap2")],
 }
@@ -899,6 +901,28 @@ class Lab:
             if until(found) or time.monotonic() > deadline:
                 return found
             time.sleep(0.3)
+
+    def avahi_publish(self, name: str, service_type: str, port: int,
+                      txt: dict[str, str]) -> subprocess.Popen:
+        """A DNS-SD service published by the server namespace's avahi-daemon (another
+        host on the link than any device), until the returned process is terminated;
+        returns once avahi says it is established."""
+        self._start_avahi()
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self._dbus_address)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.server, "avahi-publish", "-s",
+                                 name, service_type, str(port),
+                                 *(f"{k}={v}" for k, v in txt.items())],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+        self._procs.append(proc)
+        deadline = time.monotonic() + 15
+        line = ""
+        while "Established" not in line:
+            line = proc.stdout.readline()
+            if (not line and proc.poll() is not None) or time.monotonic() > deadline:
+                proc.terminate()
+                raise LabError(f"avahi-publish {name}: {line or 'ended'}")
+        return proc
 
     def _start_avahi(self) -> None:
         if getattr(self, "_dbus_address", None):

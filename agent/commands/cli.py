@@ -329,6 +329,13 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_survey(args: argparse.Namespace) -> int:
+    """`dicom-agent site survey` (agent/commands/survey.py)."""
+    from agent.commands.survey import cmd_survey as survey
+
+    return survey(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-agent",
@@ -441,18 +448,53 @@ def build_parser() -> argparse.ArgumentParser:
                            "the first time) and exit: for a site's DHCP reservations")
     dhcp.set_defaults(func=cmd_dhcp)
 
-    st = command("site", "the administrator's side: DHCP reservations, DNS records and "
-                         "directory pre-configuration of a fleet",
+    st = command("site", "the administrator's side: a fleet's DHCP reservations, DNS "
+                         "records and directory pre-configuration; the site's census",
                  "dicom-agent site kea --site site.toml devices/ > kea-dhcp4.conf",
                  "From a folder of device files and a site file (see "
                  "agent/commands/site.py): kea (a whole Kea DHCPv4 configuration), dnsmasq "
                  "(dhcp-host lines), dns (a zone fragment), ldif (the directory's "
-                 "pre-configuration), check (conflicts). Exit 0, 1 conflicts found, 2 usage.")
-    st.add_argument("output", choices=("kea", "dnsmasq", "dns", "ldif", "check"),
-                    help="what to print")
-    st.add_argument("--site", metavar="FILE", required=True, help="the site file (TOML)")
-    st.add_argument("device_dir", metavar="DEVICE_DIR", help="the folder of device files")
-    st.set_defaults(func=cmd_site)
+                 "pre-configuration), check (conflicts): exit 0, 1 conflicts found, 2 "
+                 "usage. survey: what the directory, DNS-SD, the DHCP server and the AEs "
+                 "say of the DICOM network, and where they disagree: exit 0 nothing "
+                 "wrong, 1 something wrong (a source not read counts), 2 usage.")
+    site_sub = st.add_subparsers(dest="output", required=True, metavar="OUTPUT")
+    for output, what in (("kea", "a whole Kea DHCPv4 configuration"),
+                         ("dnsmasq", "dnsmasq dhcp-host lines"),
+                         ("dns", "a DNS zone fragment (host names, _ldap._tcp SRV)"),
+                         ("ldif", "the directory's pre-configuration"),
+                         ("check", "the conflicts among the fleet's devices")):
+        out = site_sub.add_parser(output, help=what, description=what[0].upper() + what[1:]
+                                  + " from a site file and a folder of device files.",
+                                  epilog=f"example: dicom-agent site {output} --site "
+                                         "site.toml devices/")
+        out.add_argument("--site", metavar="FILE", required=True,
+                         help="the site file (TOML)")
+        out.add_argument("device_dir", metavar="DEVICE_DIR",
+                         help="the folder of device files")
+        out.set_defaults(func=cmd_site)
+    survey = site_sub.add_parser(
+        "survey", help="the site's census: what each source says, and where they disagree",
+        description="Read the directory (every provider its SRV records name), DNS-SD "
+                    "(mDNS on the link, unicast in the site's zone), optionally the DHCP "
+                    "server's leases and a C-ECHO to every installed acceptor; report per "
+                    "device and AE, problems first. Read-only. Exit 0 nothing wrong, 1 "
+                    "something wrong (a source that could not be read counts, and is "
+                    "named), 2 usage.",
+        epilog="example: dicom-agent site survey --echo --html site.html")
+    survey.add_argument("--config", metavar="FILE",
+                        help="the configuration whose [directory] to read (default: the "
+                             "system's files)")
+    formats = survey.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="print the report as JSON")
+    formats.add_argument("--html", metavar="FILE",
+                         help="write the report as one self-contained HTML page")
+    survey.add_argument("--echo", action="store_true",
+                        help="C-ECHO every installed acceptor AE")
+    survey.add_argument("--leases", metavar="SOURCE",
+                        help="the DHCP server's leases: a Kea control agent's URL, a Kea "
+                             "configuration or lease file, or a dnsmasq lease file")
+    survey.set_defaults(func=cmd_survey)
 
     tm = command("time", "PS3.15 Annex G alone: find NTP servers, measure",
                  "dicom-agent time --servers 192.0.2.11 --once --json",

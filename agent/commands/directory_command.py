@@ -66,6 +66,12 @@ def _context(args: argparse.Namespace) -> Context | int:
     except ConfigError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_USAGE
+    return context_for(config)
+
+
+def context_for(config: Config) -> Context:
+    """The saved lease (domain, DNS servers) of the configured state directory, and a
+    resolver on its DNS servers, else on /etc/resolv.conf's."""
     lease, _ = load_saved_lease(Paths(config.agent.state_dir, config.agent.runtime_dir,
                                       config.network.interface))
     servers, search = dns_of(lease)

@@ -78,7 +78,19 @@ class Advertiser:
         self._announcing: list[asyncio.Future] = []
         self._browser = None
         self.seen: dict[str, dict] = {}  # AE title -> what the browser resolved
+        self.found: dict[str, dict] = {}  # service name -> the same (the survey's view)
+        self.resolving: set[asyncio.Task] = set()  # services seen, being resolved
         self._names: dict[str, str] = {}  # service name -> AE title
+
+    async def listen(self, address: str | None = None) -> None:
+        """Browse only (the site survey): on `address`, else every interface."""
+        from zeroconf import InterfaceChoice, IPVersion
+        from zeroconf.asyncio import AsyncZeroconf
+
+        if self._zc is None:
+            self._zc = AsyncZeroconf(interfaces=[address] if address else InterfaceChoice.All,
+                                     ip_version=IPVersion.V4Only)
+            self.address = address
 
     async def announce(self, wanted: list[Service], address: str) -> None:
         from zeroconf import IPVersion
@@ -129,24 +141,27 @@ class Advertiser:
         if self._zc is None or self._browser is not None:
             return
         zc = self._zc.zeroconf
-        pending: set[asyncio.Task] = set()
+        pending = self.resolving
 
         async def resolve(type_: str, name: str) -> None:
             info = AsyncServiceInfo(type_, name)
-            if not await info.async_request(zc, 3000):
+            # A service whose host publishes no address still has its SRV and TXT.
+            if not await info.async_request(zc, 3000) and info.port is None:
                 return
             txt = {k.decode(errors="replace"): (v or b"").decode(errors="replace")
                    for k, v in info.properties.items()}
             title = txt.get("AET") or name[: -len(type_) - 1]
             self._names[name] = title
-            self.seen[title] = {
+            self.seen[title] = self.found[name] = {
                 "aet": title, "tls": type_ == TLS, "port": info.port,
                 "hostname": (info.server or "").rstrip("."),
-                "addresses": info.parsed_addresses(), "txt": txt}
+                "addresses": info.parsed_addresses(), "txt": txt,
+                "name": name[: -len(type_) - 1], "type": type_.removesuffix(".local.")}
 
         def changed(zeroconf, service_type: str, name: str, state_change) -> None:
             if state_change is ServiceStateChange.Removed:
                 self.seen.pop(self._names.pop(name, ""), None)
+                self.found.pop(name, None)
                 return
             task = asyncio.get_running_loop().create_task(resolve(service_type, name))
             pending.add(task)

@@ -244,7 +244,7 @@ DIRECTORY_SIDE = {
 DN_VALUED = {"dicomnetworkconnectionreference"}
 
 
-def _dn_key(dn: str | bytes) -> bytes:
+def dn_key(dn: str | bytes) -> bytes:
     """A DN for comparison: without case and spaces after commas."""
     raw = dn if isinstance(dn, bytes) else dn.encode()
     return b",".join(part.strip() for part in raw.lower().split(b","))
@@ -255,7 +255,7 @@ def _normal(attribute: str, value: Any) -> bytes:
         value = plan.boolean(value)
     raw = value if isinstance(value, bytes) else str(value).encode()
     if attribute.lower() in DN_VALUED:
-        raw = _dn_key(raw)
+        raw = dn_key(raw)
     elif attribute.lower() in ("dicominstalled", "dicomassociationinitiator",
                                "dicomassociationacceptor"):
         raw = raw.upper()
@@ -514,9 +514,9 @@ def _reserve(base: str, ae: NetworkAE, known: Known, attempts: int, writer: _Wri
 
 
 def _children(subtree: list[dict], parent: str, kind: str) -> list[dict]:
-    parent = _dn_key(parent)
+    parent = dn_key(parent)
     return [e for e in subtree
-            if kind in classes(e) and _dn_key(plan.split_rdn(e["dn"])[1]) == parent]
+            if kind in classes(e) and dn_key(plan.split_rdn(e["dn"])[1]) == parent]
 
 
 def _match_aes(device: Device, aes: list[dict], known: Known, attempts: int,
@@ -587,7 +587,7 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
     when adopting. Directory-side attributes and others' attributes are left alone."""
     dn = existing["dn"]
     subtree = yield Search(dn, SUB, "*")
-    current = next((e for e in subtree if _dn_key(e["dn"]) == _dn_key(dn)), existing)
+    current = next((e for e in subtree if dn_key(e["dn"]) == dn_key(dn)), existing)
     connections = _children(subtree, dn, "dicomnetworkconnection")
     aes = _children(subtree, dn, "dicomnetworkae")
     matched, renamed = _match_aes(device, aes, known, attempts, adopting=not mine)
@@ -606,7 +606,7 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
                                                    titles, registry_limit)))
         # Entries as the configuration would have them, under the entry's actual DN.
         wanted = plan.device_entries(base, device, titles, hostnames, dn=dn)
-        by_dn = {_dn_key(e.dn): e for e in wanted}
+        by_dn = {dn_key(e.dn): e for e in wanted}
         device_changes = attribute_changes("dicomdevice", current, wanted[0])
         if device_changes:
             code = yield Modify(dn, device_changes)
@@ -620,7 +620,7 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
             except OddEntry as exc:
                 log.warning("update %s: %s: left as it is", dn, exc)
         for conn in device.connections:
-            entry = by_dn[_dn_key(plan.connection_dn(dn, conn.name))]
+            entry = by_dn[dn_key(plan.connection_dn(dn, conn.name))]
             if conn.name not in present:
                 yield from writer.add(entry)
                 continue
@@ -631,8 +631,8 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
                 changed.append(present[conn.name]["dn"])
         # AEs: new ones with their transfer capabilities; matched ones brought up to date.
         for i, ae in enumerate(device.aes):
-            entry = by_dn[_dn_key(plan.ae_dn(dn, titles[i]))]
-            tcs = [by_dn[_dn_key(plan.tc_dn(entry.dn, tc))]
+            entry = by_dn[dn_key(plan.ae_dn(dn, titles[i]))]
+            tcs = [by_dn[dn_key(plan.tc_dn(entry.dn, tc))]
                    for tc in ae.transfer_capabilities]
             if i not in matched:
                 yield from writer.add(entry)
@@ -667,11 +667,11 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
             else:
                 log.info("update %s: AE %s is not in the configuration and was not made "
                          "by this device: left as it is", dn, title)
-                kept_refs |= {_dn_key(r)
+                kept_refs |= {dn_key(r)
                               for r in many(e, "dicomNetworkConnectionReference")}
         configured = {c.name for c in device.connections}
         for name, c in present.items():
-            ref = _dn_key(c["dn"])
+            ref = dn_key(c["dn"])
             if name not in configured and ref not in kept_refs:
                 _checked((yield Delete(c["dn"])), f"delete {c['dn']}", (0, NO_SUCH_OBJECT))
                 changed.append(c["dn"])
@@ -690,9 +690,9 @@ def update(base: str, existing: dict, mine: bool, device: Device, hostnames: dic
 
 def _below(subtree: list[dict], dn: str) -> list[dict]:
     """The entry `dn` and everything under it."""
-    tail = _dn_key(dn)
-    return [e for e in subtree if _dn_key(e["dn"]) == tail
-            or _dn_key(e["dn"]).endswith(b"," + tail)]
+    tail = dn_key(dn)
+    return [e for e in subtree if dn_key(e["dn"]) == tail
+            or dn_key(e["dn"]).endswith(b"," + tail)]
 
 
 def _sync_tcs(subtree: list[dict], ae_dn: str, wanted: list[plan.Entry], writer: _Writer

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,9 +190,10 @@ class UnicastAdvertiser:
             raise UpdateRefused(f"{dns.rcode.to_text(code)} deleting from {zone}")
 
 
-def browse(domains: list[str], nameservers: list[str], title: str) -> dict | None:
-    """A lookup answer for AE `title` from unicast DNS-SD in `domains` (and the browse
-    domains `b._dns-sd._udp.<domain>` names): its SRV and TXT, or None."""
+def instances(domains: list[str], nameservers: list[str]) -> Iterator[dict]:
+    """Every `_dicom._tcp` and `_dicom-tls._tcp` instance in unicast DNS-SD of `domains`
+    (and the browse domains `b._dns-sd._udp.<domain>` names): its name, type, domain,
+    TXT, SRV target and port. An instance whose records do not resolve is left out."""
     r = dns.resolver.Resolver(configure=False)
     r.nameservers = nameservers
     r.lifetime = TIMEOUT
@@ -202,28 +204,36 @@ def browse(domains: list[str], nameservers: list[str], title: str) -> dict | Non
     for domain in dict.fromkeys(search):
         for kind in ("_dicom._tcp", "_dicom-tls._tcp"):
             try:
-                instances = [str(p.target) for p in r.resolve(f"{kind}.{domain}", "PTR")]
+                names = [str(p.target) for p in r.resolve(f"{kind}.{domain}", "PTR")]
             except Exception:
                 continue
-            for instance in instances:
+            for instance in names:
                 try:
                     txt = {}
                     for rr in r.resolve(instance, "TXT"):
                         for part in rr.strings:
                             k, _, v = part.decode(errors="replace").partition("=")
                             txt[k] = v
-                    aet = txt.get("AET") or dns.name.from_text(instance).labels[0].decode()
-                    if aet != title:
-                        continue
                     srv = r.resolve(instance, "SRV")[0]
                 except Exception:
                     continue
-                return {"v": 1, "aet": title, "found": True, "stale": False,
-                        "source": "dnssd", "device": None, "installed": True,
-                        "connections": [{"hostname": str(srv.target).rstrip("."),
-                                         "port": srv.port, "installed": True,
-                                         "tls_cipher_suites": ["TLS"] if "tls" in kind
-                                         else []}],
-                        "application_cluster": [], "primary_device_type":
-                            [txt["PrimaryDeviceType"]] if "PrimaryDeviceType" in txt else []}
+                label = dns.name.from_text(instance).labels[0].decode(errors="replace")
+                yield {"name": label, "type": kind, "domain": domain.rstrip("."),
+                       "aet": txt.get("AET") or label, "txt": txt,
+                       "hostname": str(srv.target).rstrip("."), "port": srv.port}
+
+
+def browse(domains: list[str], nameservers: list[str], title: str) -> dict | None:
+    """A lookup answer for AE `title` from unicast DNS-SD in `domains`, or None."""
+    for found in instances(domains, nameservers):
+        if found["aet"] != title:
+            continue
+        txt = found["txt"]
+        return {"v": 1, "aet": title, "found": True, "stale": False,
+                "source": "dnssd", "device": None, "installed": True,
+                "connections": [{"hostname": found["hostname"], "port": found["port"],
+                                 "installed": True, "tls_cipher_suites": ["TLS"]
+                                 if "tls" in found["type"] else []}],
+                "application_cluster": [], "primary_device_type":
+                    [txt["PrimaryDeviceType"]] if "PrimaryDeviceType" in txt else []}
     return None
