@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification
 ae = AE(ae_title="BENCHSCP")
 ae.add_supported_context(Verification)
 ae.require_called_aet = False
+ae.maximum_associations = 64  # pynetdicom: 10 by default, the survey asks 32 at once
 servers = [ae.start_server((sys.argv[1], port), block=False)
            for port in range(int(sys.argv[2]), int(sys.argv[2]) + int(sys.argv[3]))]
 print("listening", flush=True)
