@@ -902,27 +902,35 @@ class Lab:
                 return found
             time.sleep(0.3)
 
-    def avahi_publish(self, name: str, service_type: str, port: int,
-                      txt: dict[str, str]) -> subprocess.Popen:
+    def avahi_publish(self, name: str, service_type: str, port: int, txt: dict[str, str],
+                      host: str | None = None, address: str | None = None
+                      ) -> list[subprocess.Popen]:
         """A DNS-SD service published by the server namespace's avahi-daemon (another
-        host on the link than any device), until the returned process is terminated;
-        returns once avahi says it is established."""
+        host on the link than any device) — with `host` and `address`, on that host name
+        with its address record too — until the returned processes are terminated;
+        returns once avahi says each is established."""
         self._start_avahi()
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self._dbus_address)
-        proc = subprocess.Popen(["ip", "netns", "exec", self.server, "avahi-publish", "-s",
-                                 name, service_type, str(port),
-                                 *(f"{k}={v}" for k, v in txt.items())],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, start_new_session=True)
-        self._procs.append(proc)
-        deadline = time.monotonic() + 15
-        line = ""
-        while "Established" not in line:
-            line = proc.stdout.readline()
-            if (not line and proc.poll() is not None) or time.monotonic() > deadline:
-                proc.terminate()
-                raise LabError(f"avahi-publish {name}: {line or 'ended'}")
-        return proc
+        commands = []
+        if host and address:
+            commands.append(["avahi-publish", "-a", "-R", f"{host}.local", address])
+        commands.append(["avahi-publish", "-s", *(["-H", f"{host}.local"] if host else []),
+                         name, service_type, str(port), *(f"{k}={v}" for k, v in txt.items())])
+        procs = []
+        for argv in commands:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.server, *argv],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=env, start_new_session=True)
+            self._procs.append(proc)
+            procs.append(proc)
+            line = ""
+            while "Established" not in line:
+                line = proc.stdout.readline()
+                if not line and proc.poll() is not None:
+                    for p in procs:
+                        p.terminate()
+                    raise LabError(f"avahi-publish {name}: {line or 'ended'}")
+        return procs
 
     def _start_avahi(self) -> None:
         if getattr(self, "_dbus_address", None):

@@ -259,6 +259,43 @@ def test_a_dns_sd_name_conflict_renames_the_instance_and_keeps_the_title(lab, de
         lab.remove_device(other)
 
 
+def test_a_lookup_the_directory_cannot_answer_is_found_through_avahi(lab, device):
+    """H.2: a title the directory does not know, advertised by another host's avahi-daemon
+    (the server namespace's, on its own host name and address), is answered from DNS-SD."""
+    i = device.index
+    title = f"AVAHI{i}"
+    published = lab.avahi_publish(title, "_dicom._tcp", 11112,
+                                  {"AET": title, "PrimaryDeviceType": "MR"},
+                                  host=f"modality{i}", address="198.51.100.10")
+    section = (EXAMPLES / "ct.toml").read_text().split("[device]", 1)[1]
+    config = write_config(device, network=f'hostname = "av{i}"\narp_probe = false\n'
+                                          "initial_delay = [0.0, 0.0]",
+                          directory=registrar_section(lab, device),
+                          device_section="[device]" + section.replace(
+                              'name = "CT01"', f'name = "AV{i}"').replace(
+                              'title = "CT01_SCU"', f'title = "AV{i}_SCU"'))
+    proc = start(device, config)
+    try:
+        wait_for(device, lambda s: s["state"] == "ready")
+        answer = {}
+        deadline = time.monotonic() + 15
+        while not answer.get("found") and time.monotonic() < deadline:
+            answer = ask(device, {"v": 1, "op": "lookup", "aet": title})
+            time.sleep(0.3)
+        assert answer["found"] and answer["source"] == "dnssd", answer
+        [conn] = answer["connections"]
+        assert (conn["hostname"], conn["port"], conn["addresses"]) == (
+            "198.51.100.10", 11112, ["198.51.100.10"])
+        unknown = ask(device, {"v": 1, "op": "lookup", "aet": f"NOBODY{i}"})
+        assert unknown["found"] is False and unknown["source"] == "directory"
+    finally:
+        stop(proc)
+        for p in published:
+            p.terminate()
+            p.wait(10)
+        lab.unregister([f"AV{i}"], [f"AV{i}_SCU"])
+
+
 def test_chrony_mode_hands_the_lease_servers_to_chronyd(lab, device):
     sourcedir, chrony_sock = device.start_chronyd()
     section = (EXAMPLES / "ct.toml").read_text().split("[device]", 1)[1]

@@ -171,8 +171,8 @@ def test_a_clean_lab_and_one_fault_of_each_kind(lab, host):
         assert page.devices >= {"PACS1", *names}
         assert page.troubled == {f"SV{i}", f"BH{i}"} and page.external == []
     finally:
-        if rogue is not None:
-            stop(rogue)
+        for proc in rogue or []:
+            stop(proc)
         stop(archive)
         for name, title in zip(names, titles, strict=False):
             remove_device(host, name, [title])
