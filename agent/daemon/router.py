@@ -118,7 +118,8 @@ class Agent:
                 "boot": dict(self.machine.ignored), "status": dict(self.status_server.counters),
                 "hooks": dict(self.hooks.counters),
                 "state": {**statefile_io.counters, "unsaved": len(statefile_io.unsaved())},
-                "directory": self.directory.counters()}
+                "directory": self.directory.counters(),
+                "dnssd": dict(self.announcer.advertiser.counts)}
 
     # -- the bus: boot events, one snapshot each time; hooks ------------------------------
 

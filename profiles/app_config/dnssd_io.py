@@ -18,11 +18,15 @@ import random
 import socket
 from dataclasses import dataclass
 
+from profiles.app_config import mdns_probe
 from profiles.app_config.model import Device
 
 log = logging.getLogger(__name__)
 PLAIN, TLS = "_dicom._tcp.local.", "_dicom-tls._tcp.local."
 PROBES, PROBE_INTERVAL = 3, 0.25  # RFC 6762 8.1: three probes 250 ms apart, then 250 ms
+TIEBREAK_DEFER = 1.0  # s: RFC 6762 8.2, the loser of a simultaneous probe waits, then probes
+MDNS_GROUP, MDNS_PORT = "224.0.0.251", 5353
+TYPE_TXT, TYPE_SRV, TYPE_ANY, CLASS_IN, CLASS_UNIQUE = 16, 33, 255, 1, 0x8000
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class Advertiser:
         self.seen: dict[str, dict] = {}  # AE title -> what the browser resolved
         self.found: dict[str, dict] = {}  # service name -> the same (the survey's view)
         self.resolving: set[asyncio.Task] = set()  # services seen, being resolved
+        self._probes: ProbeListener | None = None
+        self.counts = {"probe-tiebreaks-won": 0, "probe-tiebreaks-lost": 0, "renamed": 0}
         self._names: dict[str, str] = {}  # service name -> AE title
 
     async def listen(self, address: str | None = None) -> None:
@@ -101,6 +107,12 @@ class Advertiser:
         if self._zc is None:
             self._zc = AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
             self.address = address
+            self._probes = ProbeListener(address)
+            try:
+                self._probes.start(asyncio.get_running_loop())
+            except OSError as exc:  # probing still works; only 8.2's tie-break is lost
+                log.warning("DNS-SD: not listening for others' probes: %s", exc)
+                self._probes = None
         for info in self._infos:
             await self._zc.async_unregister_service(info)
         self._infos, self.advertised = [], {}
@@ -110,7 +122,8 @@ class Advertiser:
         # All names are probed at once; a name won is registered without zeroconf's own
         # probe, which returns the task sending the announcements (8.3), not waited for.
         zc = self._zc.zeroconf
-        await asyncio.gather(*(probe(zc, info) for info in infos))
+        await asyncio.gather(*(probe(zc, info, rivals=self._probes.rivals if self._probes
+                                     else None, counts=self.counts) for info in infos))
         self._announcing = [await zc.async_register_service(info, cooperating_responders=True)
                             for info in infos]
         for service, info in zip(wanted, infos, strict=True):
@@ -131,6 +144,9 @@ class Advertiser:
             self._browser = None
         await self._zc.async_unregister_all_services()
         await self._zc.async_close()
+        if self._probes is not None:
+            self._probes.close()
+            self._probes = None
         self._zc, self._infos, self.advertised, self.address = None, [], {}, None
 
     async def browse(self) -> None:
@@ -183,26 +199,155 @@ class Advertiser:
                                                if a.count(".") == 3]}]}
 
 
-async def probe(zc, info, now=None, sleep=asyncio.sleep, rng=random) -> None:
+def proposal(info) -> list[mdns_probe.Record]:
+    """The unique records a probe for `info` proposes (its authority section): SRV, TXT."""
+    return [mdns_probe.record(CLASS_IN, TYPE_SRV, mdns_probe.srv_rdata(
+                info.priority, info.weight, info.port, info.server)),
+            mdns_probe.record(CLASS_IN, TYPE_TXT, info.text)]
+
+
+def probe_packet(info):
+    """RFC 6762 8.1's probe: a QU question for the name (type ANY), the proposed records
+    in the authority section — what another host's 8.2 tie-break compares."""
+    from zeroconf import DNSOutgoing, DNSQuestion
+
+    out = DNSOutgoing(0)  # a query
+    out.add_question(DNSQuestion(info.name, TYPE_ANY, CLASS_IN | CLASS_UNIQUE))
+    # Appended as they are: zeroconf types add_authorative_answer for a PTR only.
+    out.authorities.extend([info.dns_service(), info.dns_text()])
+    return out
+
+
+def probed(data: bytes, source: tuple[str, int]) -> dict[str, list[mdns_probe.Record]]:
+    """The names a probe packet probes for, each with the records it proposes (SRV, TXT,
+    A); {} for any other packet."""
+    from zeroconf import DNSAddress, DNSIncoming, DNSService, DNSText
+
+    msg = DNSIncoming(data, source)
+    if not (msg.is_query() and msg.is_probe()):
+        return {}
+    out: dict[str, list[mdns_probe.Record]] = {}
+    for name in {q.name.lower() for q in msg.questions}:
+        records = []
+        for r in msg.answers():
+            if r.name.lower() != name:
+                continue
+            if isinstance(r, DNSService):
+                rdata = mdns_probe.srv_rdata(r.priority, r.weight, r.port, r.server)
+            elif isinstance(r, DNSText):
+                rdata = r.text
+            elif isinstance(r, DNSAddress):
+                rdata = r.address
+            else:
+                continue
+            records.append(mdns_probe.record(r.class_, r.type, rdata))
+        if records:
+            out[name] = records
+    return out
+
+
+def _held_elsewhere(zc, info, ours: list[mdns_probe.Record]) -> bool:
+    """Another host answers for the name: its PTR to it, or an SRV for it that is not
+    ours (identical data is not a conflict, RFC 6762 9)."""
+    if zc.cache.current_entry_with_name_and_alias(info.type, info.name):
+        return True
+    mine = ours[0][2]
+    return any(mdns_probe.srv_rdata(r.priority, r.weight, r.port, r.server) != mine
+               for r in zc.cache.get_all_by_details(info.name, TYPE_SRV, CLASS_IN))
+
+
+async def probe(zc, info, now=None, sleep=asyncio.sleep, rng=random, rivals=None,
+                counts=None, packet=probe_packet) -> None:
     """RFC 6762 8.1 for one service name: after a random 0-250 ms, three probes 250 ms
     apart and 250 ms more for an answer; a name another host answers for is renamed
-    ("TITLE-2", "TITLE-3"...) and probed afresh. zeroconf's own check spaces its probes
-    500 ms apart: 1.15-1.25 s to a name instead of 0.75-1.0 s. `now` and `sleep` are the
-    clock (the event loop's by default; a test's own), `zc.async_wait` the wait for an
-    answer."""
+    ("TITLE-2", "TITLE-3"...) and probed afresh. 8.2: `rivals(name)` gives the record
+    sets other hosts' probes for the same name proposed meanwhile; losing the tie-break
+    to one defers the probing by a second (the winner then answers for the name, and this
+    one renames). zeroconf's own check spaces its probes 500 ms apart and answers no
+    rival: 1.15-1.25 s to a name instead of 0.75-1.0 s. `now` and `sleep` are the clock
+    (the event loop's by default; a test's own), `zc.async_wait` the wait for an
+    answer; `counts` the tie-breaks won and lost and the renames."""
     now = now or asyncio.get_running_loop().time
+    counts = counts if counts is not None else {}
     await zc.async_wait_for_start()
     await sleep(rng.uniform(0, PROBE_INTERVAL))
     instance = info.name[: -len(info.type) - 1]
     number, sent, due = 2, 0, now()
+    ours = proposal(info)
     while True:
-        if zc.cache.current_entry_with_name_and_alias(info.type, info.name):
+        heard = rivals(info.name) if rivals is not None else []
+        outcome = [mdns_probe.tiebreak(ours, theirs) for theirs in heard]
+        if _held_elsewhere(zc, info, ours):
             info.name = f"{instance}-{number}.{info.type}"  # someone answered for it
             number, sent, due = number + 1, 0, now()
+            counts["renamed"] = counts.get("renamed", 0) + 1
+        elif any(o < 0 for o in outcome):
+            counts["probe-tiebreaks-lost"] = counts.get("probe-tiebreaks-lost", 0) + 1
+            log.info("DNS-SD: %s: another host probes for it with later data: lost the "
+                     "simultaneous-probe tie-break (RFC 6762 8.2), probing again in %.0f s",
+                     info.name, TIEBREAK_DEFER)
+            sent, due = 0, now() + TIEBREAK_DEFER
+        elif any(o > 0 for o in outcome) and sent < PROBES:
+            counts["probe-tiebreaks-won"] = counts.get("probe-tiebreaks-won", 0) + 1
+            log.info("DNS-SD: %s: another host probes for it: won the simultaneous-probe "
+                     "tie-break (RFC 6762 8.2)", info.name)
         elif now() < due:
             await zc.async_wait((due - now()) * 1000)  # woken early by an answer
         elif sent == PROBES:
             return
         else:
-            zc.async_send(zc.generate_service_query(info))
+            zc.async_send(packet(info))
             sent, due = sent + 1, now() + PROBE_INTERVAL  # 250 ms after this one
+
+
+class ProbeListener:
+    """Other hosts' probes on the link (RFC 6762 8.2): a socket bound to the mDNS group
+    address itself — so answers sent to this host's own address still reach zeroconf's
+    socket — joined on the interface; each probe's proposed records by the name probed
+    for, until probe() takes them. This host's own probes are not counted."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.heard: dict[str, list[list[mdns_probe.Record]]] = {}
+        self._sock: socket.socket | None = None
+        self._loop = None
+
+    def start(self, loop) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((MDNS_GROUP, MDNS_PORT))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                         socket.inet_aton(MDNS_GROUP) + socket.inet_aton(self.address))
+            s.setblocking(False)
+            loop.add_reader(s.fileno(), self._read)
+        except OSError:
+            s.close()
+            raise
+        self._sock, self._loop = s, loop
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data, source = self._sock.recvfrom(9000)
+            except OSError:  # nothing more to read now (BlockingIOError), or closed
+                return
+            if source[0] == self.address:
+                continue
+            try:
+                for name, records in probed(data, source).items():
+                    if len(self.heard) < 256:
+                        self.heard.setdefault(name, []).append(records)
+            except Exception as exc:  # a malformed packet from the link: dropped
+                log.debug("mDNS packet from %s not read: %s", source[0], exc)
+
+    def rivals(self, name: str) -> list[list[mdns_probe.Record]]:
+        return self.heard.pop(name.lower(), [])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None

@@ -259,6 +259,47 @@ def test_a_dns_sd_name_conflict_renames_the_instance_and_keeps_the_title(lab, de
         lab.remove_device(other)
 
 
+def test_two_devices_probing_one_name_at_the_same_instant_never_both_keep_it(lab, device):
+    """RFC 6762 8.2: two agents started together, one instance name; in each of 10 trials
+    one keeps it and the other renames — never both — and the simultaneous-probe
+    tie-break itself ran (its counters), not only the one-after-another path."""
+    other = lab.add_device()
+    title = f"SIM{device.index}"
+    configs = []
+    for dev in (device, other):
+        section = (EXAMPLES / "workstation.toml").read_text().split("[device]", 1)[1]
+        section = ("[device]" + section.replace('title_template = "WS{n:02d}"',
+                                                f'title = "{title}"')
+                   .replace('name = "WS-READING-1"', f'name = "SIM{dev.index}"'))
+        configs.append(write_config(dev, network=f'hostname = "sim{dev.index}"\n'
+                                                 'arp_probe = false\n'
+                                                 'initial_delay = [0.0, 0.0]',
+                                    directory="enabled = false", device_section=section))
+    tiebreaks, renamed = 0, 0
+    try:
+        for trial in range(10):
+            procs = [start(dev, config) for dev, config in zip((device, other), configs,
+                                                              strict=True)]
+            try:
+                snaps = [wait_for(dev, lambda s: s["state"] == "ready"
+                                  and s["dnssd"]["services"]) for dev in (device, other)]
+                names = sorted(s["dnssd"]["services"][0]["name"] for s in snaps)
+                assert names == [f"{title}-2._dicom._tcp.local.",
+                                 f"{title}._dicom._tcp.local."], (trial, names)
+                counts = [s["counters"]["dnssd"] for s in snaps]
+                tiebreaks += sum(c["probe-tiebreaks-lost"] + c["probe-tiebreaks-won"]
+                                 for c in counts)
+                renamed += sum(c["renamed"] for c in counts)
+            finally:
+                for proc in procs:
+                    stop(proc)
+        print(f"simultaneous probing: {tiebreaks} tie-breaks in 10 trials, {renamed} renames")
+        assert renamed == 10  # one rename per trial, by one of the two
+        assert tiebreaks > 0, "the tie-break never ran: the agents did not probe together"
+    finally:
+        lab.remove_device(other)
+
+
 def test_a_lookup_the_directory_cannot_answer_is_found_through_avahi(lab, device):
     """H.2: a title the directory does not know, advertised by another host's avahi-daemon
     (the server namespace's, on its own host name and address), is answered from DNS-SD."""

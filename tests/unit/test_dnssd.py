@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import socket
 from pathlib import Path
 
 import pytest
@@ -77,23 +78,30 @@ class FakeZeroconf:
     async def async_wait(self, ms: float) -> None:
         await self.sleep(ms / 1000)
 
-    def generate_service_query(self, info) -> str:
-        return info.name
+    def get_all_by_details(self, name: str, type_: int, class_: int) -> list:
+        return []  # no SRV for the name in the cache: the PTR above says it
 
     def async_send(self, name: str) -> None:
         self.sent.append((self.clock, name))
 
 
 class Info:
-    def __init__(self, instance: str):
+    def __init__(self, instance: str, port: int = 104):
         self.type = PLAIN
         self.name = f"{instance}.{PLAIN}"
+        self.priority = self.weight = 0
+        self.port, self.server = port, "ct01.local."
+        self.text = f"\x0cAET={instance}".encode()
+
+
+def name_of(info) -> str:  # the probe "packet" the fake records
+    return info.name
 
 
 def test_probing_keeps_rfc_6762_timing_and_renames_a_name_someone_answers_for():
     async def main(zc, info):
         start = zc.now()
-        await probe(zc, info, zc.now, zc.sleep)
+        await probe(zc, info, zc.now, zc.sleep, packet=name_of)
         return start, zc.now()
 
     zc, info = FakeZeroconf(), Info("CT01_STORE")
@@ -110,3 +118,55 @@ def test_probing_keeps_rfc_6762_timing_and_renames_a_name_someone_answers_for():
     names = [n for _, n in zc.sent]
     assert names[0] == f"CT01_STORE.{PLAIN}" and names.count(f"CT01_STORE-2.{PLAIN}") == 3
     assert info.name == f"CT01_STORE-2.{PLAIN}"  # probed afresh under the new name
+
+
+def test_a_simultaneous_probe_with_later_data_defers_this_one_by_a_second():
+    """RFC 6762 8.2: a rival's probe for the same name proposing lexicographically later
+    records (here: a higher port) wins; this host probes again one second later and, the
+    winner answering by then, renames. A rival with earlier data loses to us: counted,
+    nothing deferred."""
+    from profiles.app_config.dnssd_io import proposal
+
+    async def main(zc, info, rival_port):
+        rival = proposal(Info("CT01_STORE", rival_port))
+        heard = []
+
+        def rivals(name):
+            if heard and rival_port > info.port and zc.clock >= heard[0] + 0.6:
+                zc.taken.add("CT01_STORE")  # the winner, done probing, answers for it
+            if len([1 for _, n in zc.sent if n == name]) == 1 and not heard:
+                heard.append(zc.clock)  # the rival's probe arrives after our first
+                return [rival]
+            return []
+
+        counts = {}
+        await probe(zc, info, zc.now, zc.sleep, rivals=rivals, counts=counts, packet=name_of)
+        return counts
+
+    zc, info = FakeZeroconf(), Info("CT01_STORE", 104)
+    counts = asyncio.run(main(zc, info, 11112))
+    assert counts == {"probe-tiebreaks-lost": 1, "renamed": 1}
+    first = [t for t, n in zc.sent if n == f"CT01_STORE.{PLAIN}"]
+    renamed = [t for t, n in zc.sent if n == f"CT01_STORE-2.{PLAIN}"]
+    # Deferred a second, by then the winner answers for it: renamed, probed afresh.
+    assert len(first) == 1 and renamed[0] - first[0] >= 1.0 - 1e-9
+    assert len(renamed) == 3 and info.name == f"CT01_STORE-2.{PLAIN}"
+
+    zc, info = FakeZeroconf(), Info("CT01_STORE", 11112)
+    counts = asyncio.run(main(zc, info, 104))
+    assert counts == {"probe-tiebreaks-won": 1}
+    assert [n for _, n in zc.sent] == [f"CT01_STORE.{PLAIN}"] * 3  # kept its name
+
+
+def test_a_probe_packet_proposes_srv_and_txt_and_reads_back_as_the_tie_break_sees_it():
+    from zeroconf import ServiceInfo
+
+    from profiles.app_config.dnssd_io import probe_packet, probed, proposal
+
+    info = ServiceInfo(PLAIN, f"CT01_STORE.{PLAIN}", port=104, properties={"AET": "CT01_STORE"},
+                       server="ct01.local.", addresses=[socket.inet_aton("192.0.2.5")])
+    [data] = probe_packet(info).packets()
+    heard = probed(data, ("192.0.2.5", 5353))
+    assert list(heard) == [f"ct01_store.{PLAIN}"]
+    assert sorted(heard[f"ct01_store.{PLAIN}"]) == sorted(proposal(info))
+    assert probed(b"\x00" * 12, ("192.0.2.5", 5353)) == {}  # no question, no authority
