@@ -43,6 +43,7 @@ def test_every_snapshot_shows_health_and_its_degraded_condition_together(tmp_pat
     class Advertiser:  # zeroconf's part: each announcement takes a few turns of the loop
         def __init__(self):
             self.address, self.advertised, self.seen = None, {}, set()
+            self.counts = {}
 
         async def announce(self, services, address):
             for _ in range(5):
