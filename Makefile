@@ -8,7 +8,8 @@ APT_STAMP := /var/lib/dicom-agent-lab/apt-packages.stamp
 APT_PACKAGES := dnsmasq-base kea-dhcp4-server kea-dhcp-ddns-server bind9 bind9-dnsutils \
 	chrony ntpsec-ntpdig slapd ldap-utils avahi-daemon avahi-utils mdns-scan dhcpcd-base \
 	busybox isc-dhcp-client tcpdump dbus iproute2 openssl procps util-linux hostname tzdata \
-	dcmtk systemd-container debootstrap groff-base debhelper lintian python3-pip
+	dcmtk systemd-container debootstrap groff-base debhelper lintian python3-pip \
+	qemu-system-x86 qemu-utils
 
 .PHONY: setup apt venv test unit integration demo bench fuzz soak audit install uninstall deb client-wheel lint lab-up lab-down diagram clean man
 

@@ -231,8 +231,12 @@ class DhcpClient:
     def start(self, now: float, saved: Lease | None = None, same_boot: bool = False,
               wall_now: float | None = None) -> None:
         """Begin. A saved lease from this boot is reused as it is (its BOOTTIME stamps are
-        exact); one from another boot is confirmed with INIT-REBOOT, unless the wall
-        clock says it certainly expired (the wall clock never declares a lease valid)."""
+        exact); one from another boot is confirmed with INIT-REBOOT (RFC 2131 3.2), the
+        server deciding — even when the wall clock says it expired: at power-on the wall
+        clock is the one this agent has yet to set, and a device whose real-time clock
+        runs years ahead would otherwise never reuse its address (seen in a VM). Such a
+        lease is counted (`saved-lease-expired-by-clock`); a NAK or no answer leads to
+        DISCOVER as for any other."""
         if saved is not None and same_boot and saved.remaining(now) > 0:
             self.lease = saved
             self._events.append(LeaseBound(saved))
@@ -241,11 +245,11 @@ class DhcpClient:
             return
         if saved is not None and not same_boot:
             wall = self.s.wall_clock() if wall_now is None else wall_now
-            if saved.lease_time == 0xFFFFFFFF or saved.bound_wall + saved.lease_time > wall:
-                self._requested_address = saved.address
-                self._enter_init_reboot(now)
-                return
-            self.counters["saved-lease-expired"] += 1
+            if saved.lease_time != 0xFFFFFFFF and saved.bound_wall + saved.lease_time <= wall:
+                self.counters["saved-lease-expired-by-clock"] += 1
+            self._requested_address = saved.address
+            self._enter_init_reboot(now)
+            return
         if saved is not None:
             self._requested_address = saved.address
         self._enter_init(now, delay=self._initial_delay())

@@ -302,6 +302,12 @@ class DhcpDriver:
         try:
             self.client.start(boottime(), saved=saved, same_boot=same_boot,
                               wall_now=time.time())
+            if self.netlink is not None:
+                try:
+                    if await self.netlink.bring_up():
+                        log.info("%s was down: set up", self.paths.interface)
+                except Exception as exc:  # the carrier wait says the rest
+                    log.warning("%s: cannot set the link up: %s", self.paths.interface, exc)
             has_carrier = self.carrier()
             if not has_carrier:
                 log.info("%s has no carrier: waiting for it", self.paths.interface)

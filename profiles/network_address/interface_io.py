@@ -98,6 +98,14 @@ class Netlink:
     async def carrier(self) -> bool:
         return (await self.ipr.link(self.index)).get(IFLA_CARRIER) == b"\x01"
 
+    async def bring_up(self) -> bool:
+        """The link administratively up, as dhcpcd and systemd-networkd do at start: on a
+        real machine nothing else does it for the agent. True when it was down."""
+        if await self.ipr.is_up(self.index):
+            return False
+        await self.ipr.set_up(self.index)
+        return True
+
     async def apply(self, lease: Lease, now: float, grace: float) -> list[str]:
         """Apply the lease part by part; returns what the kernel refused (e.g.
         "mtu: ...", "route 198.51.100.0/24: ..."), empty when all of it took."""

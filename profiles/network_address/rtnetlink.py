@@ -154,6 +154,19 @@ def link_body(index: int) -> bytes:
     return IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
 
 
+IFF_UP = 0x1
+
+
+def up_body(index: int) -> bytes:
+    """RTM_SETLINK: the link administratively up (IFF_UP set, the other flags untouched)."""
+    return IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+
+
+def link_flags(body: bytes) -> int:
+    """An RTM_NEWLINK message's ifi_flags."""
+    return IFINFOMSG.unpack_from(body)[3]
+
+
 def mtu_body(index: int, mtu: int) -> bytes:
     return link_body(index) + attribute(IFLA_MTU, U32.pack(mtu))
 

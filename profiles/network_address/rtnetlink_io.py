@@ -56,6 +56,16 @@ class RtNetlink:
                 return rt.attributes(msg.body[rt.IFINFOMSG.size:])
         raise NetlinkError(errno.ENODEV, f"no link {index}")
 
+    async def is_up(self, index: int) -> bool:
+        """Whether the link is administratively up (IFF_UP)."""
+        for msg in await self.request(rt.RTM_GETLINK, 0, rt.link_body(index)):
+            if msg.kind == rt.RTM_NEWLINK:
+                return bool(rt.link_flags(msg.body) & rt.IFF_UP)
+        raise NetlinkError(errno.ENODEV, f"no link {index}")
+
+    async def set_up(self, index: int) -> None:
+        await self.request(rt.RTM_SETLINK, 0, rt.up_body(index))
+
     async def set_mtu(self, index: int, mtu: int) -> None:
         await self.request(rt.RTM_SETLINK, 0, rt.mtu_body(index, mtu))
 

@@ -24,6 +24,7 @@ from profiles.procfs_io import processes
 ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
 PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
+FIXED_NET_INO_SINCE = (6, 18)  # the kernel that gave init_net that fixed inode
 _TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 
 
@@ -157,9 +158,23 @@ def clock_guards(proc: Path = Path("/proc")) -> list[str]:
     try:
         initial = os.stat(proc / "1" / "ns" / "net").st_ino
     except OSError:
-        # PID 1's namespace is not readable (a sandbox): the kernel gives the initial
-        # network namespace a fixed inode number, so compare with that instead.
+        # PID 1's namespace is not readable (the service's own user; a sandbox). Since
+        # Linux 6.18 the initial network namespace has a fixed inode number: compare with
+        # that. Before, it was numbered like any other, and there is no telling (as a
+        # service, the agent runs in PID 1's).
+        if ours == PROC_NET_INIT_INO or kernel_release(proc) < FIXED_NET_INO_SINCE:
+            return reasons
         initial = PROC_NET_INIT_INO
     if ours != initial:
         reasons.append("network-namespace: the clock is the host's")
     return reasons
+
+
+def kernel_release(proc: Path = Path("/proc")) -> tuple[int, int]:
+    """The running kernel's (major, minor), (0, 0) when unreadable."""
+    try:
+        release = (proc / "sys" / "kernel" / "osrelease").read_text()
+        major, minor = release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except (OSError, ValueError):
+        return (0, 0)

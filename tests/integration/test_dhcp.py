@@ -69,6 +69,16 @@ def test_once_acquires_applies_and_prints_the_contract_json(flavour, request):
     assert dev.run(["busybox", "ping", "-c", "1", "-W", "2", "198.51.100.10"]).returncode == 0
 
 
+def test_an_interface_that_is_down_is_set_up_as_on_a_real_machine(lab, device):
+    """At power-on nobody else sets the NIC up (found in the VM: the agent waited for a
+    carrier that never came): the agent does, as dhcpcd and systemd-networkd do."""
+    device.ip("link", "set", "eth0", "down")
+    assert "UP" not in device.ip("-o", "link", "show", "eth0").split(">")[0]
+    lease = dhcp_once(device)
+    assert lease["address"].startswith("192.0.2.")
+    assert "state UP" in device.ip("-o", "link", "show", "eth0")
+
+
 def test_restart_in_the_same_boot_reuses_the_lease_without_discover(lab, device):
     first = dhcp_once(device)
     before = discovers(lab, device.mac)

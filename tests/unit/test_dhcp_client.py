@@ -494,15 +494,21 @@ def test_another_boot_on_another_network_gets_nak_and_starts_over():
     assert d.message_type is MessageType.DISCOVER and o.REQUESTED_ADDRESS not in d.options
 
 
-def test_wall_clock_skips_only_a_certainly_expired_lease():
+def test_the_wall_clock_at_power_on_never_keeps_the_saved_address_from_init_reboot():
+    """The wall clock at power-on is the one the agent has yet to set: years ahead, a
+    valid lease looks expired (the VM's RTC did that). INIT-REBOOT all the same, the
+    server deciding; the apparent expiry is counted."""
     saved = saved_lease(bound_at=100.0, wall=1_800_000_000.0)
-    c = client(wall_clock=lambda: 1_800_000_000.0 + 3601)
+    c = client(wall_clock=lambda: 1_800_000_000.0 + 5 * 365 * 86400)
     c.start(5.0, saved=saved, same_boot=False)
-    assert c.state is DhcpState.INIT and c.counters["saved-lease-expired"] == 1
-    # A wall clock that went backwards never makes a lease valid: still INIT-REBOOT.
+    assert c.state is DhcpState.INIT_REBOOT and c.counters["saved-lease-expired-by-clock"] == 1
+    c.handle_timer(c.get_timer())
+    d = parse(c.datagrams_to_send()[0].payload)
+    assert d.message_type is MessageType.REQUEST and o.REQUESTED_ADDRESS in d.options
+    # A wall clock that went backwards: INIT-REBOOT, nothing counted.
     c = client(wall_clock=lambda: 1_000_000_000.0)
     c.start(5.0, saved=saved, same_boot=False)
-    assert c.state is DhcpState.INIT_REBOOT
+    assert c.state is DhcpState.INIT_REBOOT and c.counters["saved-lease-expired-by-clock"] == 0
 
 
 def test_rebooting_without_answer_falls_back_to_discover():

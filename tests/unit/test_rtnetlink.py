@@ -151,3 +151,10 @@ def test_a_dump_runs_over_datagrams_to_done_and_stale_answers_are_skipped():
     assert exchange.stale == 1
     assert [rt.parse_route(m.body).dst for m in exchange.answers] == [
         "198.51.100.0/24", "203.0.113.0/24"]
+
+
+def test_setting_a_link_up_changes_only_iff_up():
+    body = rt.up_body(7)
+    family, _kind, index, flags, change = rt.IFINFOMSG.unpack(body)
+    assert (family, index, flags, change) == (0, 7, rt.IFF_UP, rt.IFF_UP)
+    assert rt.link_flags(rt.IFINFOMSG.pack(0, 1, 7, 0x1003, 0)) & rt.IFF_UP

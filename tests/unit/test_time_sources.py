@@ -96,7 +96,14 @@ def test_clock_guards(tmp_path):
     assert clock_guards(fake_proc(tmp_path / "d", {1: "init"}, None)) == []
     proc = fake_proc(tmp_path / "e", {1: "init"}, False)
     (proc / "1" / "ns" / "net").unlink()
+    (proc / "sys" / "kernel").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "osrelease").write_text("6.18.44-fc-v1252\n")
     assert clock_guards(proc) == ["network-namespace: the clock is the host's"]
+    # A kernel from before the fixed inode (Debian 12's 6.1, as the VM runs it): the
+    # service user cannot read PID 1's namespace and cannot tell, so no guard (found on a
+    # real machine: the agent refused to set the clock under its own unit).
+    (proc / "sys" / "kernel" / "osrelease").write_text("6.1.0-50-amd64\n")
+    assert clock_guards(proc) == []
 
 
 def test_no_cap_sys_time_is_a_guard(tmp_path):

@@ -1,0 +1,297 @@
+"""A real device: Debian 12 booted in qemu with the package installed, on the lab's link.
+
+What a network namespace cannot prove — a clock really set, a real reboot, a NIC coming up
+under systemd at power-on — runs here. The VM root is built once with debootstrap (the
+devices' packages and Debian 12's kernel, from this machine's apt sources; about two
+minutes and 600 MB) and cached beside the containers' root; each VM copies it, installs
+the .deb into the copy as an image build does (dpkg -i in a chroot: nothing started),
+gets the test's configuration and a reporter, and becomes an ext4 image (mkfs.ext4 -d: no
+loop mount). qemu boots the image's own kernel and initrd with systemd as PID 1:
+- TCG, unless KVM is asked for (DICOM_AGENT_VM_KVM=1) — a KVM guest stalls after the BIOS
+  on this machine (nested virtualization, ../shared/lab-notes.md), so KVM is used only
+  where a guest was seen to boot with it;
+- its NIC a tap on the lab's bridge, created in the lab's switch namespace, where qemu
+  runs: one more device on the link, nothing on this machine's interfaces;
+- its real-time clock where the test says (`-rtc base=...`): the VM's clock is its own;
+- the serial console in a file; a second serial port (ttyS1) carries the reporter's lines:
+  a root unit in the image that prints, once a second, `@@ <unix time> <boot id>
+  <dicom-agent status --json>` — how the test reads the device without logging in.
+qemu is ended by its PID (SIGTERM; `power_cut` SIGKILLs it), the tap goes with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import devroot
+
+CACHE = devroot.CACHE
+VM_INCLUDE = devroot.INCLUDE + ",linux-image-amd64,ntpsec-ntpdig"
+# Test fixtures inside the image (root units, never part of the package): the reporter
+# writes the device's state to ttyS1 once a second and, every 5 s, an independent SNTP
+# client's measurement (ntpdig) of the lab's first NTP server; the command reader runs
+# what the test writes on ttyS2 (reboot, poweroff: nothing else).
+REPORT_SH = """#!/bin/sh
+# dicom-agent lab: the device's state on ttyS1 once a second, and every 5 s what an
+# independent SNTP client (ntpdig) measures against the lab's first NTP server.
+n=0
+while :; do
+  boot=$(cat /proc/sys/kernel/random/boot_id)
+  echo "@@ $(date +%s.%N) $boot $(dicom-agent status --json 2>/dev/null || echo null)" > /dev/ttyS1
+  n=$((n + 1))
+  if [ $((n % 5)) = 0 ]; then
+    ntp=$(ntpdig -t 1 -j 192.0.2.11 2>/dev/null | tr -d '\\n')
+    echo "@@ntp $(date +%s.%N) $boot ${ntp:-null}" > /dev/ttyS1
+  fi
+  sleep 1
+done
+"""
+COMMAND_SH = """#!/bin/sh
+# dicom-agent lab: what the test writes on ttyS2 — reboot or poweroff, nothing else.
+stty -F /dev/ttyS2 raw -echo
+while read -r cmd < /dev/ttyS2; do
+  case "$cmd" in
+    reboot) systemctl reboot ;;
+    poweroff) systemctl poweroff ;;
+  esac
+done
+"""
+UNIT = """[Unit]
+Description=dicom-agent lab: {what}
+After=local-fs.target
+
+[Service]
+ExecStart=/bin/sh /usr/local/lib/dicom-lab/{script}
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+FIXTURES = {"dicom-lab-report": ("the device's state on ttyS1", "report.sh", REPORT_SH),
+            "dicom-lab-command": ("commands from ttyS2", "command.sh", COMMAND_SH)}
+
+
+class VMError(RuntimeError):
+    pass
+
+
+def vm_root() -> Path:
+    """The cached VM root: the devices' packages and Debian 12's kernel; apt points at
+    nothing."""
+    root = CACHE / "vmroot"
+    stamp = CACHE / "vmroot.include"
+    if root.is_dir() and stamp.exists() and stamp.read_text() == VM_INCLUDE:
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = CACHE / "vmroot.tmp"
+    shutil.rmtree(building, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={VM_INCLUDE}",
+                           devroot.CODENAME, str(building), devroot.mirror()],
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise VMError(f"debootstrap failed: {done.stderr[-2000:]}")
+    (building / "etc/apt/sources.list").write_text("")
+    subprocess.run(["find", str(building / "var/lib/apt/lists"), "-type", "f", "-delete"],
+                   check=True)
+    building.rename(root)
+    stamp.write_text(VM_INCLUDE)
+    return root
+
+
+def _boot_files(root: Path) -> tuple[Path, Path]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise VMError(f"no kernel or initrd in {root / 'boot'}")
+    return kernels[-1], initrds[-1]
+
+
+@dataclass
+class VM:
+    """One booted (or bootable) VM: `boot()`, `reports()`, `shutdown()`, `power_cut()`."""
+
+    name: str
+    workdir: Path
+    switch: str  # the lab's switch namespace
+    mac: str
+    image: Path
+    kernel: Path
+    initrd: Path
+    tap: str = "vmtap0"
+    rtc: str | None = None
+    proc: subprocess.Popen | None = None
+    boots: int = 0
+    started: list[float] = field(default_factory=list)
+
+    @property
+    def console(self) -> Path:
+        return self.workdir / f"{self.name}.console"
+
+    @property
+    def report_log(self) -> Path:
+        return self.workdir / f"{self.name}.report"
+
+    @property
+    def command_socket(self) -> Path:
+        return self.workdir / f"{self.name}.cmd"
+
+    def command(self, text: str) -> None:
+        """A line for the command reader on the VM's ttyS2 (reboot, poweroff)."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.command_socket))
+            s.sendall(text.encode() + b"\n")
+
+    def boot(self, rtc: str | None = None) -> None:
+        """Power on (the image as the last boot left it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise VMError("already running")
+        subprocess.run(["ip", "-n", self.switch, "tuntap", "add", "dev", self.tap, "mode",
+                        "tap"], capture_output=True)
+        for args in (["master", "br0"], ["up"]):
+            subprocess.run(["ip", "-n", self.switch, "link", "set", self.tap, *args],
+                           check=True, capture_output=True)
+        for log in (self.console, self.report_log):  # qemu truncates them: keep each boot's
+            if log.exists():
+                log.rename(log.with_name(f"{log.name}.{self.boots}"))
+        accel = "kvm" if os.environ.get("DICOM_AGENT_VM_KVM") == "1" else "tcg"
+        rtc = rtc or self.rtc
+        argv = ["ip", "netns", "exec", self.switch, "qemu-system-x86_64", "-accel", accel,
+                "-m", "1024", "-smp", "1", "-nographic", "-nodefaults",
+                "-serial", f"file:{self.console}", "-serial", f"file:{self.report_log}",
+                "-serial", f"unix:{self.command_socket},server=on,wait=off",
+                "-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                "-append", "root=/dev/vda rw console=ttyS0 quiet",
+                "-drive", f"file={self.image},format=raw,if=virtio",
+                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}",
+                *(["-rtc", f"base={rtc}"] if rtc else [])]
+        self.boots += 1
+        self.started.append(time.time())
+        with open(self.workdir / f"{self.name}.qemu.log", "a") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def reports(self) -> list[dict]:
+        """The reporter's lines so far: host time read, VM time, boot id, status (or None)."""
+        out = []
+        logs = [self.report_log.with_name(f"{self.report_log.name}.{n}")
+                for n in range(self.boots)] + [self.report_log]
+        text = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+        for n, line in enumerate(text.splitlines()):
+            parts = line.split(" ", 3)
+            if len(parts) < 4 or parts[0] not in ("@@", "@@ntp"):
+                continue
+            try:
+                value = json.loads(parts[3])
+            except ValueError:
+                continue
+            try:
+                report = {"n": n, "vm_time": float(parts[1]), "boot_id": parts[2]}
+            except ValueError:
+                continue
+            report["status" if parts[0] == "@@" else "ntp"] = value
+            out.append(report)
+        return out
+
+    def wait(self, predicate, timeout: float, after: dict | None = None) -> dict:
+        """The first report (after `after`, when given) for which predicate(report) holds;
+        reports are the reporter's lines in order, a state (`status`) or an independent
+        client's measurement (`ntp`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise VMError(f"qemu ended ({self.proc.returncode}): "
+                              f"{self.console.read_text(errors='replace')[-2000:]}")
+            for report in self.reports():
+                if (after is None or report["n"] > after["n"]) and predicate(report):
+                    return report
+            time.sleep(0.5)
+        raise VMError(f"not within {timeout:.0f} s; console:\n"
+                      f"{self.console.read_text(errors='replace')[-3000:]}")
+
+    def last(self, predicate) -> dict | None:
+        """The latest report so far for which predicate(report) holds."""
+        found = [r for r in self.reports() if predicate(r)]
+        return found[-1] if found else None
+
+    def power_cut(self) -> None:
+        """qemu killed: no shutdown, no sync beyond what the guest already did."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)  # by its PID: the qemu this object started
+            self.proc.wait(30)
+        self._untap()
+
+    def stop(self) -> None:
+        """qemu ended by its PID (SIGTERM: the guest has no say), the tap removed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._untap()
+
+    def _untap(self) -> None:
+        subprocess.run(["ip", "-n", self.switch, "link", "del", self.tap], capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        self.image.unlink(missing_ok=True)
+
+
+def make(name: str, workdir: Path, switch: str, mac: str, deb: Path,
+         files: dict[str, str], prepare: Callable[[Path], None] | None = None,
+         rtc: str | None = None, size: str = "2G") -> VM:
+    """A VM image: the cached root copied, the package installed, `files` (path in the
+    image -> text) written, the reporter and the command reader enabled, `prepare(root)`
+    for the rest (modes, links); the NIC configured by nobody but the agent; then an ext4
+    image of it."""
+    base = vm_root()
+    kernel, initrd = _boot_files(base)
+    root = workdir / f"{name}.root"
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+    try:
+        devroot.install(root, deb)
+        for path, text in files.items():
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        (root / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
+        (root / "etc/hostname").write_text(f"{name}\n")
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        for name_, (what, script, text) in FIXTURES.items():
+            lib = root / "usr/local/lib/dicom-lab"
+            lib.mkdir(parents=True, exist_ok=True)
+            (lib / script).write_text(text)
+            unit = root / f"etc/systemd/system/{name_}.service"
+            unit.write_text(UNIT.format(what=what, script=script))
+            (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+        if prepare is not None:
+            prepare(root)
+        kernel_copy, initrd_copy = workdir / "vmlinuz", workdir / "initrd.img"
+        shutil.copy(kernel, kernel_copy)
+        shutil.copy(initrd, initrd_copy)
+        image = workdir / f"{name}.img"
+        image.unlink(missing_ok=True)
+        subprocess.run(["truncate", "-s", size, str(image)], check=True)
+        done = subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise VMError(f"mkfs.ext4 -d: {done.stderr[-2000:]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return VM(name, workdir, switch, mac, image, kernel_copy, initrd_copy, rtc=rtc)
