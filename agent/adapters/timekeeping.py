@@ -37,6 +37,7 @@ from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
 from profiles.time_sync.sntp_io import Listener, SntpDriver, SystemClock
 from profiles.time_sync.sources import (
     ZONEINFO,
+    ManualBackup,
     choose_servers,
     offset_and_control,
     utc_offset_why,
@@ -123,10 +124,13 @@ class Timekeeping:
         self.heard: list[str] = []  # servers autodiscovery heard
         self.listener: Listener | None = None  # G.1.1.1: broadcast and 224.0.1.1
         self.source = "internal"
+        self.primary: list[str] = []  # the addresses of the source in force
+        self.backup = ManualBackup(settings.servers)  # G.1.1.1: the manual servers' backup
+        self._resolver: Callable[[], Resolver | None] = lambda: None
         self.core: SntpClient | None = None
         self._nts_checked = 0.0  # monotonic time of the last NTS check
         self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
-                             "offset_ms": None, "synced": False,
+                             "offset_ms": None, "synced": False, "manual_backup": False,
                              "utc_offset_s": settings.utc_offset, "tz": None,
                              "correction": None, "unresolved": [], "last_error": None}
 
@@ -175,7 +179,11 @@ class Timekeeping:
                                        self.settings.servers)
         addresses, failed = await resolve(names, resolver)
         self.source = source if addresses else "internal"
+        self.primary = addresses
         self.report.update(source=self.source, unresolved=failed)
+        if self.backup.active:  # still silent? the next round says
+            addresses = self.backup.servers(self.source, addresses,
+                                            await self._manual_addresses())
         if not addresses:
             self.report.update(synced=False, selected=None)
         shown = [s.get("address") for s in self.report.get("servers") or []]
@@ -185,6 +193,26 @@ class Timekeeping:
                 {"address": a, "offset_ms": None, "delay_ms": None, "stratum": None,
                  "accepted": False, "reason": "not yet asked"} for a in addresses])
         return addresses
+
+    async def _manual_addresses(self) -> list[str]:
+        addresses, _ = await resolve(list(self.settings.servers), self._resolver())
+        return addresses
+
+    async def _backup_after(self, result: RoundResult) -> list[str] | None:
+        """G.1.1.1 after a round: the servers to ask from now on when the backup starts
+        or ends, else None."""
+        answered = {s["address"] for s in result.servers if s.get("offset_ms") is not None}
+        if not self.backup.after(self.source, self.primary, answered):
+            return None
+        self.report["manual_backup"] = self.backup.active
+        if self.backup.active:
+            log.warning("time: no %s server answered: asking the manual servers as well "
+                        "(G.1.1.1 backup)", self.source)
+        else:
+            log.info("time: a %s server answers again: the manual servers dropped",
+                     self.source)
+        manual = await self._manual_addresses() if self.backup.active else []
+        return self.backup.servers(self.source, self.primary, manual)
 
     def refresh_offset(self, lease: Lease | None, now: float | None = None) -> bool:
         """The UTC offset again (a lease event, a DST transition); True when it changed."""
@@ -299,9 +327,11 @@ class Timekeeping:
                    updates: asyncio.Queue[list[str]], on_report: OnReport) -> None:
         """Keep time: SNTP rounds as the poll says, or chronyd fed and watched. `updates`
         brings the server addresses of each new lease."""
+        self._resolver = resolver
         source, names = await self.discover(lease())
         self.begin(source, lease())
         addresses, failed = await resolve(names, resolver())
+        self.primary = addresses
         self.report["unresolved"] = failed
         if not addresses:
             self._internal()
@@ -315,6 +345,9 @@ class Timekeeping:
         async def on_round(result: RoundResult) -> None:
             self.rounds += 1
             self.report.update(sntp_fields(result), last_error=None)
+            changed = await self._backup_after(result)
+            if changed is not None:
+                updates.put_nowait(changed)
             await on_report(result.synced)
 
         await SntpDriver(self.core).run(updates, on_round)
@@ -334,8 +367,13 @@ class Timekeeping:
             try:
                 if addresses != handed or self._nts_recheck_due():
                     servers, nts = await self._chrony_sources(addresses)
+                    # G.1.1.1's backup, chronyd's way: the manual servers beside the
+                    # discovered ones, which are `prefer`. Not with NTS (NTS or nothing:
+                    # the manual servers are not checked).
+                    backup = await self._manual_addresses() if not t.nts \
+                        and self.backup.applies(self.source) else []
                     await chrony_io.hand_over(t.chrony_sourcedir, self.interface, servers,
-                                              t.chronyc_socket, nts)
+                                              t.chronyc_socket, nts, backup)
                     handed = addresses
                     # chronyd needs a few samples (iburst) before it selects a source.
                     settle_until = time.monotonic() + CHRONY_SETTLE

@@ -86,7 +86,11 @@ def statement(config: Config) -> str:
            + ("(autodiscovery on)" if t.broadcast_discovery else "(autodiscovery off)")
            + ", else DHCP option 42, else "
            + (", ".join(t.servers) if t.servers else "no manual servers")
-           + ", else the internal clock, reported as not synchronized.",
+           + ", else the internal clock, reported as not synchronized."
+           + (" The manual servers are also the backup (G.1.1.1): asked while no server "
+              "of the source in force answers, dropped when one does"
+              + (" (chrony: the discovered servers are `prefer`)" if t.mode == "chrony"
+                 and not t.nts else "") + "." if t.servers else ""),
            "Secure transactions (G.1.3): " + (
                ("NTS (RFC 8915) through chronyd: a server whose NTS-KE certificate does not "
                 "pass the agent's check is " + (
@@ -106,6 +110,11 @@ def statement(config: Config) -> str:
                 "chronyd's own policy (makestep, maxchange)." if t.mode == "chrony"
                 else "none (observe).")),
            "This device is not an NTP server.",
+           *(["Proven on a real machine (a Debian 12 VM booted with the package, its "
+              "real-time clock five years ahead): the first update steps the clock, later "
+              "ones slew (an independent client in the VM measures the lab server within "
+              "0.2 ms a minute on); a reboot and a power cut come back the same way."]
+             if t.mode == "sntp" else []),
            f"UTC offset: option 101, else 100, else 2, else the preset {t.utc_offset} s; the "
            "system clock stays UTC.", "",
            "## LDAP client (PS3.15 F.1.8, H.1.4)", ""]

@@ -22,11 +22,19 @@ class ChronyError(Exception):
     pass
 
 
-def sources_text(servers: list[str], nts: frozenset[str] | set[str] = frozenset()) -> str:
-    """The sources file; the servers in `nts` authenticated with NTS (G.1.3)."""
+def sources_text(servers: list[str], nts: frozenset[str] | set[str] = frozenset(),
+                 backup: list[str] = ()) -> str:
+    """The sources file; the servers in `nts` authenticated with NTS (G.1.3). With
+    `backup` (the manual servers, G.1.1.1), the discovered servers are `prefer`: chronyd
+    selects a backup server only while none of them is selectable."""
     lines = ["# written by dicom-agent: NTP servers from PS3.15 G.1.1 discovery"]
+    extra = [b for b in backup if b not in servers]
+    lines += [f"server {address} iburst" + (" prefer" if extra else "")
+              + (" nts" if address in nts else "") for address in servers]
+    if extra:
+        lines.append("# the manual servers (G.1.1.1): a backup, selected only without the above")
     lines += [f"server {address} iburst" + (" nts" if address in nts else "")
-              for address in servers]
+              for address in extra]
     return "\n".join(lines) + "\n"
 
 
@@ -46,9 +54,10 @@ async def chronyc(socket: Path, *args: str, timeout: float = 5.0) -> str:
 
 
 async def hand_over(sourcedir: Path, interface: str, servers: list[str], socket: Path,
-                    nts: frozenset[str] | set[str] = frozenset()) -> None:
+                    nts: frozenset[str] | set[str] = frozenset(),
+                    backup: list[str] = ()) -> None:
     statefile_io.atomic_write(sourcedir / f"{interface}.sources",
-                           sources_text(servers, nts).encode())
+                           sources_text(servers, nts, backup).encode())
     reply = await chronyc(socket, "reload", "sources")
     if "200 OK" not in reply:
         raise ChronyError(f"chronyc reload sources: {reply.strip()}")

@@ -4,6 +4,8 @@ Pure decisions over what DHCP, the configuration and the machine say:
 
 - `choose_servers`: autodiscovery (NTP broadcasts heard), else DHCP option 42, else the
   manual servers, else the internal clock (G.1.1.1-5); the source is always named.
+  `ManualBackup`: the manual servers also as G.1.1.1's backup, while every server of
+  the higher source is silent.
 - `utc_offset`: option 101 (a tz database name the local database has), else option 100
   (a POSIX TZ string), else option 2, else the preset (G.1.1.4-5). The system clock
   stays UTC either way (G.1.1.6): this is only reported.
@@ -37,6 +39,36 @@ def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
     if manual:
         return "manual", list(manual)
     return "internal", []
+
+
+class ManualBackup:
+    """G.1.1.1: manual configuration "shall be provided as a backup". While the servers
+    of a higher source (autodiscovery, option 42) are in use and none of them answered a
+    round, the manual servers are asked too; once one of those answers again they are
+    dropped. Sans-IO: `after` takes each round's outcome, `servers` says what to ask."""
+
+    def __init__(self, manual: list[str] | tuple[str, ...]):
+        self.manual = list(manual)
+        self.active = False
+
+    def applies(self, source: str) -> bool:
+        return bool(self.manual) and source in ("autodiscovery", "dhcp")
+
+    def servers(self, source: str, primary: list[str], manual: list[str]) -> list[str]:
+        """What to ask: the primary servers, with `manual` (resolved) while active."""
+        if not (self.active and self.applies(source)):
+            return list(primary)
+        return list(primary) + [m for m in manual if m not in primary]
+
+    def after(self, source: str, primary: list[str], answered: set[str]) -> bool:
+        """A round's outcome (the addresses that answered it); True when the set of
+        servers to ask changes."""
+        before = self.active
+        if not self.applies(source) or not primary:
+            self.active = False
+        else:
+            self.active = not (answered & set(primary))
+        return self.active != before
 
 
 MAX_OFFSET = 86399  # s: less than a day, as profiles.posix_tz.MAX_OFFSET

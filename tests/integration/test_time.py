@@ -239,3 +239,32 @@ def test_a_new_server_set_is_taken_without_a_restart(host):
     assert first == "192.0.2.11"
     assert second == ["192.0.2.12", "192.0.2.13"]
     assert poll == 128.0  # one good round at 64 s doubled it
+
+
+def test_the_manual_servers_back_up_dhcps_while_it_is_silent(lab, device):
+    """G.1.1.1: manual configuration "shall be provided as a backup". Option 42 names one
+    server, which does not answer (a blackhole route on the device): the manual server is
+    asked as well and the device keeps time (source still dhcp, `manual_backup`); when the
+    DHCP server's answers again, at the next poll, the manual one is dropped."""
+    from test_agent import start, stop, wait_for
+
+    lab.device_options(device.mac, {42: "192.0.2.11"})
+    device.ip("route", "add", "blackhole", "192.0.2.11/32")
+    config = write_config(device, network="arp_probe = false\ninitial_delay = [0.0, 0.0]",
+                          time_section='mode = "sntp"\nservers = ["192.0.2.13"]')
+    proc = start(device, config)
+    try:
+        backed = wait_for(device, lambda s: s["time"]["manual_backup"]
+                          and s["time"]["selected"] == "192.0.2.13", 60)
+        t = backed["time"]
+        assert t["source"] == "dhcp" and t["synced"]
+        assert {s["address"] for s in t["servers"]} == {"192.0.2.11", "192.0.2.13"}
+        assert "internal-clock" not in backed["degraded"]
+        device.ip("route", "del", "blackhole", "192.0.2.11/32")
+        # Asked again at the next poll (64-128 s), it answers; the round after asks it alone.
+        back = wait_for(device, lambda s: not s["time"]["manual_backup"]
+                        and [x["address"] for x in s["time"]["servers"]] == ["192.0.2.11"],
+                        240)
+        assert back["time"]["selected"] == "192.0.2.11" and back["time"]["source"] == "dhcp"
+    finally:
+        stop(proc)

@@ -24,3 +24,10 @@ def test_a_server_without_nts_ke_is_named_with_its_reason():
     # Nothing listens on this loopback port: refused at once, said so.
     problem = asyncio.run(nts_io.certificate_problem("127.0.0.1", None, port=9, timeout=2))
     assert problem is not None and problem.startswith("no NTS-KE service on port 9")
+
+
+def test_the_manual_servers_back_up_the_discovered_ones_which_chronyd_prefers():
+    text = chrony_io.sources_text(["192.0.2.11"], backup=["192.0.2.99", "192.0.2.11"])
+    assert [x for x in text.splitlines() if not x.startswith("#")] == [
+        "server 192.0.2.11 iburst prefer", "server 192.0.2.99 iburst"]
+    assert "prefer" not in chrony_io.sources_text(["192.0.2.11"])

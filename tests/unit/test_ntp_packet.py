@@ -52,7 +52,7 @@ def test_our_packets_read_by_ntplib(ours: packet.NtpPacket):
        stratum=st.integers(0, 255), poll=st.integers(0, 127),
        precision=st.integers(-128, 127), ref_id=U32,
        stamps=st.lists(st.integers(0, 2**32 - 1).map(float), min_size=4, max_size=4),
-       fractions=st.lists(st.integers(0, 2**20).map(lambda f: f / 2**20), min_size=4,
+       fractions=st.lists(st.integers(0, 2**20 - 1).map(lambda f: f / 2**20), min_size=4,
                           max_size=4))
 def test_ntplibs_packets_read_by_ours(leap, version, mode, stratum, poll, precision, ref_id,
                                       stamps, fractions):

@@ -125,3 +125,22 @@ def test_the_offset_bound_is_the_posix_tz_parsers_own():
     from profiles.time_sync import sources
 
     assert sources.MAX_OFFSET == posix_tz.MAX_OFFSET
+
+
+def test_the_manual_servers_are_a_backup_while_every_discovered_server_is_silent():
+    """G.1.1.1: manual configuration "shall be provided as a backup"."""
+    from profiles.time_sync.sources import ManualBackup
+
+    b = ManualBackup(["192.0.2.99"])
+    dhcp = ["192.0.2.11", "192.0.2.12"]
+    assert b.servers("dhcp", dhcp, ["192.0.2.99"]) == dhcp  # not while they answer
+    assert not b.after("dhcp", dhcp, {"192.0.2.12"})
+    assert b.after("dhcp", dhcp, set())  # a round where none answered: backup on
+    assert b.servers("dhcp", dhcp, ["192.0.2.99"]) == [*dhcp, "192.0.2.99"]
+    assert not b.after("dhcp", dhcp, {"192.0.2.99"})  # the manual one alone: still on
+    assert b.after("dhcp", dhcp, {"192.0.2.11", "192.0.2.99"})  # one is back: off
+    assert b.servers("dhcp", dhcp, ["192.0.2.99"]) == dhcp
+    # The manual servers in force themselves, nothing configured, no servers: no backup.
+    assert not b.after("manual", ["192.0.2.99"], set()) and not b.active
+    assert not ManualBackup([]).after("dhcp", dhcp, set())
+    assert not b.after("dhcp", [], set()) and not b.active
