@@ -1,0 +1,101 @@
+"""Which zoneinfo zone makes the device's local time what DHCP says (PS3.15 G.1.1.4: the
+client "shall use this offset for converting between UTC and local time"). Pure over the
+zoneinfo directory's files; applying the zone is the driver's.
+
+- option 101 (a tz database name) when this machine's tz database has it;
+- option 100 (a POSIX TZ rule) when a zone of the database follows exactly that rule now
+  (the POSIX string at the end of its TZif v2+ file); Region/City names before the
+  legacy ones (CET, EST5EDT), then alphabetical — zones with one rule keep the same time;
+- option 2 (seconds east of UTC) when it is a whole number of hours: `Etc/GMT-N` for N
+  hours east (the tz database's POSIX sign), `Etc/UTC` for 0;
+- else nothing applies, and the reason says which value could not be taken and why.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ZONEINFO = Path("/usr/share/zoneinfo")
+NOT_ZONES = {"posix", "right", "SystemV", "Etc/localtime", "localtime", "posixrules",
+             "Factory"}
+_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+
+
+def footer(data: bytes) -> str | None:
+    """A TZif v2+ file's POSIX TZ footer (RFC 8536 3.3: between the last two newlines),
+    or None for anything else."""
+    if not data.startswith(b"TZif") or data[4:5] not in (b"2", b"3", b"4") \
+            or not data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n", 0, len(data) - 1)
+    if start < 0:
+        return None
+    try:
+        return data[start + 1:-1].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def zone_names(zoneinfo_dir: Path = ZONEINFO) -> list[str]:
+    """The zones of a tz database directory (TZif files), by name."""
+    out = []
+    for path in zoneinfo_dir.rglob("*"):
+        name = path.relative_to(zoneinfo_dir).as_posix()
+        if name.split("/")[0] in NOT_ZONES or name in NOT_ZONES or not path.is_file() \
+                or path.is_symlink() or not _NAME.fullmatch(name):
+            continue
+        with path.open("rb") as fh:
+            if fh.read(4) == b"TZif":
+                out.append(name)
+    return sorted(out)
+
+
+def zone_with_rule(rule: str, zoneinfo_dir: Path = ZONEINFO) -> str | None:
+    """A zone whose current rule is exactly `rule` (option 100), or None."""
+    found = [name for name in zone_names(zoneinfo_dir)
+             if footer((zoneinfo_dir / name).read_bytes()) == rule]
+    return min(found, key=lambda n: ("/" not in n, n.startswith("Etc/"), n), default=None)
+
+
+def etc_zone(offset: int) -> str | None:
+    """Option 2 as a zone: whole hours only, within the tz database's Etc zones."""
+    if offset % 3600 or not -12 * 3600 <= offset <= 14 * 3600:
+        return None
+    hours = offset // 3600
+    return "Etc/UTC" if hours == 0 else f"Etc/GMT{'-' if hours > 0 else '+'}{abs(hours)}"
+
+
+def zone_for(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
+             zoneinfo_dir: Path = ZONEINFO) -> tuple[str | None, str]:
+    """(the zone that makes local time what the lease says, how it was chosen) — or
+    (None, why no value of the lease could be applied)."""
+    why = []
+    if tz_name:
+        if _NAME.fullmatch(tz_name) and ".." not in tz_name \
+                and tz_name.split("/")[0] not in NOT_ZONES \
+                and footer_or_none(zoneinfo_dir / tz_name, zoneinfo_dir) is not None:
+            return tz_name, "option 101"
+        why.append(f"option 101 {tz_name[:64]!r}: not in the tz database here")
+    if tz_posix:
+        zone = zone_with_rule(tz_posix, zoneinfo_dir)
+        if zone is not None:
+            return zone, f"option 100: {zone} follows {tz_posix[:64]!r}"
+        why.append(f"option 100 {tz_posix[:64]!r}: no zone here follows that rule")
+    if time_offset is not None:
+        zone = etc_zone(time_offset)
+        if zone is not None:
+            return zone, f"option 2: {time_offset} s"
+        why.append(f"option 2 {time_offset} s: not a whole number of hours")
+    return None, "; ".join(why) or "the lease gives no time zone (options 101, 100, 2)"
+
+
+def footer_or_none(path: Path, zoneinfo_dir: Path = ZONEINFO) -> str | None:
+    """The zone file's footer; None when it is not a TZif v2+ file inside the database
+    (a link out of it is not followed), or not there."""
+    try:
+        if not path.is_file() or not path.resolve().is_relative_to(zoneinfo_dir.resolve()):
+            return None
+        return footer(path.read_bytes())
+    except OSError:
+        return None
