@@ -1,0 +1,151 @@
+"""The real device's half of `make bench` (issue 28 item 6): power-on to ready in the VM,
+beside the stock stack the agent replaces, booted from the same image.
+
+- agent: the package as the VM test has it (sntp mode, chronyd masked, registration over
+  TLS); the figures are qemu start -> the first report bound and synced (the stock
+  stack's own finish line) and -> `ready` (address, clock stepped from the RTC's 2031,
+  directory, DNS-SD);
+- stock: the same image with the agent disabled, systemd-networkd (DHCP on en*) with
+  systemd-networkd-wait-online, and chronyd given the lab's server (its Debian pool line
+  taken out); the figure is qemu start -> the first report where wait-online has
+  finished and chronyd's leap status is Normal (it stepped the clock: `makestep 1 3`).
+Both under TCG, measured on the host's clock from the reporter's lines (±1 s).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from lab import REGISTRAR_DN, Lab
+from vm import VM, make
+
+MAC = "02:dc:00:00:00:98"
+RTC = "2031-06-01T00:00:00"
+SITE = f"""[time]
+mode = "sntp"
+
+[directory]
+domain = "hospital.test"
+security = "tls"
+ca_file = "/etc/dicom-agent/ca.pem"
+bind_dn = "{REGISTRAR_DN}"
+password_file = "/etc/dicom-agent/credentials/registrar.pw"
+
+[device]
+name = "VMBENCH"
+
+[[device.connection]]
+name = "dicom"
+port = 104
+
+[[device.ae]]
+title = "VMBENCH_SCP"
+connections = ["dicom"]
+
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.1.1"
+role = "SCP"
+transfer_syntaxes = ["1.2.840.10008.1.2"]
+"""
+# The stock stack's state on ttyS1 beside the reporter's (a line of its own).
+STOCK_SH = """#!/bin/sh
+while :; do
+  online=$(systemctl is-active systemd-networkd-wait-online.service)
+  leap=$(chronyc -n -c tracking 2>/dev/null | cut -d, -f14)
+  state="{\\"stock\\": true, \\"online\\": \\"$online\\", \\"leap\\": \\"$leap\\"}"
+  echo "@@ $(date +%s.%N) $(cat /proc/sys/kernel/random/boot_id) $state" > /dev/ttyS1
+  sleep 0.5
+done
+"""
+
+
+def _agent(lab: Lab, root: Path) -> None:
+    etc = root / "etc/dicom-agent"
+    shutil.copy(lab.run / "tls" / "ca.pem", etc / "ca.pem")
+    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
+    (etc / "credentials/registrar.pw").write_text("registrarpw\n")
+    (etc / "credentials/registrar.pw").chmod(0o600)
+    units = root / "etc/systemd/system"
+    (units / "chrony.service").unlink(missing_ok=True)
+    (units / "chrony.service").symlink_to("/dev/null")
+    shutil.copy(root / "usr/lib/dicom-agent/sntp.conf",
+                units / "dicom-agent.service.d/60-sntp.conf")
+
+
+def _stock(root: Path) -> None:
+    units = root / "etc/systemd/system"
+    for name in ("dicom-agent.service", "dicom-agent-wait-ready.service",
+                 "dicom-ready.target", "dicom-lab-report.service"):
+        (units / name).unlink(missing_ok=True)
+        (units / name).symlink_to("/dev/null")  # masked: the stock stack alone
+    network = root / "etc/systemd/network"
+    network.mkdir(parents=True, exist_ok=True)
+    (network / "20-wired.network").write_text("[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n")
+    wants = units / "multi-user.target.wants"
+    for unit in ("systemd-networkd.service", "systemd-networkd-wait-online.service"):
+        link = wants / unit
+        if not link.is_symlink():
+            link.symlink_to(f"/lib/systemd/system/{unit}")
+    sockets = units / "sockets.target.wants"
+    sockets.mkdir(parents=True, exist_ok=True)
+    (sockets / "systemd-networkd.socket").symlink_to("/lib/systemd/system/systemd-networkd.socket")
+    online = units / "network-online.target.wants"
+    online.mkdir(parents=True, exist_ok=True)
+    (online / "systemd-networkd-wait-online.service").symlink_to(
+        "/lib/systemd/system/systemd-networkd-wait-online.service")
+    conf = root / "etc/chrony/chrony.conf"  # no pool outside the lab
+    conf.write_text("".join(f"# {line}" if line.startswith("pool ") else line
+                            for line in conf.read_text().splitlines(keepends=True)))
+    (root / "etc/chrony/sources.d/lab.sources").write_text("server 192.0.2.11 iburst\n")
+    lib = root / "usr/local/lib/dicom-lab"
+    (lib / "stock.sh").write_text(STOCK_SH)
+    (units / "dicom-lab-stock.service").write_text(
+        "[Unit]\nDescription=dicom-agent lab: the stock stack's state on ttyS1\n"
+        "[Service]\nExecStart=/bin/sh /usr/local/lib/dicom-lab/stock.sh\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    (wants / "dicom-lab-stock.service").symlink_to("/etc/systemd/system/dicom-lab-stock.service")
+
+
+def _power_on_to(machine: VM, *predicates, timeout: float = 420.0) -> list[float]:
+    """Seconds from qemu's start to the first report meeting each predicate, in turn."""
+    machine.boot()
+    out = []
+    for predicate in predicates:
+        machine.wait(predicate, timeout)
+        out.append(time.time() - machine.started[-1])
+    return out
+
+
+def _status(report) -> dict:
+    return report["status"] if isinstance(report.get("status"), dict) else {}
+
+
+def vm_bench(lab: Lab, deb: Path, reps: int = 1) -> dict:
+    out: dict[str, list[float]] = {"agent": [], "agent_synced": [], "stock": []}
+    files = {"/etc/dicom-agent/agent.toml.d/50-site.toml": SITE}
+    for _ in range(reps):
+        agent = make("vmbench", lab.run, lab.switch, MAC, deb, files,
+                     lambda root: _agent(lab, root), rtc=RTC)
+        try:
+            synced, ready = _power_on_to(
+                agent, lambda r: _status(r).get("time", {}).get("synced")
+                and _status(r).get("network", {}).get("state") == "bound",
+                lambda r: _status(r).get("state") == "ready")
+            out["agent_synced"].append(synced)
+            out["agent"].append(ready)
+        finally:
+            agent.remove()
+            lab.unregister(["VMBENCH"], ["VMBENCH_SCP"])
+        stock = make("vmstock", lab.run, lab.switch, MAC, deb, {}, _stock, rtc=RTC)
+        try:
+            out["stock"] += _power_on_to(stock, lambda r: _status(r).get("stock")
+                                         and _status(r)["online"] == "active"
+                                         and _status(r)["leap"] == "Normal")
+        finally:
+            stock.remove()
+    return {"agent_s": statistics.median(out["agent"]),
+            "agent_synced_s": statistics.median(out["agent_synced"]),
+            "stock_s": statistics.median(out["stock"]), "reps": reps}
