@@ -88,22 +88,35 @@ def generate(path: Path) -> None:
                       f"dicomTransferSyntax: 1.2.840.10008.1.2\n\n")
 
 
-def directory_bench(lab: Lab, dev: Device, reps: int) -> dict:
-    d = lab.run / "bench-slapd"
+def start_slapd(lab: Lab, d: Path, port: int, ldifs: list[Path], extra: str = "") -> float:
+    """A fresh slapd in `d` (the lab's schema and indexes, `extra` configuration) in the
+    server namespace on `port`, loaded by slapadd with the lab's hospital tree and `ldifs`;
+    returns the load time. stop_slapd() ends it by its PID."""
     (d / "db").mkdir(parents=True, exist_ok=True)
     conf = d / "slapd.conf"
     conf.write_text(f"include /etc/ldap/schema/core.schema\ninclude {SCHEMA}\n"
                     f"pidfile {d / 'slapd.pid'}\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\n"
                     f"database mdb\nsuffix {BASE_DN}\ndirectory {d / 'db'}\nmaxsize 1073741824\n"
-                    f"rootdn cn=admin,{BASE_DN}\nrootpw bench\n"
+                    f"rootdn cn=admin,{BASE_DN}\nrootpw bench\n{extra}"
                     "index objectClass eq\nindex dicomAETitle eq\nindex dicomDeviceName eq\n")
-    generate(d / "devices.ldif")
     t0 = time.perf_counter()
-    for source in (HERE / "conf" / "base-hospital.ldif", d / "devices.ldif"):
+    for source in (HERE / "conf" / "base-hospital.ldif", *ldifs):
         subprocess.run(["slapadd", "-q", "-f", str(conf), "-l", str(source)], check=True,
                        capture_output=True)
     load_s = time.perf_counter() - t0
-    lab.srv_exec(["slapd", "-f", str(conf), "-h", "ldap://192.0.2.1:1389/"], check=True)
+    lab.srv_exec(["slapd", "-f", str(conf), "-h", f"ldap://192.0.2.1:{port}/"], check=True)
+    return load_s
+
+
+def stop_slapd(lab: Lab, d: Path) -> None:
+    lab.srv_exec(["kill", (d / "slapd.pid").read_text().strip()])
+
+
+def directory_bench(lab: Lab, dev: Device, reps: int) -> dict:
+    d = lab.run / "bench-slapd"
+    d.mkdir(parents=True, exist_ok=True)
+    generate(d / "devices.ldif")
+    load_s = start_slapd(lab, d, 1389, [d / "devices.ldif"])
     try:
         dev.configure_static()
         proc = dev.run([PYTHON, "-c", MEASURE, str(reps), str(DEVICES)], timeout=600)
@@ -111,7 +124,7 @@ def directory_bench(lab: Lab, dev: Device, reps: int) -> dict:
             raise RuntimeError(proc.stderr[-2000:])
         out = json.loads(proc.stdout)
     finally:
-        lab.srv_exec(["kill", (d / "slapd.pid").read_text().strip()])
+        stop_slapd(lab, d)
     return {"entries_loaded_s": load_s,
             "register_ms": statistics.median(out["register_ms"]),
             "register_ops": statistics.median(out["register_ops"]),

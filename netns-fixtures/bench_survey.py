@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from lab import BASE_DN, CONFIG_ROOT_DN, Device, Lab
+from bench_directory import start_slapd, stop_slapd
+from lab import CONFIG_ROOT_DN, Device, Lab
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent / "profiles" / "app_config" / "schema" / "dicom.schema"
@@ -65,20 +66,11 @@ def generate(path: Path, scp_address: str) -> None:
 
 def survey_bench(lab: Lab, dev: Device, scp_dev: Device, reps: int) -> dict:
     d = lab.run / "survey-slapd"
-    (d / "db").mkdir(parents=True, exist_ok=True)
-    conf = d / "slapd.conf"
-    conf.write_text(f"include /etc/ldap/schema/core.schema\ninclude {SCHEMA}\n"
-                    f"pidfile {d / 'slapd.pid'}\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\n"
-                    f"database mdb\nsuffix {BASE_DN}\ndirectory {d / 'db'}\nmaxsize 1073741824\n"
-                    f"rootdn cn=admin,{BASE_DN}\nrootpw bench\nsizelimit unlimited\n"
-                    "index objectClass eq\nindex dicomAETitle eq\nindex dicomDeviceName eq\n")
+    d.mkdir(parents=True, exist_ok=True)
     scp_address = scp_dev.configure_static()
     dev.configure_static()
     generate(d / "devices.ldif", scp_address)
-    for source in (HERE / "conf" / "base-hospital.ldif", d / "devices.ldif"):
-        subprocess.run(["slapadd", "-q", "-f", str(conf), "-l", str(source)], check=True,
-                       capture_output=True)
-    lab.srv_exec(["slapd", "-f", str(conf), "-h", "ldap://192.0.2.1:2389/"], check=True)
+    start_slapd(lab, d, 2389, [d / "devices.ldif"], extra="sizelimit unlimited\n")
     config = dev.run_dir / "survey.toml"
     config.write_text(f'[agent]\nstate_dir = "{dev.run_dir / "survey-state"}"\n'
                       f'runtime_dir = "{dev.run_dir / "survey-run"}"\n'
@@ -104,7 +96,7 @@ def survey_bench(lab: Lab, dev: Device, scp_dev: Device, reps: int) -> dict:
         scp.stdin.close()
         scp.terminate()
         scp.wait(10)
-        lab.srv_exec(["kill", (d / "slapd.pid").read_text().strip()])
+        stop_slapd(lab, d)
     echoed = [c["echo"] for dv in report["echo"]["devices"] for ae in dv["aes"]
               for c in ae["connections"] if c["echo"] is not None]
     return {"devices": report["plain"]["summary"]["devices"],

@@ -14,42 +14,15 @@ Both under TCG, measured on the host's clock from the reporter's lines (±1 s).
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from pathlib import Path
 
 from lab import REGISTRAR_DN, Lab
-from vm import VM, make
+from vm import SNTP_DEVICE, VM, make, sntp_device
 
 MAC = "02:dc:00:00:00:98"
 RTC = "2031-06-01T00:00:00"
-SITE = f"""[time]
-mode = "sntp"
-
-[directory]
-domain = "hospital.test"
-security = "tls"
-ca_file = "/etc/dicom-agent/ca.pem"
-bind_dn = "{REGISTRAR_DN}"
-password_file = "/etc/dicom-agent/credentials/registrar.pw"
-
-[device]
-name = "VMBENCH"
-
-[[device.connection]]
-name = "dicom"
-port = 104
-
-[[device.ae]]
-title = "VMBENCH_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
 # The stock stack's state on ttyS1 beside the reporter's (a line of its own).
 STOCK_SH = """#!/bin/sh
 while :; do
@@ -60,19 +33,6 @@ while :; do
   sleep 0.5
 done
 """
-
-
-def _agent(lab: Lab, root: Path) -> None:
-    etc = root / "etc/dicom-agent"
-    shutil.copy(lab.run / "tls" / "ca.pem", etc / "ca.pem")
-    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
-    (etc / "credentials/registrar.pw").write_text("registrarpw\n")
-    (etc / "credentials/registrar.pw").chmod(0o600)
-    units = root / "etc/systemd/system"
-    (units / "chrony.service").unlink(missing_ok=True)
-    (units / "chrony.service").symlink_to("/dev/null")
-    shutil.copy(root / "usr/lib/dicom-agent/sntp.conf",
-                units / "dicom-agent.service.d/60-sntp.conf")
 
 
 def _stock(root: Path) -> None:
@@ -125,10 +85,11 @@ def _status(report) -> dict:
 
 def vm_bench(lab: Lab, deb: Path, reps: int = 1) -> dict:
     out: dict[str, list[float]] = {"agent": [], "agent_synced": [], "stock": []}
-    files = {"/etc/dicom-agent/agent.toml.d/50-site.toml": SITE}
+    files = {"/etc/dicom-agent/agent.toml.d/50-site.toml":
+             SNTP_DEVICE.format(registrar=REGISTRAR_DN, name="VMBENCH")}
     for _ in range(reps):
         agent = make("vmbench", lab.run, lab.switch, MAC, deb, files,
-                     lambda root: _agent(lab, root), rtc=RTC)
+                     lambda root: sntp_device(root, lab.run / "tls" / "ca.pem"), rtc=RTC)
         try:
             synced, ready = _power_on_to(
                 agent, lambda r: _status(r).get("time", {}).get("synced")

@@ -58,7 +58,7 @@ class Context:
         return service_for(self.config, lambda: self.lease, lambda: self.resolver)
 
 
-def _context(args: argparse.Namespace) -> Context | int:
+def command_context(args: argparse.Namespace) -> Context | int:
     logging.basicConfig(level=os.environ.get("DICOM_AGENT_LOG", "WARNING").upper(),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -113,7 +113,7 @@ def _emit(data: dict, as_json: bool, text: str) -> None:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
-    ctx = _context(args)
+    ctx = command_context(args)
     if isinstance(ctx, int):
         return ctx
     service, found, report = _find(ctx)
@@ -129,7 +129,7 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    ctx = _context(args)
+    ctx = command_context(args)
     if isinstance(ctx, int):
         return ctx
     names = connection_hostnames(ctx.config, ctx.lease)
@@ -166,7 +166,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_unregister(args: argparse.Namespace) -> int:
     """Take this device out of the directory: its own entries only."""
-    ctx = _context(args)
+    ctx = command_context(args)
     if isinstance(ctx, int):
         return ctx
     service = ctx.service()
@@ -190,7 +190,7 @@ def cmd_unregister(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    ctx = _context(args)
+    ctx = command_context(args)
     if isinstance(ctx, int):
         return ctx
     service = ctx.service()
@@ -218,7 +218,7 @@ def cmd_ldif(args: argparse.Namespace) -> int:
     awaiting manual registration, carries the marker)."""
     from dataclasses import replace
 
-    ctx = _context(args)
+    ctx = command_context(args)
     if isinstance(ctx, int):
         return ctx
     if not ctx.config.device.name:

@@ -25,17 +25,14 @@ import asyncio
 import html
 import json
 import logging
-import os
 import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.commands.directory_command import Context, context_for
-from agent.config import load_config
+from agent.commands.directory_command import Context, command_context
 from profiles.app_config import census
-from profiles.errors import ConfigError
 from profiles.network_address import leases as lease_files
 
 log = logging.getLogger(__name__)
@@ -306,14 +303,10 @@ def page(report: dict, generated: str) -> str:
 
 
 def cmd_survey(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=os.environ.get("DICOM_AGENT_LOG", "WARNING").upper(),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print("\n".join(exc.lines()), file=sys.stderr)
-        return EXIT_USAGE
-    report = asyncio.run(gather(context_for(config), args.leases, args.echo))
+    ctx = command_context(args)  # the `directory` commands' configuration, lease, resolver
+    if isinstance(ctx, int):
+        return ctx
+    report = asyncio.run(gather(ctx, args.leases, args.echo))
     if args.html:
         generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         try:

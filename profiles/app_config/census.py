@@ -243,8 +243,10 @@ def survey(primary: str | None, trees: dict[str, Tree], adverts: list[Advert],
         for title in sorted(registry - used):
             problem("orphan-title", title, "reserved in the Unique AE Titles Registry; no "
                     "AE uses it")
+        pools = leases.pools if leases is not None else None
+        held = {x.address for x in leases.leases} if leases is not None else set()
         for device in main.devices:
-            devices_out.append(_device(device, registry, listed, resolved, leases,
+            devices_out.append(_device(device, registry, listed, resolved, pools, held,
                                        echoes, problem))
     known = set(holders)  # every provider's AE titles
     for a in listed:
@@ -272,9 +274,9 @@ def survey(primary: str | None, trees: dict[str, Tree], adverts: list[Advert],
 
 
 def _device(device: SiteDevice, registry: set[str], adverts: list[Advert],
-            resolved: dict[str, list[str]], leases: Leases | None,
-            echoes: dict | None, problem) -> dict:
-    held = {x.address for x in leases.leases} if leases is not None else set()
+            resolved: dict[str, list[str]], pools: list[tuple[str, str]] | None,
+            held: set[str], echoes: dict | None, problem) -> dict:
+    """One device's row; `pools` (None: not known) and the addresses leases `held`."""
     aes = []
     for ae in device.aes:
         if ae.title not in registry:
@@ -307,9 +309,9 @@ def _device(device: SiteDevice, registry: set[str], adverts: list[Advert],
         if not addresses:
             problem("unresolvable-host", host, "dicomHostname resolves to no address",
                     device.name)
-        elif leases is not None and leases.pools:
+        elif pools:
             for address in addresses:
-                if _in_pools(address, leases.pools) and address not in held:
+                if _in_pools(address, pools) and address not in held:
                     problem("unleased-pool-address", host,
                             f"resolves to {address}, in a DHCP pool, but no lease holds it",
                             device.name)

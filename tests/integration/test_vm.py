@@ -7,14 +7,12 @@ interfaces: the VM's clock and NIC are its own."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 from lab import ADMIN_DN, ADMIN_PASSWORD, DEVICES_DN, REGISTRAR_DN, REGISTRY_DN
 from test_agent import logged
-from vm import make
+from vm import SNTP_DEVICE, make, sntp_device
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -23,56 +21,15 @@ NAME = "VMCT1"
 # Years after the lab's time: an RTC in the past is moved up to systemd's own build time
 # at boot (its clock epoch), so a past RTC is only months off on Debian 12.
 RTC = "2031-06-01T00:00:00"
-SITE = f"""[time]
-mode = "sntp"
-
-[directory]
-domain = "hospital.test"
-security = "tls"
-ca_file = "/etc/dicom-agent/ca.pem"
-bind_dn = "{REGISTRAR_DN}"
-password_file = "/etc/dicom-agent/credentials/registrar.pw"
-
-[device]
-name = "{NAME}"
-
-[[device.connection]]
-name = "dicom"
-port = 104
-
-[[device.ae]]
-title = "{NAME}_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
 BOOT = 420.0  # s: power-on to ready under TCG, with room
 
 
 @pytest.fixture(scope="module")
 def machine(lab, debs):
-    tls = lab.run / "tls"
-
-    def prepare(root: Path) -> None:
-        etc = root / "etc/dicom-agent"
-        shutil.copy(tls / "ca.pem", etc / "ca.pem")
-        (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
-        secret = etc / "credentials/registrar.pw"
-        secret.write_text("registrarpw\n")
-        secret.chmod(0o600)
-        # This image has chronyd, so the package chose chrony; the site wants the agent
-        # to set the clock itself: chronyd masked, the sntp drop-in over the package's.
-        units = root / "etc/systemd/system"
-        (units / "chrony.service").unlink(missing_ok=True)
-        (units / "chrony.service").symlink_to("/dev/null")
-        shutil.copy(root / "usr/lib/dicom-agent/sntp.conf",
-                    units / "dicom-agent.service.d/60-sntp.conf")
-
+    site = SNTP_DEVICE.format(registrar=REGISTRAR_DN, name=NAME)
     machine = make("vm1", lab.run, lab.switch, MAC, debs[0],
-                   {"/etc/dicom-agent/agent.toml.d/50-site.toml": SITE}, prepare, rtc=RTC)
+                   {"/etc/dicom-agent/agent.toml.d/50-site.toml": site},
+                   lambda root: sntp_device(root, lab.run / "tls" / "ca.pem"), rtc=RTC)
     try:
         yield machine
     finally:
