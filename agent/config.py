@@ -102,6 +102,13 @@ class TimeSettings:
     nts: bool = False  # G.1.3 secure time through chronyd (NTS, RFC 8915)
     nts_ca_file: Path | None = None  # the CA the NTS servers' certificates chain to
     nts_fallback: bool = False  # NTS servers that fail the check used without NTS
+    set_timezone: bool | None = None  # G.1.1.4 applied; None: the mode decides
+
+    @property
+    def applies_timezone(self) -> bool:
+        """Whether the lease's zone becomes the device's local time: as configured, else
+        in the modes that set the clock (sntp, chrony), not in observe."""
+        return self.mode != "observe" if self.set_timezone is None else self.set_timezone
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,6 +497,7 @@ def _time(t: _Table) -> TimeSettings:
         nts=t.value("nts", "bool", d.nts),
         nts_ca_file=_as_path(t.value("nts_ca_file", "str", None, _file_problem(False))),
         nts_fallback=t.value("nts_fallback", "bool", d.nts_fallback),
+        set_timezone=t.value("set_timezone", "bool", d.set_timezone),
     )
     if settings.nts and settings.mode != "chrony":
         t.error("nts", 'needs mode = "chrony": the built-in SNTP client has no NTS '

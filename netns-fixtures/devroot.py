@@ -119,6 +119,9 @@ class SystemdDevice:
                 "systemd-nspawn", "-q", "-D", str(self.root), "--boot", "--register=no",
                 "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns}",
                 "--console=read-only", f"--machine={self.name}",
+                # The device's local time zone is its own (nspawn would link it to this
+                # machine's at each boot).
+                "--timezone=off",
                 # Inside the lab device's own namespace: what the agent's unit grants.
                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW,CAP_NET_BIND_SERVICE"]
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}

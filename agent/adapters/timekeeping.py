@@ -32,16 +32,18 @@ from agent.daemon.boot import Event
 from profiles import statefile_io
 from profiles.network_address.lease import Lease
 from profiles.network_address.resolver_io import ResolveError, Resolver
-from profiles.time_sync import chrony_io, nts_io
+from profiles.time_sync import chrony_io, nts_io, timezone_io
 from profiles.time_sync.sntp import RoundResult, SntpClient, StepPolicy
 from profiles.time_sync.sntp_io import Listener, SntpDriver, SystemClock
 from profiles.time_sync.sources import (
     ZONEINFO,
     ManualBackup,
     choose_servers,
+    lease_zone,
     offset_and_control,
     utc_offset_why,
 )
+from profiles.time_sync.timezone import zone_for
 
 log = logging.getLogger(__name__)
 CHRONY_SETTLE = 20.0  # s for chronyd to select a source before "internal-clock"
@@ -132,7 +134,9 @@ class Timekeeping:
         self.report: dict = {"mode": mode, "source": None, "servers": [], "selected": None,
                              "offset_ms": None, "synced": False, "manual_backup": False,
                              "utc_offset_s": settings.utc_offset, "tz": None,
-                             "correction": None, "unresolved": [], "last_error": None}
+                             "correction": None, "unresolved": [], "last_error": None,
+                             "timezone": {"zone": None, "applied": False,
+                                          "reason": "no lease yet"}}
 
     def counters(self) -> dict:
         out = dict(self.core.counters) if self.core is not None else {}
@@ -221,6 +225,12 @@ class Timekeeping:
                                               time.time() if now is None else now))
         return (self.report["utc_offset_s"], self.report["tz"]) != before
 
+    def force(self) -> tuple[str, str | None, int]:
+        """G.1.1.4's value in force (after refresh_offset or begin): its source, the tz
+        shown and the offset now."""
+        r = self.report
+        return r.get("utc_offset_source") or "preset", r.get("tz"), r["utc_offset_s"]
+
     def begin(self, source: str, lease: Lease | None) -> None:
         self.source = source
         self.report.update(mode=self.mode, source=source, **offset_and_control(
@@ -242,6 +252,9 @@ class Timekeeping:
     async def once(self, lease: Lease | None, manual: list[str] | None = None) -> dict:
         source, names = await self.discover(lease, manual)
         self.begin(source, lease)
+        zone, why = zone_for(*self.force()) if lease is not None else (None, "no lease")
+        self.report["timezone"] = {"zone": zone, "applied": False, "reason": why if zone is None
+                                   else f"{why}; applied by the daemon (set_timezone)"}
         addresses, failed = await resolve(names, resolver_for(lease))
         self.report["unresolved"] = failed
         if not addresses:
@@ -473,6 +486,7 @@ class TimeService:
         self._offset_rules = asyncio.Event()
         self._offset_rule: tuple | None = None
         self._offset_known = False
+        self._offset_hook = False  # a lease changed the offset: hooked after the zone
 
     def resolver(self) -> Resolver | None:
         lease = self.lease()
@@ -525,12 +539,12 @@ class TimeService:
         changes the offset at once, and its timer follows the rule in force."""
         lease = self.lease()
         self._lease_changes.set()
-        rule = (lease.tz_name, lease.tz_posix) if lease is not None else None
+        rule = lease_zone(lease)
         if rule != self._offset_rule:  # a renewal with the same rule: the timer stands
             self._offset_rule = rule
             self._offset_rules.set()
         if self.tk.refresh_offset(lease) and self._offset_known:
-            self.bus.hook("time-offset-changed")
+            self._offset_hook = True  # once the zone is applied (the offset task)
         self._offset_known = True  # the first lease sets it; later ones change it
 
     async def offset(self) -> None:
@@ -538,6 +552,10 @@ class TimeService:
         rule in force (option 101's zone or option 100's rule), re-armed on lease events."""
         while True:
             self._offset_rules.clear()
+            if await self.apply_zone() or self._offset_hook:
+                self._offset_hook = False
+                self.bus.hook("time-offset-changed")
+                await self.bus.publish()
             when = next_offset_change(self.lease(), time.time())
             wait = DAY if when is None else min(max(when - time.time(), 0.0) + 0.5, DAY)
             with contextlib.suppress(TimeoutError):
@@ -547,6 +565,32 @@ class TimeService:
                 log.info("UTC offset now %+d s", self.tk.report["utc_offset_s"])
                 self.bus.hook("time-offset-changed")
                 await self.bus.publish()
+
+    async def apply_zone(self) -> bool:
+        """G.1.1.4: the lease's zone made the device's local time (`set_timezone`), as
+        `localtime` and `timezone` in the state directory (timezone_io); the status's
+        `time.timezone` says which zone, whether it is applied and why (or why not). True
+        when the local time changed. A lease without a zone leaves the zone in force (the
+        image's, or the last applied)."""
+        lease = self.lease()
+        if lease is None:
+            return False
+        # Option 100 reads the tz database's files (~0.1 s): not on the loop.
+        zone, why = await asyncio.to_thread(zone_for, *self.tk.force())
+        applied, changed = False, False
+        if zone is not None and self.tk.settings.applies_timezone:
+            try:
+                changed = timezone_io.apply(self.state_dir, zone)
+                applied = True
+                if changed:
+                    log.info("local time zone now %s (%s)", zone, why)
+            except OSError as exc:
+                why = f"{why}; not applied: {exc}"
+                log.warning("local time zone %s not applied: %s", zone, exc)
+        elif zone is not None:
+            why = f"{why}; not applied: set_timezone = false"
+        self.tk.report["timezone"] = {"zone": zone, "applied": applied, "reason": why}
+        return changed
 
     async def result(self, synced: bool) -> None:
         """A time report: saved for after a restart, and its events — synchronized or the

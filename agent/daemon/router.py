@@ -140,6 +140,8 @@ class Agent:
     def _hook_values(self) -> dict[str, object]:
         return {**self.net.hook_values(),
                 "utc_offset": self.timekeeping.report.get("utc_offset_s"),
+                "timezone": (self.timekeeping.report["timezone"]["zone"]
+                             if self.timekeeping.report["timezone"]["applied"] else None),
                 "ae_titles": [t for t in self.directory.titles if t is not None]}
 
     def _hook(self, event: str, extra: dict | None = None) -> None:

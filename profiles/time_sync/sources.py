@@ -124,17 +124,21 @@ def _why(reasons: list[str]) -> str | None:
     return "; ".join(reasons) or None
 
 
+def lease_zone(lease) -> tuple[str | None, str | None, int | None]:
+    """What a lease says of local time: options 101, 100 and 2 — option 2 as the server
+    sent it (a lease's time_offset may be Table F.1-2's default, the preset, standing in
+    for an absent or rejected option)."""
+    if lease is None:
+        return None, None, None
+    sent = 2 in lease.options and 2 not in lease.rejected
+    return lease.tz_name, lease.tz_posix, lease.time_offset if sent else None
+
+
 def offset_and_control(lease, preset: int, mode: str, now: float) -> dict:
     """The status `time` fields every mode shares: the UTC offset (G.1.1.4-5) from the
     lease or the preset (with the reason a server's value was passed over), the local
     time, and whether the clock may be adjusted."""
-    # Option 2 as the server sent it: a lease's time_offset may be Table F.1-2's
-    # default (the preset) standing in for an absent or rejected option.
-    sent = lease is not None and 2 in lease.options and 2 not in lease.rejected
-    offset, tz, source, why = utc_offset_why(lease.tz_name if lease else None,
-                                             lease.tz_posix if lease else None,
-                                             lease.time_offset if sent else None, preset,
-                                             now)
+    offset, tz, source, why = utc_offset_why(*lease_zone(lease), preset, now)
     if lease is not None:  # what the DHCP boundary refused already, with its reason
         refused = [n for n in lease.notes if n.startswith(("option 101:", "option 100:",
                                                             "option 2:"))]

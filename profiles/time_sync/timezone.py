@@ -2,12 +2,13 @@
 client "shall use this offset for converting between UTC and local time"). Pure over the
 zoneinfo directory's files; applying the zone is the driver's.
 
-- option 101 (a tz database name) when this machine's tz database has it;
-- option 100 (a POSIX TZ rule) when a zone of the database follows exactly that rule now
+The value in force is G.1.1.4's (sources.utc_offset_why: 101, else 100, else 2), and:
+- option 101 (a tz database name) is that zone;
+- option 100 (a POSIX TZ rule) is a zone of the database that follows exactly that rule
   (the POSIX string at the end of its TZif v2+ file); Region/City names before the
   legacy ones (CET, EST5EDT), then alphabetical — zones with one rule keep the same time;
-- option 2 (seconds east of UTC) when it is a whole number of hours: `Etc/GMT-N` for N
-  hours east (the tz database's POSIX sign), `Etc/UTC` for 0;
+- option 2 (seconds east of UTC) is `Etc/GMT-N` for N hours east (the tz database's
+  POSIX sign), `Etc/UTC` for 0, when it is a whole number of hours;
 - else nothing applies, and the reason says which value could not be taken and why.
 """
 
@@ -66,36 +67,23 @@ def etc_zone(offset: int) -> str | None:
     return "Etc/UTC" if hours == 0 else f"Etc/GMT{'-' if hours > 0 else '+'}{abs(hours)}"
 
 
-def zone_for(tz_name: str | None, tz_posix: str | None, time_offset: int | None,
+def zone_for(source: str, tz: str | None, offset: int,
              zoneinfo_dir: Path = ZONEINFO) -> tuple[str | None, str]:
     """(the zone that makes local time what the lease says, how it was chosen) — or
-    (None, why no value of the lease could be applied)."""
-    why = []
-    if tz_name:
-        if _NAME.fullmatch(tz_name) and ".." not in tz_name \
-                and tz_name.split("/")[0] not in NOT_ZONES \
-                and footer_or_none(zoneinfo_dir / tz_name, zoneinfo_dir) is not None:
-            return tz_name, "option 101"
-        why.append(f"option 101 {tz_name[:64]!r}: not in the tz database here")
-    if tz_posix:
-        zone = zone_with_rule(tz_posix, zoneinfo_dir)
+    (None, why the value in force cannot be applied). `source`, `tz` and `offset` are
+    G.1.1.4's value in force as sources.utc_offset_why chose it (option 101 already
+    checked against the database, option 100 already evaluated), so the zone never
+    disagrees with the UTC offset the agent reports."""
+    if source == "dhcp-tz-name" and tz:
+        return tz, "option 101"
+    if source == "dhcp-posix-tz" and tz:
+        zone = zone_with_rule(tz, zoneinfo_dir)
         if zone is not None:
-            return zone, f"option 100: {zone} follows {tz_posix[:64]!r}"
-        why.append(f"option 100 {tz_posix[:64]!r}: no zone here follows that rule")
-    if time_offset is not None:
-        zone = etc_zone(time_offset)
+            return zone, f"option 100: {zone} follows {tz[:64]!r}"
+        return None, f"option 100 {tz[:64]!r}: no zone here follows that rule"
+    if source == "dhcp-time-offset":
+        zone = etc_zone(offset)
         if zone is not None:
-            return zone, f"option 2: {time_offset} s"
-        why.append(f"option 2 {time_offset} s: not a whole number of hours")
-    return None, "; ".join(why) or "the lease gives no time zone (options 101, 100, 2)"
-
-
-def footer_or_none(path: Path, zoneinfo_dir: Path = ZONEINFO) -> str | None:
-    """The zone file's footer; None when it is not a TZif v2+ file inside the database
-    (a link out of it is not followed), or not there."""
-    try:
-        if not path.is_file() or not path.resolve().is_relative_to(zoneinfo_dir.resolve()):
-            return None
-        return footer(path.read_bytes())
-    except OSError:
-        return None
+            return zone, f"option 2: {offset} s"
+        return None, f"option 2 {offset} s: not a whole number of hours"
+    return None, "the lease gives no time zone (options 101, 100, 2)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
 
 from agent_helpers import (
@@ -19,6 +20,8 @@ from agent_helpers import (
     write_config,
 )
 from test_agent import ask, sock, start, stop, wait_for
+
+from profiles.time_sync import timezone_io
 
 FAST = 'arp_probe = false\ninitial_delay = [0.0, 0.0]\nresolver = "auto"'
 
@@ -65,6 +68,10 @@ def test_the_device_resolves_site_names_and_follows_a_dst_transition(lab, device
         assert snap["time"]["utc_offset_s"] == 0
         after = wait_for(device, lambda s: s["time"]["utc_offset_s"] == 3600, 60)
         assert after["time"]["utc_offset_source"] == "dhcp-posix-tz"
+        # No zone of the tz database follows that rule: none applied (set_timezone's
+        # default in sntp mode is on), and option 2's zone is not taken instead.
+        assert after["time"]["timezone"]["applied"] is False
+        assert "no zone here follows that rule" in after["time"]["timezone"]["reason"]
         # The hook runs in the background, after the snapshot changed: wait for it.
         assert wait_until(lambda: "time-offset-changed 3600" in seen.read_text())
     finally:
@@ -107,6 +114,51 @@ def test_a_new_lease_changes_servers_and_offset_at_once(lab, device):
                           and "time-offset-changed 7200" in seen.read_text())
     finally:
         stop(proc)
+
+
+def test_the_lease_zone_becomes_the_local_time(lab, device):
+    """G.1.1.4 applied (set_timezone): the lab's option 2 (3600 s) as Etc/GMT-1, then a
+    renewal with option 101 as that zone — the link in the device's own state directory
+    (never this machine's /etc/localtime), which the C library reads as the local time;
+    status and the time-offset-changed hook say which zone."""
+    hooks = device.run_dir / "hooks"
+    hooks.mkdir()
+    seen = device.run_dir / "hook-events"
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $DICOM_AGENT_TIMEZONE" >> {seen}\n')
+    (hooks / "10-log").chmod(0o755)
+    state = device.run_dir / "agent-state"
+    config = write_config(device, network=FAST.replace('"auto"', '"file"'),
+                          agent_section=f'hooks_dir = "{hooks}"',
+                          time_section='mode = "observe"\nset_timezone = true',
+                          directory="enabled = false", state_dir=str(state))
+    link = state / "localtime"
+    proc = start(device, config)
+    try:
+        first = wait_for(device, lambda s: s["time"]["timezone"]["applied"])
+        assert first["time"]["timezone"] == {"zone": "Etc/GMT-1", "applied": True,
+                                             "reason": "option 2: 3600 s"}
+        assert timezone_io.current(state) == "Etc/GMT-1"
+        assert local(link) == "+0100"
+        assert (state / "timezone").read_text() == "Etc/GMT-1\n"
+        assert wait_until(lambda: seen.exists()
+                          and "time-offset-changed Etc/GMT-1" in seen.read_text())
+        lab.device_options(device.mac, {101: '"America/New_York"'})
+        assert ask(device, {"v": 1, "op": "renew"})["ok"] is True
+        then = wait_for(device, lambda s: s["time"]["timezone"]["zone"] == "America/New_York",
+                        40)
+        assert then["time"]["timezone"]["applied"] and then["time"]["tz"] == "America/New_York"
+        assert local(link) == ("-0400" if then["time"]["utc_offset_s"] == -4 * 3600
+                               else "-0500")
+        assert wait_until(lambda: "time-offset-changed America/New_York" in seen.read_text())
+    finally:
+        stop(proc)
+    assert timezone_io.current(state) == "America/New_York"  # kept for the next start
+
+
+def local(link) -> str:
+    """The UTC offset a C library program reads through the link, as `date +%z`."""
+    return subprocess.run(["date", "+%z"], env={"TZ": f":{link}"}, capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def test_chrony_mode_follows_a_server_change(lab, device):

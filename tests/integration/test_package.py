@@ -10,6 +10,7 @@ reinstall after the purge is a new device, which meets its old entry and stops a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from devroot import make
@@ -112,6 +113,13 @@ def test_install_upgrade_remove_reinstall_purge_and_a_new_device(lab, device, de
         identity, titles = device_id(), snap["directory"]["ae_titles"]
         address = snap["network"]["address"]
         assert titles == [f"{name}_SCP"] and len(entries(device, name)) == 1
+        # The local time zone: /etc/localtime through the agent's state directory, the
+        # lab's option 2 (3600 s) applied as Etc/GMT-1; `date` in the device shows it.
+        assert os.readlink(box.root / "etc/localtime") == "/var/lib/dicom-agent/localtime"
+        until(lambda: json.loads(box.run(["dicom-agent", "status", "--json"]).stdout)
+              ["time"]["timezone"]["applied"], 30, box=box)
+        assert box.run(["date", "+%z"]).stdout.strip() == "+0100"
+        assert (box.root / "var/lib/dicom-agent/timezone").read_text() == "Etc/GMT-1\n"
 
         # An upgrade while it runs: restarted, the same device.
         apt("install", f"/root/{upgrade.name}")
@@ -129,6 +137,10 @@ def test_install_upgrade_remove_reinstall_purge_and_a_new_device(lab, device, de
         assert not (box.root / "lib/systemd/system/dicom-agent.service").exists()
         assert (box.root / "etc/dicom-agent/agent.toml.d/50-site.toml").exists()
         assert device_id() == identity
+        # /etc/localtime and /etc/timezone given back: the zone in force, as tzdata has them.
+        assert os.readlink(box.root / "etc/localtime") == "/usr/share/zoneinfo/Etc/GMT-1"
+        assert (box.root / "etc/timezone").read_text() == "Etc/GMT-1\n"
+        assert not (box.root / "etc/tmpfiles.d/dicom-agent-localtime.conf").exists()
 
         # Reinstalled: the same device.
         apt("install", f"/root/{upgrade.name}")
