@@ -290,6 +290,8 @@ class Lab:
             raise ValueError(f"srv_layout must be one of {sorted(SRV_LAYOUTS)}")
         self.prefix = prefix
         self.flavour = flavour
+        self._device_options: dict[str, dict[int, str]] = {}  # device_options, by MAC
+        self._dnsmasq_loaded: list[str] = []  # load_dnsmasq's lines
         self.srv_layout = srv_layout
         self.initial_devices = devices
         # dnsmasq's minimum lease is 120 s; Kea takes 20 s (short leases for renewal tests).
@@ -682,19 +684,34 @@ class Lab:
                 raise LabError(f"dnsmasq did not re-read {hosts}")
             time.sleep(0.05)
 
-    def device_options(self, mac: str, options: dict[int, str]) -> None:
+    def device_options(self, mac: str, options: dict[int, str | None]) -> None:
         """Send `mac` these options from now on, each value as dnsmasq's dhcp-option
         writes it (a misconfigured or hostile server, for one device only; a tagged
-        option replaces the global one of its code). dnsmasq restarts to read them, its
-        leases kept. Device indices are never reused in a lab, so nothing else gets them."""
+        option replaces the global one of its code); None gives the code back to the
+        global option. A later call replaces the codes it names, keeps the others.
+        dnsmasq restarts to read them, its leases kept. Device indices are never reused
+        in a lab, so nothing else gets them."""
         if self.flavour != "dnsmasq":
             raise LabError("device_options needs the dnsmasq flavour")
-        tag = "opts" + mac.replace(":", "")
-        with open(self.run / "dnsmasq" / "device-options.conf", "a") as fh:
-            fh.write(f"dhcp-host={mac},set:{tag}\n")
+        mine = self._device_options.setdefault(mac, {})
+        for code, value in options.items():
+            if value is None:
+                mine.pop(code, None)
+            else:
+                mine[code] = value
+        self._write_dnsmasq_extra()
+
+    def _write_dnsmasq_extra(self) -> None:
+        """device-options.conf again — what load_dnsmasq added, then each device's tagged
+        options — and dnsmasq restarted to read it."""
+        lines = list(self._dnsmasq_loaded)
+        for mac, options in self._device_options.items():
+            tag = "opts" + mac.replace(":", "")
+            lines.append(f"dhcp-host={mac},set:{tag}\n")
             # An empty value: the option with no data (dnsmasq's way to leave it out).
-            fh.writelines(f"dhcp-option=tag:{tag},{code}" + (f",{value}" if value else "")
-                          + "\n" for code, value in options.items())
+            lines += [f"dhcp-option=tag:{tag},{code}" + (f",{value}" if value else "") + "\n"
+                      for code, value in options.items()]
+        (self.run / "dnsmasq" / "device-options.conf").write_text("".join(lines))
         self.stop_dhcp_server()
         self.start_dhcp_server()
 
@@ -825,10 +842,8 @@ class Lab:
         the lab's dnsmasq, which restarts to read them, its leases kept."""
         if self.flavour != "dnsmasq":
             raise LabError("load_dnsmasq needs the dnsmasq flavour")
-        with open(self.run / "dnsmasq" / "device-options.conf", "a") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-        self.stop_dhcp_server()
-        self.start_dhcp_server()
+        self._dnsmasq_loaded.append(text if text.endswith("\n") else text + "\n")
+        self._write_dnsmasq_extra()
 
     def dhcp_log(self) -> str:
         return self.log("dnsmasq" if self.flavour == "dnsmasq" else "kea-dhcp4")

@@ -14,8 +14,11 @@ loop mount). qemu boots the image's own kernel and initrd with systemd as PID 1:
   runs: one more device on the link, nothing on this machine's interfaces;
 - its real-time clock where the test says (`-rtc base=...`): the VM's clock is its own;
 - the serial console in a file; a second serial port (ttyS1) carries the reporter's lines:
-  a root unit in the image that prints, once a second, `@@ <unix time> <boot id>
-  <dicom-agent status --json>` — how the test reads the device without logging in.
+  a root unit in the image that prints `@@ <unix time> <boot id> <snapshot>` for each
+  snapshot `dicom-agent watch` gives, `@@date ... {"z": <date +%z>, "Z": <date +%Z>}`
+  once a second (the VM's clock, and the local time as `date` shows it), and every 5 s
+  once ready `@@ntp ... <ntpdig -j>` — how the test reads the device without logging
+  in; a third (ttyS2) takes a few commands (COMMAND_SH).
 qemu is ended by its PID (SIGTERM; `power_cut` SIGKILLs it), the tap goes with it.
 """
 
@@ -40,14 +43,29 @@ VM_INCLUDE = devroot.INCLUDE + ",linux-image-amd64,ntpsec-ntpdig"
 # client's measurement (ntpdig) of the lab's first NTP server; the command reader runs
 # what the test writes on ttyS2 (reboot, poweroff: nothing else).
 REPORT_SH = """#!/bin/sh
-# dicom-agent lab: the device's state on ttyS1 once a second, and every 5 s what an
-# independent SNTP client (ntpdig) measures against the lab's first NTP server.
+# dicom-agent lab: the device's state on ttyS1 — each snapshot of the agent as it changes
+# (one `dicom-agent watch`, started once the status socket exists: a Python process per
+# second would take the CPU the agent boots with, which the stock stack never pays),
+# once a second the local time as `date` shows it, and every 5 s once the device is
+# ready what an independent SNTP client (ntpdig) measures against the lab's first NTP
+# server.
+boot=$(cat /proc/sys/kernel/random/boot_id)
+(
+  while :; do
+    if [ -S /run/dicom-agent/status.sock ]; then
+      dicom-agent watch 2>/dev/null | while IFS= read -r line; do
+        echo "@@ $(date +%s.%N) $boot $line" > /dev/ttyS1
+      done
+    fi
+    sleep 1
+  done
+) &
 n=0
 while :; do
-  boot=$(cat /proc/sys/kernel/random/boot_id)
-  echo "@@ $(date +%s.%N) $boot $(dicom-agent status --json 2>/dev/null || echo null)" > /dev/ttyS1
+  local=$(date "+{\\"z\\": \\"%z\\", \\"Z\\": \\"%Z\\"}")
+  echo "@@date $(date +%s.%N) $boot $local" > /dev/ttyS1
   n=$((n + 1))
-  if [ $((n % 5)) = 0 ]; then
+  if [ $((n % 5)) = 0 ] && systemctl -q is-active dicom-ready.target; then
     ntp=$(ntpdig -t 1 -j 192.0.2.11 2>/dev/null | tr -d '\\n')
     echo "@@ntp $(date +%s.%N) $boot ${ntp:-null}" > /dev/ttyS1
   fi
@@ -55,13 +73,25 @@ while :; do
 done
 """
 COMMAND_SH = """#!/bin/sh
-# dicom-agent lab: what the test writes on ttyS2 — reboot or poweroff, nothing else.
+# dicom-agent lab: what the test writes on ttyS2 — reboot, poweroff, renew (the
+# operator's command), chrony (the clock to the image's chronyd from the next boot: the
+# lab's sntp choice taken out, chronyd unmasked, as the package decided), journal (this
+# boot's journal on ttyS1, each line after "## ") — nothing else.
+# Each command done is said on ttyS1.
 stty -F /dev/ttyS2 raw -echo
 while read -r cmd < /dev/ttyS2; do
   case "$cmd" in
     reboot) systemctl reboot ;;
     poweroff) systemctl poweroff ;;
+    renew) dicom-agent renew ;;
+    chrony) rm -f /etc/dicom-agent/agent.toml.d/40-lab-sntp.toml \\
+              /etc/systemd/system/dicom-agent.service.d/60-sntp.conf \\
+              /etc/systemd/system/chrony.service
+            systemctl enable chrony.service; sync ;;
+    journal) journalctl -b -o short-monotonic --no-pager | sed 's/^/## /' > /dev/ttyS1 ;;
+    *) continue ;;
   esac
+  echo "@@cmd $(date +%s.%N) $(cat /proc/sys/kernel/random/boot_id) \\"$cmd\\"" > /dev/ttyS1
 done
 """
 UNIT = """[Unit]
@@ -81,10 +111,7 @@ FIXTURES = {"dicom-lab-report": ("the device's state on ttyS1", "report.sh", REP
 
 # The device the VM tests and the bench boot: the agent sets the clock (sntp) and
 # registers over TLS with the registrar's password (root's, handed over by the unit).
-SNTP_DEVICE = """[time]
-mode = "sntp"
-
-[directory]
+SNTP_DEVICE = """[directory]
 domain = "hospital.test"
 security = "tls"
 ca_file = "/etc/dicom-agent/ca.pem"
@@ -111,9 +138,12 @@ transfer_syntaxes = ["1.2.840.10008.1.2"]
 
 def sntp_device(root: Path, ca: Path) -> None:
     """The site's part of SNTP_DEVICE in an image: the lab's CA, the registrar's
-    password, and — this image has chronyd, so the package chose chrony — chronyd masked
-    and the sntp drop-in over the package's."""
+    password, and — this image has chronyd, so the package chose chrony — sntp mode (a
+    drop-in of its own, which the command `chrony` removes), chronyd masked and the sntp
+    drop-in over the package's."""
     etc = root / "etc/dicom-agent"
+    (etc / "agent.toml.d").mkdir(exist_ok=True)
+    (etc / "agent.toml.d/40-lab-sntp.toml").write_text('[time]\nmode = "sntp"\n')
     shutil.copy(ca, etc / "ca.pem")
     (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
     secret = etc / "credentials/registrar.pw"
@@ -124,6 +154,10 @@ def sntp_device(root: Path, ca: Path) -> None:
     (units / "chrony.service").symlink_to("/dev/null")
     shutil.copy(root / "usr/lib/dicom-agent/sntp.conf",
                 units / "dicom-agent.service.d/60-sntp.conf")
+
+
+# The reporter's lines, by their first word: the key of the report they become.
+KINDS = {"@@": "status", "@@ntp": "ntp", "@@date": "date", "@@cmd": "cmd"}
 
 
 class VMError(RuntimeError):
@@ -192,7 +226,8 @@ class VM:
         return self.workdir / f"{self.name}.cmd"
 
     def command(self, text: str) -> None:
-        """A line for the command reader on the VM's ttyS2 (reboot, poweroff)."""
+        """A line for the command reader on the VM's ttyS2 (COMMAND_SH); once it has run
+        (reboot and poweroff aside), a report `{"cmd": text}` follows."""
         import socket
 
         with socket.socket(socket.AF_UNIX) as s:
@@ -237,7 +272,7 @@ class VM:
         text = "".join(log.read_text(errors="replace") for log in logs if log.exists())
         for n, line in enumerate(text.splitlines()):
             parts = line.split(" ", 3)
-            if len(parts) < 4 or parts[0] not in ("@@", "@@ntp"):
+            if len(parts) < 4 or parts[0] not in KINDS:
                 continue
             try:
                 value = json.loads(parts[3])
@@ -247,7 +282,7 @@ class VM:
                 report = {"n": n, "vm_time": float(parts[1]), "boot_id": parts[2]}
             except ValueError:
                 continue
-            report["status" if parts[0] == "@@" else "ntp"] = value
+            report[KINDS[parts[0]]] = value
             out.append(report)
         return out
 
@@ -266,6 +301,14 @@ class VM:
             time.sleep(0.5)
         raise VMError(f"not within {timeout:.0f} s; console:\n"
                       f"{self.console.read_text(errors='replace')[-3000:]}")
+
+    def journal(self, timeout: float = 60.0) -> list[str]:
+        """This boot's journal (`journal` on ttyS2), as the reporter's port carried it."""
+        mark = self.last(lambda r: True)
+        self.command("journal")
+        self.wait(lambda r: r.get("cmd") == "journal", timeout, after=mark)
+        text = self.report_log.read_text(errors="replace")
+        return [line[3:] for line in text.splitlines() if line.startswith("## ")]
 
     def last(self, predicate) -> dict | None:
         """The latest report so far for which predicate(report) holds."""
@@ -317,6 +360,9 @@ def make(name: str, workdir: Path, switch: str, mac: str, deb: Path,
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
         (root / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
+        conf = root / "etc/chrony/chrony.conf"  # chronyd's Debian pool: not outside the lab
+        conf.write_text("".join(f"# {line}" if line.startswith("pool ") else line
+                                for line in conf.read_text().splitlines(keepends=True)))
         (root / "etc/hostname").write_text(f"{name}\n")
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)

@@ -113,10 +113,19 @@ def statement(config: Config) -> str:
            *(["Proven on a real machine (a Debian 12 VM booted with the package, its "
               "real-time clock five years ahead): the first update steps the clock, later "
               "ones slew (an independent client in the VM measures the lab server within "
-              "0.2 ms a minute on); a reboot and a power cut come back the same way."]
-             if t.mode == "sntp" else []),
+              "0.2 ms a minute on); a server an hour off after the first sync is refused "
+              "and reported, the clock kept; a reboot comes back the same way."]
+             if t.mode == "sntp" else
+             ["Proven on a real machine (a Debian 12 VM, its real-time clock five years "
+              "ahead, after a power cut): the image's chronyd sets the clock from the "
+              "servers the agent hands it (an independent client in the VM measures the "
+              "lab server within 10 ms)."] if t.mode == "chrony" else []),
            f"UTC offset: option 101, else 100, else 2, else the preset {t.utc_offset} s; the "
-           "system clock stays UTC.", "",
+           "system clock stays UTC. Local time: "
+           + ("the lease's zone becomes the device's (option 101's zone, a zone following "
+              "option 100's rule, option 2 in whole hours as Etc/GMT-N), proven in the VM "
+              "with date." if t.applies_timezone else
+              "not set by the agent ([time] set_timezone is off)."), "",
            "## LDAP client (PS3.15 F.1.8, H.1.4)", ""]
     if d.enabled:
         out += [f"Finding the server: DNS SRV _ldap._tcp.<{d.domain or 'DHCP domain'}> in RFC "
