@@ -311,6 +311,11 @@ def main() -> int:
     print(f"  ready / stock: {agent_s / stock_s:.2f}x (aim: ready before the stock stack is "
           f"online and synced: {'met' if agent_s < stock_s else 'NOT met'}); bound and "
           f"synced / stock: {synced_s / stock_s:.2f}x")
+    print("  the agent's boot, from the VM's journal (uptime s, and the step's own s):")
+    before = None
+    for name, at in machine["phases"].items():
+        print(f"    {name:44} {at:6.1f}" + (f" {at - before:+6.1f}" if before else ""))
+        before = at
     return 0
 
 

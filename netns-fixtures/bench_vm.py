@@ -76,6 +76,26 @@ def _power_on_to(machine: VM, *predicates, timeout: float = 420.0) -> list[float
     return out
 
 
+# Where the agent's boot goes, from the VM's journal (uptime, as journalctl's monotonic
+# stamps): the marker line of each step, in order.
+PHASES = (("unit started", "Starting dicom-agent.service"),
+          ("interpreter up, configuration read", "starting -> waiting-for-link"),
+          ("address bound (DHCP, RFC 5227 probe)", "(lease-bound)"),
+          ("clock stepped", "(time-synced)"),
+          ("ready (directory, TLS)", "-> ready"))
+
+
+def phases(journal: list[str]) -> dict[str, float]:
+    """Each phase's uptime (s) from the journal, for those found."""
+    out = {}
+    for name, marker in PHASES:
+        for line in journal:
+            if marker in line and line.startswith("["):
+                out[name] = float(line[1:line.index("]")])
+                break
+    return out
+
+
 def _status(report) -> dict:
     return report["status"] if isinstance(report.get("status"), dict) else {}
 
@@ -94,6 +114,7 @@ def vm_bench(lab: Lab, deb: Path, reps: int = 1) -> dict:
                 lambda r: _status(r).get("state") == "ready")
             out["agent_synced"].append(synced)
             out["agent"].append(ready)
+            steps = phases(agent.journal())
         finally:
             agent.remove()
             lab.unregister(["VMBENCH"], ["VMBENCH_SCP"])
@@ -106,4 +127,4 @@ def vm_bench(lab: Lab, deb: Path, reps: int = 1) -> dict:
             stock.remove()
     return {"agent_s": statistics.median(out["agent"]),
             "agent_synced_s": statistics.median(out["agent_synced"]),
-            "stock_s": statistics.median(out["stock"]), "reps": reps}
+            "stock_s": statistics.median(out["stock"]), "reps": reps, "phases": steps}
