@@ -7,9 +7,10 @@ minutes and 600 MB) and cached beside the containers' root; each VM copies it, i
 the .deb into the copy as an image build does (dpkg -i in a chroot: nothing started),
 gets the test's configuration and a reporter, and becomes an ext4 image (mkfs.ext4 -d: no
 loop mount). qemu boots the image's own kernel and initrd with systemd as PID 1:
-- TCG, unless KVM is asked for (DICOM_AGENT_VM_KVM=1) — a KVM guest stalls after the BIOS
-  on this machine (nested virtualization, ../shared/lab-notes.md), so KVM is used only
-  where a guest was seen to boot with it;
+- KVM where a guest was seen to boot with it (`accelerator`: one probe boot of the kernel
+  under KVM per host, cached), else TCG — a KVM guest stalls after the BIOS on this
+  machine (nested virtualization, ../shared/lab-notes.md); DICOM_AGENT_VM_KVM=1 or 0
+  decides without the probe;
 - its NIC a tap on the lab's bridge, created in the lab's switch namespace, where qemu
   runs: one more device on the link, nothing on this machine's interfaces;
 - its real-time clock where the test says (`-rtc base=...`): the VM's clock is its own;
@@ -188,6 +189,61 @@ def vm_root() -> Path:
     return root
 
 
+KVM_PROBE = CACHE / "kvm-probe"  # "<what was probed>\n<kvm|tcg>\n"
+KVM_PROBE_TIMEOUT = 20.0  # s: a KVM guest prints its kernel banner within a few
+
+
+def accelerator(kernel: Path, initrd: Path, workdir: Path) -> str:
+    """`kvm` where a guest was seen to boot with it on this machine, else `tcg`.
+    DICOM_AGENT_VM_KVM=1 or 0 decides without a probe; without a usable /dev/kvm it is
+    TCG. Otherwise the kernel is booted once under KVM (no disk, no NIC) and KVM is used
+    when its banner reaches the serial console in time — a nested KVM that stalls after
+    the BIOS, as on the machine lab-notes describes, does not; the finding is cached for
+    this host kernel, qemu and guest kernel."""
+    forced = os.environ.get("DICOM_AGENT_VM_KVM")
+    if forced in ("0", "1"):
+        return "kvm" if forced == "1" else "tcg"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.split("\n")[0]
+    what = f"{os.uname().release} | {qemu} | {kernel.name}"
+    try:
+        cached_what, cached = KVM_PROBE.read_text().splitlines()[:2]
+        if cached_what == what and cached in ("kvm", "tcg"):
+            return cached
+    except (OSError, ValueError):
+        pass
+    found = "kvm" if _boots_with_kvm(kernel, initrd, workdir) else "tcg"
+    KVM_PROBE.parent.mkdir(parents=True, exist_ok=True)
+    KVM_PROBE.write_text(f"{what}\n{found}\n")
+    return found
+
+
+def _boots_with_kvm(kernel: Path, initrd: Path, workdir: Path) -> bool:
+    """The guest kernel's banner on the serial console under KVM, within the timeout;
+    qemu ended by its PID either way."""
+    console = workdir / "kvm-probe.console"
+    console.unlink(missing_ok=True)
+    proc = subprocess.Popen(["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-smp", "1",
+                             "-nographic", "-nodefaults", "-nic", "none", "-no-reboot",
+                             "-serial", f"file:{console}", "-kernel", str(kernel),
+                             "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + KVM_PROBE_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            if console.exists() and b"Linux version" in console.read_bytes():
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
 def _boot_files(root: Path) -> tuple[Path, Path]:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
@@ -210,6 +266,7 @@ class VM:
     tap: str = "vmtap0"
     rtc: str | None = None
     proc: subprocess.Popen | None = None
+    accel: str | None = None  # what the last boot ran under: kvm or tcg
     boots: int = 0
     started: list[float] = field(default_factory=list)
 
@@ -246,7 +303,7 @@ class VM:
         for log in (self.console, self.report_log):  # qemu truncates them: keep each boot's
             if log.exists():
                 log.rename(log.with_name(f"{log.name}.{self.boots}"))
-        accel = "kvm" if os.environ.get("DICOM_AGENT_VM_KVM") == "1" else "tcg"
+        accel = self.accel = accelerator(self.kernel, self.initrd, self.workdir)
         rtc = rtc or self.rtc
         argv = ["ip", "netns", "exec", self.switch, "qemu-system-x86_64", "-accel", accel,
                 "-m", "1024", "-smp", "1", "-nographic", "-nodefaults",

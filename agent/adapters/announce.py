@@ -14,8 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import zeroconf.asyncio  # noqa: F401 -- see below
-
 from agent.adapters.address import remaining
 from agent.daemon.boot import Event
 from profiles.app_config import dnssd_io
@@ -25,10 +23,8 @@ from profiles.network_address.lease import Lease
 
 log = logging.getLogger(__name__)
 
-# The daemon browses and announces from its first address on, so zeroconf is imported
-# here, with the daemon's own imports under the paused collector (agent.commands.cli.importing),
-# rather than by dnssd in the event loop: ~15 ms less CPU to `ready` (two A/B
-# runs of 8 and 10 boots each way, medians 0.425 -> 0.41 and 0.395 -> 0.38 s).
+# zeroconf is imported by the daemon's warm-up (agent.daemon.router.warm_up), in a thread
+# while the address is being acquired, not before the first DHCPDISCOVER.
 
 
 def titles_for(device: Device, owned: list[str], keys: dict[str, str] | None = None

@@ -52,6 +52,25 @@ STATE_CHECK = 5.0  # s: how soon a state file the filesystem refused shows as de
 STATE_RETRY = 10.0  # s: how often such a file is tried again
 
 
+def warm_up(modules: list[str]) -> None:
+    """Import what the profiles after the address need (zeroconf, ldap3 through the
+    directory's driver), in a thread while the address is acquired: the initial delay,
+    the DHCP exchange and the RFC 5227 probe leave the CPU idle for seconds, and on a
+    slow device these imports cost over a second each — paid before the first
+    DHCPDISCOVER if made at start, before registering if made when first needed. With
+    the collector paused and the result frozen, as the daemon's own imports."""
+    import gc
+    import importlib
+
+    gc.disable()
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 class Stopped(Exception):
     """Raised inside the TaskGroup to end it on SIGTERM/SIGINT."""
 
@@ -229,6 +248,15 @@ class Agent:
                 await self._apply(Event.STATE_NOT_SAVED if unsaved else Event.STATE_SAVED)
             await asyncio.sleep(STATE_RETRY if unsaved else STATE_CHECK)
 
+    async def _warm_up(self) -> None:
+        modules = ["zeroconf.asyncio"]
+        if self.config.directory.enabled:
+            modules.append("profiles.app_config.directory_io")
+        try:
+            await asyncio.to_thread(warm_up, modules)
+        except Exception as exc:  # an import that fails fails again where it is needed
+            log.warning("warm-up: %s", exc)
+
     async def _until_stopped(self) -> None:
         await self._stop.wait()
         raise Stopped
@@ -260,6 +288,7 @@ class Agent:
                     tg.create_task(sv.run(name, faulty(name, job)), name=name)
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._until_stopped(), name="until-stopped")
+                tg.create_task(self._warm_up(), name="warm-up")
                 # READY=1 once the daemon is up — configuration valid, status socket
                 # listening, profiles started — as systemd-networkd does; waiting for the
                 # boot state `ready` is `dicom-agent wait` (dicom-agent-wait-ready.service).

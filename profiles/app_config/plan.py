@@ -42,6 +42,64 @@ def escape_rdn(value: str) -> str:
     return value
 
 
+_HEX = set("0123456789abcdefABCDEF")
+_ESCAPABLE = set(' "#+,;<=>\\\x00')  # after a backslash: itself (RFC 4514 2.4)
+_UNESCAPED = set('"#+,;<=>\x00')  # never bare in a value: ldap3 refuses these too
+
+
+def dn_problem(dn: str) -> str | None:
+    """Why `dn` is not a distinguished name (RFC 4514 3) a directory can be given, or
+    None: RDNs of `type=value` joined by `,` (`+` inside one), each type a name (a letter,
+    then letters, digits, hyphens), each value non-empty with `"#+,;<=>`, NUL and a
+    leading or trailing space escaped by a backslash, which is followed by one of those,
+    itself or two hex digits. ldap3's parse_dn is the oracle (the directory code hands
+    these DNs to it): what this accepts, ldap3 accepts — a little stricter where ldap3
+    bends (hex-string values, numeric OIDs, which ldap3 refuses anyway, and a value
+    holding a separator without `=`, which it glues to the one before). Pure: a
+    configuration with DNs is checked without importing ldap3."""
+    if not dn:
+        return "empty"
+    avas, current, i = [], [], 0
+    while i < len(dn):
+        char = dn[i]
+        if char == "\\":
+            if i + 1 >= len(dn):
+                return "a backslash at the end"
+            nxt = dn[i + 1]
+            if nxt in _HEX and i + 2 < len(dn) and dn[i + 2] in _HEX:
+                current.append(dn[i:i + 3])
+                i += 3
+                continue
+            if nxt not in _ESCAPABLE:
+                return f"{nxt!r} may not follow a backslash"
+            current.append(dn[i:i + 2])
+            i += 2
+            continue
+        if char in ",+":
+            avas.append(current)
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    avas.append(current)
+    for ava in avas:
+        if "=" not in ava:
+            return f"{''.join(ava)!r} is not type=value"
+        at = ava.index("=")
+        kind, value = "".join(ava[:at]), ava[at + 1:]
+        if not (kind[:1].isascii() and kind[:1].isalpha()) or not all(
+                c.isascii() and (c.isalnum() or c == "-") for c in kind):
+            return f"attribute type {kind!r} is not a name"
+        if not value:
+            return f"{kind}= has no value"
+        if value[0] == " " or value[-1] == " ":
+            return f"{kind}=: a leading or trailing space must be escaped"
+        bare = next((c for c in value if len(c) == 1 and c in _UNESCAPED), None)
+        if bare is not None:
+            return f"{kind}=: {bare!r} must be escaped"
+    return None
+
+
 def escape_filter_value(value: str) -> str:
     """An assertion value for a filter (RFC 4515 3): `\\ * ( )` and NUL as `\\XX`
     (ldap3's escape_filter_chars for text, to the character)."""

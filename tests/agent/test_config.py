@@ -153,7 +153,8 @@ def test_vendor_data_and_client_id_are_decoded():
      'device.ae[0].connections[1]: "dicom" is listed twice'),
     ("device.ae[0].connections", [], "device.ae[0].connections: at least 1 needed, got 0"),
     ("device.related_device_reference", ["cn=ok,dc=x", "not a dn"],
-     'device.related_device_reference[1]: not a valid DN (RFC 4514), got "not a dn"'),
+     'device.related_device_reference[1]: not a valid DN (RFC 4514: \'not a dn\' is not '
+     'type=value), got "not a dn"'),
     ("device.vendor_data", ["!!"], 'device.vendor_data[0]: not valid base64, got "!!"'),
     ("device.connection[0].tls_cipher_suites", ["aes"],
      'device.connection[0].tls_cipher_suites[0]: must be an RFC 2246 name such as '

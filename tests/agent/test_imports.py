@@ -25,21 +25,48 @@ def loaded(code: str) -> list[str]:
     return eval(out.stdout.strip().splitlines()[-1])  # a list literal of names
 
 
-def test_a_daemon_without_a_directory_never_loads_ldap3(tmp_path):
+def daemon_config(tmp_path, directory: str) -> Path:
     config = tmp_path / "agent.toml"
     archive = (REPO / "agent" / "examples" / "archive.toml").read_text()
     assert 'security = "anonymous"' in archive
     config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
                       f'runtime_dir = "{tmp_path / "run"}"\n\n'
-                      + archive.replace('security = "anonymous"', "enabled = false"))
-    code = ("import asyncio\nfrom agent.config import load_config\n"
-            "from agent.daemon.router import Agent\n"
-            "async def main():\n"
-            f"    agent = Agent(load_config({str(config)!r}))\n"
-            "    assert agent.snapshot()['directory']['state'] == 'disabled'\n"
-            "    await agent.directory.run()\n"  # the directory task of such a device: it ends
-            "asyncio.run(main())")
-    assert loaded(code) == ["zeroconf"]  # DNS-SD: the archive's AEs are announced
+                      + archive.replace('security = "anonymous"', directory))
+    return config
+
+
+def test_the_daemon_starts_without_the_heavy_libraries(tmp_path):
+    """Configuration read (its DNs checked without ldap3) and the daemon made: nothing
+    heavy yet — the first DHCPDISCOVER does not wait for zeroconf or ldap3."""
+    secret = tmp_path / "registrar.pw"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    config = daemon_config(tmp_path, 'security = "basic"\nbind_dn = "cn=Registrar,dc=h,dc=t"'
+                                     f'\npassword_file = "{secret}"'
+                                     '\nallow_cleartext_password = true')
+    code = ("from agent.config import load_config\nfrom agent.daemon.router import Agent\n"
+            f"agent = Agent(load_config({str(config)!r}))\n"
+            "assert agent.config.directory.bind_dn")
+    assert loaded(code) == []
+
+
+def test_the_warm_up_loads_ldap3_only_for_a_directory(tmp_path):
+    """The daemon's warm-up (in a thread while the address is acquired): zeroconf for
+    DNS-SD, ldap3 only when the directory is enabled — and a daemon whose directory is
+    disabled never loads it, its directory task included."""
+    for directory, heavy in (("enabled = false", ["zeroconf"]),
+                             ('security = "anonymous"', ["ldap3", "pyasn1", "zeroconf"])):
+        config = daemon_config(tmp_path, directory)
+        code = ("import asyncio\nfrom agent.config import load_config\n"
+                "from agent.daemon.router import Agent\n"
+                "async def main():\n"
+                f"    agent = Agent(load_config({str(config)!r}))\n"
+                "    await agent._warm_up()\n"
+                "    if not agent.config.directory.enabled:\n"
+                "        assert agent.snapshot()['directory']['state'] == 'disabled'\n"
+                "        await agent.directory.run()\n"  # such a device's directory task ends
+                "asyncio.run(main())")
+        assert loaded(code) == heavy, directory
 
 
 def test_the_directory_cores_and_state_files_load_no_ldap3():

@@ -6,6 +6,9 @@ import base64
 import random
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent.config import load_config
 from profiles.app_config import plan
 
@@ -113,3 +116,50 @@ def test_dn_splitting_and_unescaping_follow_rfc_4514():
     assert plan.rdn_value(parent) == "A,B"
     assert plan.rdn_value("cn=\\41\\42C,dc=x") == "ABC"
     assert plan.split_rdn("dc=test") == ("dc=test", "")
+
+
+def ldap3_accepts(dn: str) -> bool:
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
+    try:
+        parse_dn(dn)
+    except LDAPInvalidDnError:
+        return False
+    return True
+
+
+def test_a_dn_is_checked_without_ldap3_and_never_more_leniently():
+    """plan.dn_problem against its oracle, ldap3's parse_dn (which the directory code
+    is handed these DNs): what it accepts ldap3 accepts; DNs made the way the agent
+    writes them (escape_rdn values) pass both; the usual mistakes are named."""
+    for good in ("cn=Registrar,dc=hospital,dc=test", "dicomAETitle=A\\,B\\+C,cn=x",
+                 "cn=a\\ ,o=b\\#c", "cn=x+sn=y,dc=t", "cn=\\23lead,dc=t", "uid=Ä,dc=t"):
+        assert plan.dn_problem(good) is None, good
+        assert ldap3_accepts(good), good
+    for bad, why in (("", "empty"), ("cn=a, o=b", "attribute type ' o' is not a name"),
+                     ("cn=a,", "'' is not type=value"), ("cn=", "cn= has no value"),
+                     ("cn= a", "cn=: a leading or trailing space must be escaped"),
+                     ("cn=a=b", "cn=: '=' must be escaped"), ("1cn=a", "attribute type "
+                                                                    "'1cn' is not a name"),
+                     ("cn=a\\q", "'q' may not follow a backslash"),
+                     ("cn=a\\", "a backslash at the end"), ("cn=#41", "cn=: '#' must be escaped")):
+        assert plan.dn_problem(bad) == why, bad
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet='cnod=,+\\ "#;<>a1-Ä\x0045', max_size=24))
+def test_what_the_dn_check_accepts_ldap3_accepts(dn):
+    if plan.dn_problem(dn) is None:
+        assert ldap3_accepts(dn), dn
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["cn", "dc", "dicomAETitle", "o-x"]),
+                          st.text(min_size=1, max_size=12)), min_size=1, max_size=4))
+def test_dns_written_with_escape_rdn_are_judged_as_ldap3_does(rdns):
+    """The two agree on DNs the agent writes — both refuse a `#` inside a value, which
+    RFC 4514 leaves bare (escape_rdn escapes only a leading one), so a configured DN
+    must escape it."""
+    dn = ",".join(f"{kind}={plan.escape_rdn(value)}" for kind, value in rdns)
+    assert (plan.dn_problem(dn) is None) == ldap3_accepts(dn), dn
