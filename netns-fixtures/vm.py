@@ -407,6 +407,9 @@ def make(name: str, workdir: Path, switch: str, mac: str, deb: Path,
     image of it."""
     base = vm_root()
     kernel, initrd = _boot_files(base)
+    for stale in workdir.glob(f"{name}.*"):  # an earlier VM of this name: its logs are not ours
+        if stale.is_file() or stale.is_socket():
+            stale.unlink()
     root = workdir / f"{name}.root"
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base), str(root)], check=True)
