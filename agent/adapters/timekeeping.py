@@ -552,9 +552,12 @@ class TimeService:
         rule in force (option 101's zone or option 100's rule), re-armed on lease events."""
         while True:
             self._offset_rules.clear()
+            reported = self.tk.report["timezone"]
             if await self.apply_zone() or self._offset_hook:
                 self._offset_hook = False
                 self.bus.hook("time-offset-changed")
+                await self.bus.publish()
+            elif self.tk.report["timezone"] != reported:  # a reason, not a new local time
                 await self.bus.publish()
             when = next_offset_change(self.lease(), time.time())
             wait = DAY if when is None else min(max(when - time.time(), 0.0) + 0.5, DAY)
