@@ -19,8 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
-from lab import REGISTRAR_DN, Lab
-from vm import SNTP_DEVICE, VM, make, sntp_device
+from devroot import site_device
+from lab import Lab
+from vm import VM, make, sntp_device
 
 MAC = "02:dc:00:00:00:98"
 RTC = "2031-06-01T00:00:00"
@@ -106,7 +107,7 @@ def vm_bench(lab: Lab, deb: Path, reps: int = 3) -> dict:
     TCG: chronyd's first sync most of all)."""
     out: dict[str, list[float]] = {"agent": [], "agent_synced": [], "stock": []}
     files = {"/etc/dicom-agent/agent.toml.d/50-site.toml":
-             SNTP_DEVICE.format(registrar=REGISTRAR_DN, name="VMBENCH")}
+             site_device("VMBENCH")}
     steps: dict[str, list[float]] = {}
     for _ in range(reps):
         agent = make("vmbench", lab.run, lab.switch, MAC, deb, files,

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import REGISTRAR_DN, REGISTRAR_PASSWORD
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/dicom-agent-lab")
 INCLUDE = "systemd,systemd-sysv,dbus,python3,iproute2,chrony"
@@ -74,6 +76,51 @@ def mirror(etc: Path = Path("/etc/apt"), codename: str = CODENAME) -> str:
 
 class DevRootError(RuntimeError):
     pass
+
+
+# The site's part of a lab device image's configuration (the VM's, the package's and the
+# units' devices): the directory over TLS as the lab's registrar, one Verification SCP.
+SITE_DEVICE = """[directory]
+domain = "hospital.test"
+security = "tls"
+ca_file = "/etc/dicom-agent/ca.pem"
+bind_dn = "{registrar}"
+# root's, 0600, in the credentials directory: handed over by LoadCredential=
+password_file = "/etc/dicom-agent/credentials/registrar.pw"
+
+[device]
+name = "{name}"
+
+[[device.connection]]
+name = "dicom"
+port = 104
+
+[[device.ae]]
+title = "{name}_SCP"
+connections = ["dicom"]
+
+[[device.ae.transfer_capability]]
+sop_class = "1.2.840.10008.1.1"
+role = "SCP"
+transfer_syntaxes = ["1.2.840.10008.1.2"]
+"""
+
+
+def site_device(name: str) -> str:
+    """SITE_DEVICE for the device `name`."""
+    return SITE_DEVICE.format(registrar=REGISTRAR_DN, name=name)
+
+
+def site_secrets(root: Path, ca: Path) -> None:
+    """The files SITE_DEVICE names, in an image: the lab's CA and the registrar's
+    password (root's, 0600, in the credentials directory tmpfiles.d makes at boot)."""
+    etc = root / "etc" / "dicom-agent"
+    etc.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ca, etc / "ca.pem")
+    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
+    secret = etc / "credentials" / "registrar.pw"
+    secret.write_text(f"{REGISTRAR_PASSWORD}\n")
+    secret.chmod(0o600)
 
 
 def base_root() -> Path:

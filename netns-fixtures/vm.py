@@ -110,46 +110,15 @@ FIXTURES = {"dicom-lab-report": ("the device's state on ttyS1", "report.sh", REP
             "dicom-lab-command": ("commands from ttyS2", "command.sh", COMMAND_SH)}
 
 
-# The device the VM tests and the bench boot: the agent sets the clock (sntp) and
-# registers over TLS with the registrar's password (root's, handed over by the unit).
-SNTP_DEVICE = """[directory]
-domain = "hospital.test"
-security = "tls"
-ca_file = "/etc/dicom-agent/ca.pem"
-bind_dn = "{registrar}"
-password_file = "/etc/dicom-agent/credentials/registrar.pw"
-
-[device]
-name = "{name}"
-
-[[device.connection]]
-name = "dicom"
-port = 104
-
-[[device.ae]]
-title = "{name}_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
-"""
-
-
 def sntp_device(root: Path, ca: Path) -> None:
-    """The site's part of SNTP_DEVICE in an image: the lab's CA, the registrar's
-    password, and — this image has chronyd, so the package chose chrony — sntp mode (a
-    drop-in of its own, which the command `chrony` removes), chronyd masked and the sntp
-    drop-in over the package's."""
+    """The image of the device the VM tests and the bench boot (devroot.site_device: it
+    registers over TLS): the site's files, and — this image has chronyd, so the package
+    chose chrony — sntp mode (a drop-in of its own, which the command `chrony` removes),
+    chronyd masked and the sntp drop-in over the package's."""
+    devroot.site_secrets(root, ca)
     etc = root / "etc/dicom-agent"
     (etc / "agent.toml.d").mkdir(exist_ok=True)
     (etc / "agent.toml.d/40-lab-sntp.toml").write_text('[time]\nmode = "sntp"\n')
-    shutil.copy(ca, etc / "ca.pem")
-    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
-    secret = etc / "credentials/registrar.pw"
-    secret.write_text("registrarpw\n")
-    secret.chmod(0o600)
     units = root / "etc/systemd/system"
     (units / "chrony.service").unlink(missing_ok=True)
     (units / "chrony.service").symlink_to("/dev/null")

@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 
-from devroot import make
-from lab import ADMIN_DN, ADMIN_PASSWORD, REGISTRAR_DN
+from devroot import make, site_device, site_secrets
+from lab import ADMIN_DN, ADMIN_PASSWORD
 from test_agent import DEVICES, REGISTRY
 from test_systemd_unit import CHRONY_TEST_DROPIN, until
 
@@ -24,28 +24,6 @@ SITE = """[network]
 arp_probe = false
 initial_delay = [0.0, 0.0]
 
-[directory]
-domain = "hospital.test"
-security = "tls"
-ca_file = "/etc/dicom-agent/ca.pem"
-bind_dn = "{registrar}"
-password_file = "/etc/dicom-agent/credentials/registrar.pw"
-
-[device]
-name = "{name}"
-
-[[device.connection]]
-name = "dicom"
-port = 104
-
-[[device.ae]]
-title = "{name}_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
 """
 
 
@@ -54,13 +32,8 @@ def preseed(lab, box, name: str) -> None:
     the registrar's password (root's, 0600)."""
     etc = box.root / "etc" / "dicom-agent"
     (etc / "agent.toml.d").mkdir(parents=True, exist_ok=True)
-    (etc / "agent.toml.d" / "50-site.toml").write_text(
-        SITE.format(registrar=REGISTRAR_DN, name=name))
-    shutil.copy(lab.run / "tls" / "ca.pem", etc / "ca.pem")
-    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)
-    secret = etc / "credentials" / "registrar.pw"
-    secret.write_text("registrarpw\n")
-    secret.chmod(0o600)
+    (etc / "agent.toml.d" / "50-site.toml").write_text(SITE + site_device(name))
+    site_secrets(box.root, lab.run / "tls" / "ca.pem")
 
 
 def entries(device, name: str) -> list[str]:

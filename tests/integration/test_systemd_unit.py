@@ -12,8 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from devroot import make
-from lab import ADMIN_DN, ADMIN_PASSWORD, REGISTRAR_DN
+from devroot import make, site_device, site_secrets
+from lab import ADMIN_DN, ADMIN_PASSWORD
 from test_agent import DEVICES, REGISTRY, logged
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,29 +27,6 @@ initial_delay = [0.0, 0.0]
 [time]
 mode = "observe"
 
-[directory]
-domain = "hospital.test"
-security = "tls"
-ca_file = "/etc/dicom-agent/ca.pem"
-bind_dn = "{registrar}"
-# root's, 0600, in the credentials directory: handed over by LoadCredential=
-password_file = "/etc/dicom-agent/credentials/registrar.pw"
-
-[device]
-name = "{name}"
-
-[[device.connection]]
-name = "dicom"
-port = 104
-
-[[device.ae]]
-title = "{name}_SCP"
-connections = ["dicom"]
-
-[[device.ae.transfer_capability]]
-sop_class = "1.2.840.10008.1.1"
-role = "SCP"
-transfer_syntaxes = ["1.2.840.10008.1.2"]
 """
 
 
@@ -73,12 +50,8 @@ WatchdogSec=8
 
 def prepare(lab, box) -> None:
     """The lab's CA, the registrar's password as root's private file, the test drop-in."""
+    site_secrets(box.root, lab.run / "tls" / "ca.pem")
     etc = box.root / "etc" / "dicom-agent"
-    shutil.copy(lab.run / "tls" / "ca.pem", etc / "ca.pem")
-    (etc / "credentials").mkdir(mode=0o700, exist_ok=True)  # tmpfiles.d makes it at boot
-    secret = etc / "credentials" / "registrar.pw"
-    secret.write_text("registrarpw\n")
-    secret.chmod(0o600)
     hook = etc / "hooks.d" / "10-record"  # root's, as an image ships it
     hook.write_text('#!/bin/sh\necho "$1 $(id -un)" >> /var/lib/dicom-agent/hooks.log\n')
     hook.chmod(0o755)
@@ -98,7 +71,7 @@ def unregister(device, name: str) -> None:
 def test_the_units_under_systemd_from_no_server_to_ready_kill_and_stop(lab, device, debs):
     name = f"SD{device.index}"
     box = make(f"dcmt-sd{device.index}", lab.run, device.ns,
-               CONFIG.format(registrar=REGISTRAR_DN, name=name), debs[0])
+               CONFIG + site_device(name), debs[0])
     prepare(lab, box)
     lab.stop_dhcp_server()
     try:

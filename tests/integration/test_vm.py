@@ -12,9 +12,10 @@ import json
 import time
 
 import pytest
-from lab import ADMIN_DN, ADMIN_PASSWORD, DEVICES_DN, REGISTRAR_DN, REGISTRY_DN
+from devroot import site_device
+from lab import ADMIN_DN, ADMIN_PASSWORD, DEVICES_DN, REGISTRY_DN
 from test_agent import logged
-from vm import SNTP_DEVICE, make, sntp_device
+from vm import make, sntp_device
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -29,7 +30,7 @@ LIAR = "192.0.2.16"  # an NTP server an hour ahead, for this VM only (option 42)
 
 @pytest.fixture(scope="module")
 def machine(lab, debs):
-    site = SNTP_DEVICE.format(registrar=REGISTRAR_DN, name=NAME)
+    site = site_device(NAME)
     machine = make("vm1", lab.run, lab.switch, MAC, debs[0],
                    {"/etc/dicom-agent/agent.toml.d/50-site.toml": site},
                    lambda root: sntp_device(root, lab.run / "tls" / "ca.pem"), rtc=RTC)
