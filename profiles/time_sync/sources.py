@@ -27,7 +27,7 @@ ZONEINFO = Path("/usr/share/zoneinfo")
 OTHER_NTP_CLIENTS = ("chronyd", "ntpd", "systemd-timesyncd", "openntpd")
 PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h: init_net's namespace inode
 FIXED_NET_INO_SINCE = (6, 18)  # the kernel that gave init_net that fixed inode
-_TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+TZ_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 
 
 def choose_servers(heard: list[str], dhcp: tuple[str, ...] | list[str],
@@ -91,7 +91,7 @@ def utc_offset_why(tz_name: str | None, tz_posix: str | None, time_offset: int |
     raises (PS3.15 G.1.1.4-5)."""
     reasons = []
     if tz_name:
-        if _TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
+        if TZ_NAME.fullmatch(tz_name) and ".." not in tz_name:
             path = zoneinfo_dir / tz_name
             if path.is_file() and path.resolve().is_relative_to(zoneinfo_dir.resolve()):
                 import zoneinfo  # only for option 101: it reads sysconfig at import

@@ -14,13 +14,12 @@ The value in force is G.1.1.4's (sources.utc_offset_why: 101, else 100, else 2),
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-ZONEINFO = Path("/usr/share/zoneinfo")
+from profiles.time_sync.sources import TZ_NAME, ZONEINFO
+
 NOT_ZONES = {"posix", "right", "SystemV", "Etc/localtime", "localtime", "posixrules",
              "Factory"}
-_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 
 
 def footer(data: bytes) -> str | None:
@@ -44,7 +43,7 @@ def zone_names(zoneinfo_dir: Path = ZONEINFO) -> list[str]:
     for path in zoneinfo_dir.rglob("*"):
         name = path.relative_to(zoneinfo_dir).as_posix()
         if name.split("/")[0] in NOT_ZONES or name in NOT_ZONES or not path.is_file() \
-                or path.is_symlink() or not _NAME.fullmatch(name):
+                or path.is_symlink() or not TZ_NAME.fullmatch(name):
             continue
         with path.open("rb") as fh:
             if fh.read(4) == b"TZif":
